@@ -1,0 +1,41 @@
+# ringsync developer tasks. Needs only python3 (with venv + pip), make and,
+# for the tests, the system binaries that .ci/system-deps checks for.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.stamp
+
+PYTEST_ARGS ?=
+
+.PHONY: venv test demo bench system-deps clean
+
+venv: $(STAMP)
+
+# Re-install only when pyproject.toml changed since the last install
+# (the stamp lives inside .venv, so deleting .venv also forces a rebuild).
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV) || { \
+		echo "cannot create $(VENV); on Debian/Ubuntu: apt-get install python3-venv" >&2; exit 1; }
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+system-deps:
+	@bash .ci/system-deps
+
+test: venv system-deps
+	$(PY) -m pytest -q tests/ $(PYTEST_ARGS)
+
+demo: venv
+	$(VENV)/bin/ringsync demo
+
+bench: venv system-deps
+	@set -e; for script in bench/*.py; do \
+		echo "== $$script"; \
+		$(PY) $$script; \
+	done
+
+clean:
+	rm -rf $(VENV) .pytest_cache build dist *.egg-info bench/out snapshot_report.html
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,1 @@
+"""ringsync's headless engine: every node runs it; it never imports textual."""

@@ -1,0 +1,5 @@
+"""``python -m engine --config FILE --node NAME``: one headless node (same as ``ringsync --engine-only``)."""
+
+from engine.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,296 @@
+"""The validated shape of distributed_hosts.yaml (pydantic v2 models) and ``parse_size``.
+
+Every model forbids unknown keys, so a typo is an error rather than a silently ignored setting.
+Cross-field rules raise :class:`FieldProblem` so the loader can point at the offending YAML line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Literal, get_args
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from .errors import FieldProblem, UnknownHostError
+from .units import parse_size
+
+__all__ = [
+    "AutoSync", "BandwidthLimits", "ClusterConfig", "HostConfig", "Membership", "PushThresholds",
+    "Role", "STRATEGIES", "SshConfig", "Strategy", "SyncRouting", "Transfer", "parse_size",
+]
+
+Strategy = Literal["push_from_generator", "gossip", "broadcast", "ephemeral"]
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
+Role = Literal["coordinator", "gpu", "cpu"]
+
+HOST_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+def _size_or_none(value: object) -> object:
+    return None if value is None else parse_size(value)  # type: ignore[arg-type]
+
+
+SizeBytes = Annotated[int, BeforeValidator(_size_or_none), Field(ge=0)]
+Percent = Annotated[float, Field(gt=0, le=100)]
+Seconds = Annotated[float, Field(gt=0)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+# ------------------------------------------------------------------------------------- sections
+class SyncRouting(_Model):
+    max_disk_usage_percent: Percent = 70.0
+    priority_hosts: list[str] = Field(default_factory=list)
+    exclude_patterns: list[str] = Field(default_factory=lambda: ["*.tmp", ".rsync-partial/*"])
+    replication_target: int = Field(default=2, ge=1)
+
+
+class AutoSync(_Model):
+    enabled: bool = True
+    interval_seconds: Seconds = 60.0
+    strategy: Strategy = "push_from_generator"
+
+
+def _default_providers() -> dict[str, float]:
+    return {"runpod": 100.0, "nebius": 100.0, "vast": 50.0, "vultr": 50.0}
+
+
+class BandwidthLimits(_Model):
+    """Limits in MB/s (megabytes per second, as in the seed). ``providers`` replaces the default
+    table when given, it is not merged with it."""
+
+    default_mbps: Annotated[float, Field(gt=0)] = 50.0
+    providers: dict[str, Annotated[float, Field(gt=0)]] = Field(default_factory=_default_providers)
+
+    @field_validator("providers", mode="after")
+    @classmethod
+    def _lower_provider_names(cls, value: dict[str, float]) -> dict[str, float]:
+        return {name.lower(): mbps for name, mbps in value.items()}
+
+
+class PushThresholds(_Model):
+    """Disk-usage percentages at which a GPU node pushes, pushes urgently, and cleans up."""
+
+    push_percent: Percent = 50.0
+    urgent_percent: Percent = 70.0
+    cleanup_percent: Percent = 75.0
+    min_copies_before_delete: int = Field(default=2, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PushThresholds:
+        if not self.push_percent < self.urgent_percent:
+            raise FieldProblem(
+                [("push_percent",), ("urgent_percent",)],
+                f"push_percent ({self.push_percent:g}) must be below urgent_percent ({self.urgent_percent:g})",
+            )
+        if not self.urgent_percent < self.cleanup_percent:
+            raise FieldProblem(
+                [("urgent_percent",), ("cleanup_percent",)],
+                f"urgent_percent ({self.urgent_percent:g}) must be below cleanup_percent "
+                f"({self.cleanup_percent:g})",
+            )
+        return self
+
+
+class Membership(_Model):
+    interval_seconds: Seconds = 2.0
+    suspect_after_misses: int = Field(default=1, ge=1)
+    down_after_misses: int = Field(default=3, ge=1)
+
+    @model_validator(mode="after")
+    def _down_after_suspect(self) -> Membership:
+        if self.down_after_misses <= self.suspect_after_misses:
+            raise FieldProblem(
+                [("down_after_misses",), ("suspect_after_misses",)],
+                f"down_after_misses ({self.down_after_misses}) must be greater than suspect_after_misses "
+                f"({self.suspect_after_misses})",
+            )
+        return self
+
+
+class Transfer(_Model):
+    chunk_bytes: Annotated[SizeBytes, Field(gt=0, le=256 * 2**20)] = 1048576
+    max_concurrent: int = Field(default=4, ge=1, le=64)
+    retry_base_seconds: Seconds = 1.0
+    retry_max_seconds: Seconds = 60.0
+    finished_after_seconds: Annotated[float, Field(ge=0)] = 10.0
+    """How long a file must go unmodified before it counts as finished (and may be pushed)."""
+
+    @model_validator(mode="after")
+    def _retry_range(self) -> Transfer:
+        if self.retry_max_seconds < self.retry_base_seconds:
+            raise FieldProblem(
+                [("retry_max_seconds",), ("retry_base_seconds",)],
+                f"retry_max_seconds ({self.retry_max_seconds:g}) must be at least retry_base_seconds "
+                f"({self.retry_base_seconds:g})",
+            )
+        return self
+
+
+# ----------------------------------------------------------------------------------------- hosts
+class SshConfig(_Model):
+    host: str = Field(min_length=1)
+    port: int = Field(default=22, ge=1, le=65535)
+    user: str = Field(min_length=1)
+    key: str | None = None
+
+
+class HostConfig(_Model):
+    name: str
+    role: Role
+    provider: str = Field(min_length=1)
+    address: str = Field(default="127.0.0.1", min_length=1)
+    port: int = Field(default=8770, ge=1, le=65535)
+    ssh: SshConfig | None = None
+    data_root: Path
+    disk_quota: SizeBytes | None = None
+    bandwidth_mbps: Annotated[float, Field(gt=0)] | None = None
+    ephemeral: bool = False
+    strategy: Strategy | None = None
+
+    @field_validator("provider", mode="after")
+    @classmethod
+    def _lower_provider(cls, value: str) -> str:
+        return value.lower()
+
+    @field_validator("data_root", mode="after")
+    @classmethod
+    def _absolute_data_root(cls, value: Path, info: ValidationInfo) -> Path:
+        text = str(value)
+        if not text or text == ".":
+            raise ValueError("data_root must not be empty")
+        if text.startswith("~"):
+            raise ValueError(
+                f"data_root {text!r}: '~' is not expanded (it means a different home on each host); "
+                "use an absolute path"
+            )
+        if not value.is_absolute():
+            context = info.context if isinstance(info.context, dict) else {}
+            base = context.get("base_dir") or Path.cwd()
+            value = Path(base) / value
+        return Path(os.path.normpath(value))
+
+    @property
+    def url(self) -> str:
+        """Base URL of the node's P2P HTTP API."""
+        address = f"[{self.address}]" if ":" in self.address else self.address
+        return f"http://{address}:{self.port}"
+
+    @property
+    def is_coordinator(self) -> bool:
+        return self.role == "coordinator"
+
+
+def _same_machine_key(address: str) -> str:
+    return "127.0.0.1" if address.lower() in {"localhost", "127.0.0.1", "::1"} else address.lower()
+
+
+# --------------------------------------------------------------------------------------- cluster
+class ClusterConfig(_Model):
+    cluster_name: str = Field(default="ringsync", min_length=1)
+    token: str | None = None
+    sync_routing: SyncRouting = Field(default_factory=SyncRouting)
+    auto_sync: AutoSync = Field(default_factory=AutoSync)
+    bandwidth_limits: BandwidthLimits = Field(default_factory=BandwidthLimits)
+    push: PushThresholds = Field(default_factory=PushThresholds)
+    membership: Membership = Field(default_factory=Membership)
+    transfer: Transfer = Field(default_factory=Transfer)
+    hosts: dict[str, HostConfig] = Field(default_factory=dict)
+    source: Path | None = Field(default=None, exclude=True, repr=False)
+    """The config file this was loaded from (set by the loader; not a YAML key)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_hosts(cls, data: object) -> object:
+        """Fill each host's ``name`` from its key in the ``hosts:`` mapping."""
+        if isinstance(data, dict) and isinstance(data.get("hosts"), dict):
+            hosts = {}
+            for key, host in data["hosts"].items():
+                if isinstance(host, dict) and "name" not in host:
+                    host = {"name": key, **host}
+                hosts[key] = host
+            data = {**data, "hosts": hosts}
+        return data
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> ClusterConfig:
+        if not self.hosts:
+            raise FieldProblem([("hosts",)], "no hosts configured: add at least one under `hosts:`")
+        for key, host in self.hosts.items():
+            if not HOST_NAME_RE.match(key):
+                raise FieldProblem(
+                    [("hosts", key)],
+                    f"invalid host name {key!r}: use letters, digits, '.', '_' and '-', "
+                    "starting with a letter or digit",
+                )
+            if host.name != key:
+                raise FieldProblem([("hosts", key, "name")], f"name {host.name!r} differs from its key {key!r}")
+        coordinators = [name for name, host in self.hosts.items() if host.role == "coordinator"]
+        if not coordinators:
+            raise FieldProblem([("hosts",)], "no host has role coordinator: exactly one must")
+        if len(coordinators) > 1:
+            raise FieldProblem(
+                [("hosts", coordinators[1], "role")],
+                f"second coordinator: {coordinators[0]!r} already has role coordinator; exactly one host may",
+            )
+        for index, name in enumerate(self.sync_routing.priority_hosts):
+            if name not in self.hosts:
+                raise FieldProblem(
+                    [("sync_routing", "priority_hosts", index)], f"unknown host {name!r} (not under `hosts:`)"
+                )
+        endpoints: dict[tuple[str, int], str] = {}
+        roots: dict[str, list[tuple[Path, str]]] = {}
+        for name, host in self.hosts.items():
+            machine = _same_machine_key(host.address)
+            previous = endpoints.setdefault((machine, host.port), name)
+            if previous != name:
+                raise FieldProblem(
+                    [("hosts", name, "port"), ("hosts", name, "address"), ("hosts", name)],
+                    f"{host.address}:{host.port} is already used by host {previous!r}",
+                )
+            for other_root, other in roots.setdefault(machine, []):
+                if host.data_root == other_root:
+                    problem = f"same data_root as host {other!r} on {host.address}"
+                elif host.data_root.is_relative_to(other_root) or other_root.is_relative_to(host.data_root):
+                    problem = f"data_root {host.data_root} overlaps host {other!r}'s {other_root} on {host.address}"
+                else:
+                    continue
+                raise FieldProblem([("hosts", name, "data_root"), ("hosts", name)], problem)
+            roots[machine].append((host.data_root, name))
+        return self
+
+    # ------------------------------------------------------------------------------- queries
+    @property
+    def coordinator(self) -> HostConfig:
+        """The one host with role coordinator."""
+        for host in self.hosts.values():
+            if host.role == "coordinator":
+                return host
+        raise UnknownHostError("<coordinator>", list(self.hosts))
+
+    def host(self, name: str) -> HostConfig:
+        """The host called ``name``; raises UnknownHostError (a KeyError) with a readable message."""
+        try:
+            return self.hosts[name]
+        except KeyError:
+            raise UnknownHostError(name, list(self.hosts)) from None
+
+    def hosts_by_role(self, role: Role) -> list[HostConfig]:
+        return [host for host in self.hosts.values() if host.role == role]
+
+    def bandwidth_limit_mbps(self, name: str) -> float:
+        """MB/s for ``name``: its own bandwidth_mbps, else its provider's limit, else default_mbps."""
+        host = self.host(name)
+        if host.bandwidth_mbps is not None:
+            return host.bandwidth_mbps
+        return self.bandwidth_limits.providers.get(host.provider, self.bandwidth_limits.default_mbps)
+
+    def strategy_for(self, name: str) -> str:
+        """The host's strategy, else ``ephemeral`` for ephemeral hosts, else auto_sync.strategy."""
+        host = self.host(name)
+        if host.strategy is not None:
+            return host.strategy
+        return "ephemeral" if host.ephemeral else self.auto_sync.strategy

@@ -1,0 +1,1 @@
+"""Long-running node daemons: auto sync, membership."""

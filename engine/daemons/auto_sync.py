@@ -1,0 +1,261 @@
+"""AutoSyncDaemon: finds finished artifacts and pushes them where the router says.
+
+One cycle: scan the data root (worker thread) -> register new or changed artifacts
+in the manifest -> for each artifact ask the router for targets and skip targets
+that already hold a verified copy -> push the rest with bounded concurrency ->
+record each target's verification as a receipt. Failures back off exponentially
+with jitter per (artifact, target); every failure is a DATA_SYNC_FAILED event.
+
+Strategies: ``push_from_generator`` (the default) and ``ephemeral`` (the same push,
+on a 5 s interval, for termination-prone hosts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from engine.daemons.retry import RetryPolicy, RetryState
+from engine.events import DataSyncCompleted, DataSyncFailed, DataSyncStarted
+from engine.health import HealthCheckResult
+from engine.manifest import Artifact, Replica, SyncReceipt
+from engine.scanner import Scanner, is_database
+from engine.transport import PushRequest, TransferError
+
+if TYPE_CHECKING:
+    from engine.node import Node
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_STRATEGIES = ("push_from_generator", "ephemeral")
+EPHEMERAL_INTERVAL = 5.0
+
+
+@dataclass
+class CycleReport:
+    """What one cycle did."""
+
+    scanned: int = 0
+    pushed: int = 0
+    bytes: int = 0
+    failed: int = 0
+    skipped_paused: bool = False
+    by_target: dict[str, list[Artifact]] = field(default_factory=dict)
+
+
+class AutoSyncDaemon:
+    """Automated sync for one node."""
+
+    def __init__(self, node: "Node", strategy: str = "push_from_generator") -> None:
+        if strategy not in SUPPORTED_STRATEGIES:
+            raise ValueError(f"strategy {strategy!r} is not available yet "
+                             f"(available: {', '.join(SUPPORTED_STRATEGIES)})")
+        self.node = node
+        self.strategy = strategy
+        """The configured strategy name."""
+        cfg = node.config
+        self.interval = (min(cfg.auto_sync.interval_seconds, EPHEMERAL_INTERVAL)
+                         if strategy == "ephemeral" else cfg.auto_sync.interval_seconds)
+        """Seconds between cycles when nothing wakes the daemon earlier."""
+        self.enabled = cfg.auto_sync.enabled
+        """False when RINGRIFT_AUTO_SYNC_ENABLED=false: only explicit syncs run."""
+        self.paused = False
+        """True while an operator has paused sync on this node: no new transfers start."""
+        self.scanner = Scanner(node.data, node.name, cfg.sync_routing.exclude_patterns,
+                               cfg.transfer.finished_after_seconds)
+        self.retry = RetryPolicy(cfg.transfer.retry_base_seconds, cfg.transfer.retry_max_seconds)
+        self._retries: dict[tuple[str, str], RetryState] = {}
+        self._wake = asyncio.Event()
+        self._priority: tuple[str, str | None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._limit = asyncio.Semaphore(cfg.transfer.max_concurrent)
+        self.totals = {"cycles": 0, "pushed_files": 0, "pushed_bytes": 0, "failed": 0}
+        """Running counts since start."""
+        self.last_cycle_at: float | None = None
+        self.last_error: str | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"auto-sync:{self.node.name}")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    def sync_now(self, reason: str, config_key: str | None = None) -> None:
+        """Run a cycle now; artifacts of ``config_key`` go first and skip their backoff."""
+        self._priority = (reason, config_key)
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            priority, self._priority = self._priority, None
+            if self.enabled or priority:
+                try:
+                    await self.run_cycle(*(priority or ("interval", None)))
+                except Exception as exc:  # keep the daemon alive; the failure is visible
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    log.exception("sync cycle failed on %s", self.node.name)
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._next_delay())
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+
+    def _next_delay(self) -> float:
+        now = time.monotonic()
+        waits = [s.next_at - now for s in self._retries.values() if not s.permanent]
+        return max(0.05, min([self.interval, *waits]))
+
+    # -- one cycle --------------------------------------------------------------------------
+    async def scan(self) -> int:
+        """Register finished artifacts that are new or changed; returns how many."""
+        manifest = self.node.manifest
+        known: dict[tuple[str, str], tuple[int | None, int | None] | None] = {
+            (a.data_type, a.path): ((a.source_size, a.source_mtime_ns) if a.origin == self.node.name
+                                    else None)
+            for a in manifest.artifacts()}
+        candidates = await asyncio.to_thread(self.scanner.candidates, known)
+        registered = 0
+        for cand in candidates:
+            if known.get((cand.data_type, cand.path), ()) is None:
+                continue  # someone else's artifact stored here: not ours to announce
+            art = await asyncio.to_thread(self.scanner.prepare, cand)
+            if art is None:
+                continue
+            if manifest.upsert_artifact(art):
+                registered += 1
+                if not is_database(art.path):  # the file itself is the content: a verified copy
+                    manifest.set_replica(Replica(art.data_type, art.path, self.node.name,
+                                                 art.sha256, time.time()))
+        return registered
+
+    def pending(self, config_key: str | None = None,
+                override_backoff: bool = False) -> list[tuple[Artifact, str]]:
+        """(artifact, target) pairs that still need a push, priority config first."""
+        manifest, router = self.node.manifest, self.node.router
+        work: list[tuple[Artifact, str]] = []
+        for art in manifest.artifacts(origin=self.node.name):
+            holders = manifest.verified_holders(art)
+            for target in router.get_sync_targets(art.data_type, art.config_key, art.path):
+                if target in holders:
+                    continue
+                state = self._retries.get((art.key, target))
+                forced = override_backoff and (config_key is None or art.config_key == config_key)
+                if state and state.permanent:
+                    continue
+                if forced or RetryPolicy.ready(state):
+                    work.append((art, target))
+        work.sort(key=lambda item: (config_key is not None and item[0].config_key != config_key,
+                                    item[0].mtime))
+        return work
+
+    async def run_cycle(self, reason: str = "interval",
+                        config_key: str | None = None) -> CycleReport:
+        report = CycleReport()
+        report.scanned = await self.scan()
+        self.totals["cycles"] += 1
+        self.last_cycle_at = time.time()
+        if self.paused:
+            report.skipped_paused = True
+            return report
+        priority = reason != "interval"
+        work = self.pending(config_key, override_backoff=priority)
+        if not work:
+            return report
+        started = time.monotonic()
+        self.node.events.emit(DataSyncStarted(
+            source=self.node.name, targets=sorted({t for _, t in work}), files=len(work),
+            bytes=sum(a.size for a, _ in work), reason=reason, strategy=self.strategy))
+        results = await asyncio.gather(*(self._push_one(a, t, reason) for a, t in work))
+        for (art, target), ok in zip(work, results):
+            if ok:
+                report.pushed += 1
+                report.bytes += art.size
+                report.by_target.setdefault(target, []).append(art)
+            else:
+                report.failed += 1
+        for target, arts in report.by_target.items():
+            self.node.events.emit(DataSyncCompleted(
+                source=self.node.name, target=target, files=len(arts),
+                bytes=sum(a.size for a in arts), artifacts=[a.key for a in arts[:20]],
+                reason=reason, strategy=self.strategy,
+                seconds=round(time.monotonic() - started, 3)))
+        self._drop_finished_snapshots({a.key for a, _ in work})
+        return report
+
+    async def _push_one(self, art: Artifact, target: str, reason: str) -> bool:
+        key = (art.key, target)
+        state = self._retries.get(key)
+        attempt = (state.attempts if state else 0) + 1
+        source_file = self.scanner.push_source(art)
+        async with self._limit:
+            transfer = self.node.transfers.start(
+                direction="out", source=self.node.name, target=target, artifact=art.key,
+                size=art.size, transport=self.node.transport.name, attempt=attempt)
+            try:
+                if not source_file.exists():
+                    raise TransferError(f"{source_file.name} vanished before it was sent")
+                result = await self.node.transport.push(
+                    PushRequest(art, source_file, target, self.node.config.host(target).url,
+                                reason), transfer)
+            except TransferError as exc:
+                self.node.transfers.finish(transfer, error=str(exc))
+                self._failed(art, target, str(exc), exc.retryable, reason)
+                return False
+        self.node.transfers.finish(transfer)
+        self._retries.pop(key, None)
+        self.node.manifest.register_sync(SyncReceipt(
+            art.data_type, art.path, self.node.name, target, result.sha256, result.size,
+            result.verified_at, self.node.transport.name))
+        self.totals["pushed_files"] += 1
+        self.totals["pushed_bytes"] += result.bytes_sent
+        return True
+
+    def _failed(self, art: Artifact, target: str, error: str, retryable: bool,
+                reason: str) -> None:
+        state = self._retries.setdefault((art.key, target), RetryState())
+        wait = self.retry.record_failure(state, error, retryable)
+        self.totals["failed"] += 1
+        self.last_error = error
+        self.node.events.emit(DataSyncFailed(
+            source=self.node.name, target=target, artifact=art.key, error=error,
+            attempt=state.attempts, retry_in_seconds=None if wait is None else round(wait, 2),
+            reason=reason, strategy=self.strategy))
+
+    def _drop_finished_snapshots(self, keys: set[str]) -> None:
+        """A snapshot is kept until every target the router names holds it verified."""
+        manifest, router = self.node.manifest, self.node.router
+        for art in manifest.artifacts(origin=self.node.name):
+            if art.key not in keys or not is_database(art.path):
+                continue
+            targets = set(router.get_sync_targets(art.data_type, art.config_key, art.path))
+            if targets and targets <= manifest.verified_holders(art):
+                self.scanner.snapshot_path(art.data_type, art.path).unlink(missing_ok=True)
+
+    # -- reporting --------------------------------------------------------------------------
+    def status(self) -> dict:
+        pending = self.pending()
+        return {"strategy": self.strategy, "enabled": self.enabled, "paused": self.paused,
+                "interval_seconds": self.interval, "pending": len(pending),
+                "pending_bytes": sum(a.size for a, _ in pending),
+                "retrying": sum(1 for s in self._retries.values() if not s.permanent),
+                "blocked": sum(1 for s in self._retries.values() if s.permanent),
+                "last_cycle_at": self.last_cycle_at, "last_error": self.last_error,
+                **self.totals}
+
+    def health_check(self) -> HealthCheckResult:
+        blocked = [k for k, s in self._retries.items() if s.permanent]
+        stale = (self.enabled and not self.paused and self.last_cycle_at is not None
+                 and time.time() - self.last_cycle_at > 3 * self.interval + 30)
+        healthy = not stale and not blocked
+        message = ("auto sync running" if healthy else
+                   "auto sync stalled" if stale else f"{len(blocked)} pushes need an operator")
+        return HealthCheckResult(healthy, message, {"strategy": self.strategy,
+                                                    "blocked": [f"{a} -> {t}" for a, t in blocked[:10]],
+                                                    **self.totals})

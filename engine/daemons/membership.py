@@ -1,0 +1,123 @@
+"""Membership: the coordinator asks every node for ``/status`` on an interval.
+
+States: ``up`` (answered the last check), ``suspect`` (missed at least
+``suspect_after_misses``), ``down`` (missed ``down_after_misses``). A down node that
+answers again is ``up`` with NODE_RECOVERED. The last status each node gave is kept
+(one per node, replaced each time) for the facade and the dashboard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from engine.events import NodeDown, NodeRecovered, NodeSuspect
+from engine.health import HealthCheckResult
+
+if TYPE_CHECKING:
+    from engine.node import Node
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Member:
+    """What the coordinator knows about one node."""
+
+    name: str
+    state: str = "unknown"
+    """``unknown`` before the first check, then ``up``, ``suspect`` or ``down``."""
+    misses: int = 0
+    last_seen: float | None = None
+    down_since: float | None = None
+    last_error: str | None = None
+    status: dict[str, Any] | None = None
+    """The node's last ``/status`` answer."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "state": self.state, "misses": self.misses,
+                "last_seen": self.last_seen, "last_error": self.last_error,
+                "status": self.status}
+
+
+class MembershipDaemon:
+    """Runs on the coordinator; every other node just answers ``/status``."""
+
+    def __init__(self, node: "Node") -> None:
+        self.node = node
+        cfg = node.config.membership
+        self.interval = cfg.interval_seconds
+        self.suspect_after = cfg.suspect_after_misses
+        self.down_after = cfg.down_after_misses
+        self.members: dict[str, Member] = {
+            name: Member(name) for name in node.config.hosts if name != node.name}
+        """Every other node, by name."""
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="membership")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def is_down(self, name: str) -> bool:
+        member = self.members.get(name)
+        return member is not None and member.state == "down"
+
+    async def _run(self) -> None:
+        while True:
+            started = time.monotonic()
+            await self.check_all()
+            await asyncio.sleep(max(0.05, self.interval - (time.monotonic() - started)))
+
+    async def check_all(self) -> None:
+        await asyncio.gather(*(self._check(m) for m in self.members.values()))
+
+    async def _check(self, member: Member) -> None:
+        host = self.node.config.host(member.name)
+        timeout = aiohttp.ClientTimeout(total=max(1.0, self.interval))
+        try:
+            async with self.node.session.get(f"{host.url}/status", timeout=timeout) as resp:
+                if resp.status != 200:
+                    raise RuntimeError(f"/status answered {resp.status}")
+                status = await resp.json()
+        except (aiohttp.ClientError, asyncio.TimeoutError, RuntimeError, ValueError) as exc:
+            self._missed(member, f"{type(exc).__name__}: {exc}".strip(": "))
+            return
+        self._answered(member, status)
+
+    def _answered(self, member: Member, status: dict[str, Any]) -> None:
+        now = time.time()
+        if member.state == "down":
+            down_for = now - (member.down_since or now)
+            self.node.events.emit(NodeRecovered(node=member.name, down_seconds=round(down_for, 2)))
+        member.state, member.misses, member.last_seen = "up", 0, now
+        member.down_since, member.last_error, member.status = None, None, status
+        disk = status.get("disk", {})
+        if "used_bytes" in disk and "total_bytes" in disk:
+            self.node.manifest.set_capacity(member.name, disk["used_bytes"], disk["total_bytes"])
+
+    def _missed(self, member: Member, error: str) -> None:
+        member.misses += 1
+        member.last_error = error
+        if member.misses >= self.down_after and member.state != "down":
+            member.state, member.down_since = "down", time.time()
+            self.node.events.emit(NodeDown(node=member.name, misses=member.misses, error=error))
+        elif self.suspect_after <= member.misses < self.down_after and member.state != "suspect":
+            member.state = "suspect"
+            self.node.events.emit(NodeSuspect(node=member.name, misses=member.misses, error=error))
+
+    def view(self) -> dict[str, Any]:
+        return {name: m.to_dict() for name, m in self.members.items()}
+
+    def health_check(self) -> HealthCheckResult:
+        down = sorted(n for n, m in self.members.items() if m.state == "down")
+        message = "all nodes up" if not down else f"{len(down)} node(s) down: {', '.join(down)}"
+        return HealthCheckResult(True, message, {"down": down, "interval": self.interval})

@@ -1,0 +1,258 @@
+"""ClusterManifest on SQLite in WAL mode.
+
+Every mutation takes the node's next sequence number and stamps it on the rows it
+touched; ``changes_since(seq)`` returns exactly those rows, so peers exchange
+deltas. Removals are tombstones (``removed = 1``) so they travel as deltas too.
+All calls run on the event loop's thread; each is one short transaction.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+_SCHEMA = (Path(__file__).with_name("schema.sql")).read_text()
+
+
+@dataclass(frozen=True)
+class Artifact:
+    data_type: str
+    path: str
+    config_key: str | None
+    size: int
+    sha256: str
+    mtime: float
+    origin: str
+    source_size: int | None = None
+    source_mtime_ns: int | None = None
+
+    @property
+    def key(self) -> str:
+        """``<data_type>/<path>``: how events and logs name an artifact."""
+        return f"{self.data_type}/{self.path}"
+
+
+@dataclass(frozen=True)
+class Replica:
+    data_type: str
+    path: str
+    node: str
+    sha256: str
+    verified_at: float | None
+
+
+@dataclass(frozen=True)
+class SyncReceipt:
+    data_type: str
+    path: str
+    source_node: str
+    target_node: str
+    sha256: str
+    size: int
+    verified_at: float
+    transport: str
+
+
+class ClusterManifest:
+    """One node's view of the cluster's artifacts, replicas, receipts and capacity."""
+
+    def __init__(self, db_path: Path | str, node: str) -> None:
+        self.node = node
+        """The node this manifest belongs to."""
+        self.db_path = Path(db_path)
+        self._db = sqlite3.connect(str(db_path), isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- sequence ---------------------------------------------------------------------------
+    @property
+    def seq(self) -> int:
+        """The newest sequence number handed out."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()
+        return int(row["value"]) if row else 0
+
+    @contextmanager
+    def _change(self) -> Iterator[int]:
+        """One transaction that takes the next sequence number."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            seq = self.seq + 1
+            self._db.execute("INSERT INTO meta(key, value) VALUES ('seq', ?) "
+                             "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (str(seq),))
+            yield seq
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        else:
+            self._db.execute("COMMIT")
+
+    # -- artifacts --------------------------------------------------------------------------
+    def upsert_artifact(self, art: Artifact) -> bool:
+        """Record an artifact; returns False (and takes no sequence number) when nothing changed."""
+        old = self.get_artifact(art.data_type, art.path)
+        if old == art and not self._is_removed("artifacts", art.data_type, art.path):
+            return False
+        with self._change() as seq:
+            self._db.execute(
+                "INSERT INTO artifacts(data_type, path, config_key, size, sha256, mtime, origin,"
+                " source_size, source_mtime_ns, removed, seq) VALUES (?,?,?,?,?,?,?,?,?,0,?)"
+                " ON CONFLICT(data_type, path) DO UPDATE SET config_key=excluded.config_key,"
+                " size=excluded.size, sha256=excluded.sha256, mtime=excluded.mtime,"
+                " origin=excluded.origin, source_size=excluded.source_size,"
+                " source_mtime_ns=excluded.source_mtime_ns, removed=0, seq=excluded.seq",
+                (art.data_type, art.path, art.config_key, art.size, art.sha256, art.mtime,
+                 art.origin, art.source_size, art.source_mtime_ns, seq))
+        return True
+
+    def _is_removed(self, table: str, data_type: str, path: str) -> bool:
+        row = self._db.execute(f"SELECT removed FROM {table} WHERE data_type=? AND path=?",
+                               (data_type, path)).fetchone()
+        return bool(row and row["removed"])
+
+    def get_artifact(self, data_type: str, path: str) -> Artifact | None:
+        row = self._db.execute("SELECT * FROM artifacts WHERE data_type=? AND path=? AND removed=0",
+                               (data_type, path)).fetchone()
+        return _artifact(row) if row else None
+
+    def artifacts(self, data_type: str | None = None, origin: str | None = None) -> list[Artifact]:
+        sql, args = "SELECT * FROM artifacts WHERE removed=0", []
+        if data_type:
+            sql, args = sql + " AND data_type=?", [*args, data_type]
+        if origin:
+            sql, args = sql + " AND origin=?", [*args, origin]
+        return [_artifact(r) for r in self._db.execute(sql + " ORDER BY mtime", args)]
+
+    def remove_artifact(self, data_type: str, path: str) -> None:
+        with self._change() as seq:
+            self._db.execute("UPDATE artifacts SET removed=1, seq=? WHERE data_type=? AND path=?",
+                             (seq, data_type, path))
+
+    def counts_by_type(self) -> dict[str, int]:
+        rows = self._db.execute("SELECT data_type, COUNT(*) n FROM artifacts WHERE removed=0"
+                                " GROUP BY data_type")
+        return {r["data_type"]: r["n"] for r in rows}
+
+    # -- replicas ---------------------------------------------------------------------------
+    def set_replica(self, rep: Replica) -> None:
+        with self._change() as seq:
+            self._set_replica(rep, seq)
+
+    def _set_replica(self, rep: Replica, seq: int) -> None:
+        self._db.execute(
+            "INSERT INTO replicas(data_type, path, node, sha256, verified_at, removed, seq)"
+            " VALUES (?,?,?,?,?,0,?) ON CONFLICT(data_type, path, node) DO UPDATE SET"
+            " sha256=excluded.sha256, verified_at=excluded.verified_at, removed=0, seq=excluded.seq",
+            (rep.data_type, rep.path, rep.node, rep.sha256, rep.verified_at, seq))
+
+    def remove_replica(self, data_type: str, path: str, node: str) -> None:
+        with self._change() as seq:
+            self._db.execute("UPDATE replicas SET removed=1, seq=? WHERE data_type=? AND path=?"
+                             " AND node=?", (seq, data_type, path, node))
+
+    def replicas(self, data_type: str, path: str) -> list[Replica]:
+        rows = self._db.execute("SELECT * FROM replicas WHERE data_type=? AND path=? AND removed=0",
+                                (data_type, path))
+        return [_replica(r) for r in rows]
+
+    def verified_holders(self, art: Artifact) -> set[str]:
+        """Nodes whose replica of ``art`` was verified against its current hash (memory only:
+        good for routing, never enough to delete a source)."""
+        return {r.node for r in self.replicas(art.data_type, art.path)
+                if r.sha256 == art.sha256 and r.verified_at is not None}
+
+    # -- receipts ---------------------------------------------------------------------------
+    def register_sync(self, receipt: SyncReceipt, artifact: Artifact | None = None) -> int:
+        """Record a verified arrival: the receipt, the target's replica and (if given) the artifact.
+
+        ``receipt.verified_at`` must come from the node that hashed the stored bytes.
+        """
+        with self._change() as seq:
+            if artifact is not None:
+                self._db.execute(
+                    "INSERT INTO artifacts(data_type, path, config_key, size, sha256, mtime, origin,"
+                    " removed, seq) VALUES (?,?,?,?,?,?,?,0,?) ON CONFLICT(data_type, path) DO"
+                    " UPDATE SET size=excluded.size, sha256=excluded.sha256, removed=0,"
+                    " config_key=COALESCE(excluded.config_key, config_key), seq=excluded.seq",
+                    (artifact.data_type, artifact.path, artifact.config_key, artifact.size,
+                     artifact.sha256, artifact.mtime, artifact.origin, seq))
+            self._db.execute(
+                "INSERT INTO receipts(data_type, path, source_node, target_node, sha256, size,"
+                " verified_at, transport, seq) VALUES (?,?,?,?,?,?,?,?,?)",
+                (receipt.data_type, receipt.path, receipt.source_node, receipt.target_node,
+                 receipt.sha256, receipt.size, receipt.verified_at, receipt.transport, seq))
+            self._set_replica(Replica(receipt.data_type, receipt.path, receipt.target_node,
+                                      receipt.sha256, receipt.verified_at), seq)
+        return seq
+
+    def receipts(self, limit: int = 100) -> list[SyncReceipt]:
+        rows = self._db.execute("SELECT * FROM receipts ORDER BY id DESC LIMIT ?", (limit,))
+        return [SyncReceipt(**{k: r[k] for k in SyncReceipt.__dataclass_fields__}) for r in rows]
+
+    # -- capacity and exclusions ------------------------------------------------------------
+    def set_capacity(self, node: str, used_bytes: int, total_bytes: int) -> None:
+        with self._change() as seq:
+            self._db.execute(
+                "INSERT INTO capacity(node, used_bytes, total_bytes, updated_at, seq) VALUES"
+                " (?,?,?,?,?) ON CONFLICT(node) DO UPDATE SET used_bytes=excluded.used_bytes,"
+                " total_bytes=excluded.total_bytes, updated_at=excluded.updated_at, seq=excluded.seq",
+                (node, used_bytes, total_bytes, time.time(), seq))
+
+    def capacity(self) -> dict[str, dict[str, Any]]:
+        rows = self._db.execute("SELECT * FROM capacity")
+        return {r["node"]: {"used_bytes": r["used_bytes"], "total_bytes": r["total_bytes"],
+                            "updated_at": r["updated_at"]} for r in rows}
+
+    def add_exclusion(self, node: str, pattern: str, reason: str) -> None:
+        with self._change() as seq:
+            self._db.execute(
+                "INSERT INTO exclusions(node, pattern, reason, removed, seq) VALUES (?,?,?,0,?)"
+                " ON CONFLICT(node, pattern) DO UPDATE SET reason=excluded.reason, removed=0,"
+                " seq=excluded.seq", (node, pattern, reason, seq))
+
+    def exclusions(self) -> list[tuple[str, str, str]]:
+        rows = self._db.execute("SELECT node, pattern, reason FROM exclusions WHERE removed=0")
+        return [(r["node"], r["pattern"], r["reason"]) for r in rows]
+
+    # -- deltas -----------------------------------------------------------------------------
+    def changes_since(self, since: int, limit: int = 5000) -> dict[str, Any]:
+        """Every row changed after ``since`` (tombstones included), at most ``limit`` per table.
+
+        ``seq`` in the answer is where the caller should continue from: the manifest's
+        sequence when complete, or the last sequence fully included when truncated.
+        """
+        out: dict[str, Any] = {"node": self.node, "since": since}
+        upto = self.seq
+        for table in ("artifacts", "replicas", "receipts", "capacity", "exclusions"):
+            rows = self._db.execute(f"SELECT * FROM {table} WHERE seq > ? ORDER BY seq LIMIT ?",
+                                    (since, limit + 1)).fetchall()
+            if len(rows) > limit:
+                upto = min(upto, rows[limit]["seq"] - 1)
+            out[table] = [dict(r) for r in rows[:limit]]
+        for table in ("artifacts", "replicas", "receipts", "capacity", "exclusions"):
+            out[table] = [r for r in out[table] if r["seq"] <= upto]
+        out["seq"] = upto
+        out["complete"] = upto == self.seq
+        return out
+
+
+def _artifact(row: sqlite3.Row) -> Artifact:
+    return Artifact(row["data_type"], row["path"], row["config_key"], row["size"], row["sha256"],
+                    row["mtime"], row["origin"], row["source_size"], row["source_mtime_ns"])
+
+
+def _replica(row: sqlite3.Row) -> Replica:
+    return Replica(row["data_type"], row["path"], row["node"], row["sha256"], row["verified_at"])
+
+
+def as_dict(obj: Artifact | Replica | SyncReceipt) -> dict[str, Any]:
+    return asdict(obj)

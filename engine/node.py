@@ -1,0 +1,219 @@
+"""Node: one ringsync engine process — its data root, manifest, events, daemons and API.
+
+Lifecycle follows aiohttp's: ``start()`` sets up an AppRunner whose ``cleanup_ctx``
+starts the daemons, then binds the site; ``stop()`` runs the runner's cleanup, which
+stops accepting, ends event streams, lets handlers finish (bounded), then stops the
+daemons and closes the session, the event log and the manifest, in that order.
+``run()`` waits on an injectable shutdown event, so tests stop a node without signals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from engine.bandwidth import BandwidthCoordinator, set_bandwidth_coordinator
+from engine.config import ClusterConfig
+from engine.daemons.auto_sync import AutoSyncDaemon
+from engine.daemons.membership import MembershipDaemon
+from engine.events import EventBus, PrioritySyncRequested, SyncPaused, SyncResumed
+from engine.facade import SyncFacade, set_sync_facade
+from engine.hashing import sha256_file
+from engine.health import HealthCheckResult
+from engine.manifest import ClusterManifest, Replica
+from engine.paths import DataRoot
+from engine.router import SyncRouter
+from engine.server import make_app
+from engine.transfers import TransferTracker
+from engine.transport import HttpTransport
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE_SECONDS = 1.5
+CAPACITY_REFRESH_SECONDS = 2.0
+
+
+class Node:
+    """Everything one node runs, wired together."""
+
+    def __init__(self, config: ClusterConfig, name: str,
+                 shutdown: asyncio.Event | None = None) -> None:
+        self.config = config
+        """The validated cluster config."""
+        self.name = name
+        self.host = config.host(name)
+        """This node's entry in the config."""
+        self.data = DataRoot(self.host.data_root)
+        self.shutdown = shutdown or asyncio.Event()
+        """Set it to make ``run()`` stop the node gracefully."""
+        self.uploads_in_progress: set[Path] = set()
+        self.transfers = TransferTracker()
+        self.started_at = time.time()
+        self._used_bytes = 0
+        self._runner: web.AppRunner | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.data.create()
+        self.manifest = ClusterManifest(self.data.state / "manifest.db", self.name)
+        self.events = EventBus(self.name, self.data.state / "events.jsonl")
+        self.bandwidth = BandwidthCoordinator(self.config.bandwidth_limit_mbps)
+        set_bandwidth_coordinator(self.bandwidth)
+        self.membership = MembershipDaemon(self) if self.host.role == "coordinator" else None
+        self.router = SyncRouter(self.config, self.name, self.manifest,
+                                 self.membership.is_down if self.membership else lambda _n: False)
+        self.daemon = AutoSyncDaemon(self, self.config.strategy_for(self.name))
+        self.facade = SyncFacade(self)
+        set_sync_facade(self.facade)
+        app = make_app(self)
+        app.cleanup_ctx.append(self._components)
+        app.on_shutdown.append(self._end_streams)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host.address, self.host.port,
+                           shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
+        try:
+            await site.start()
+        except OSError:
+            await self._runner.cleanup()
+            raise
+
+    async def _components(self, _app: web.Application) -> AsyncIterator[None]:
+        self.session = aiohttp.ClientSession(
+            headers={"Authorization": f"Bearer {self.config.token}"},
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=60))
+        self.transport = HttpTransport(self.session, self.name, self.bandwidth,
+                                       self.config.transfer.chunk_bytes)
+        self._used_bytes = await asyncio.to_thread(self._measure_used)
+        capacity = asyncio.create_task(self._capacity_loop(), name="capacity")
+        if self.membership:
+            await self.membership.start()
+        await self.daemon.start()
+        yield
+        await self.daemon.stop()
+        if self.membership:
+            await self.membership.stop()
+        capacity.cancel()
+        await asyncio.gather(capacity, return_exceptions=True)
+        await self.session.close()
+        self.events.close()
+        self.manifest.close()
+
+    async def _end_streams(self, _app: web.Application) -> None:
+        self.events.end_streams()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    async def run(self) -> None:
+        """Start, serve until ``shutdown`` is set, stop."""
+        await self.start()
+        log.info("node %s serving on %s", self.name, self.host.url)
+        try:
+            await self.shutdown.wait()
+        finally:
+            await self.stop()
+
+    # -- capacity ---------------------------------------------------------------------------
+    def _measure_used(self) -> int:
+        if self.host.disk_quota:
+            return self.data.used_bytes()
+        return shutil.disk_usage(self.data.root).used
+
+    async def _capacity_loop(self) -> None:
+        while True:
+            await asyncio.sleep(CAPACITY_REFRESH_SECONDS)
+            self._used_bytes = await asyncio.to_thread(self._measure_used)
+
+    def disk(self) -> dict[str, Any]:
+        """Usage against the node's capacity: its quota when set, else its disk."""
+        total = self.host.disk_quota or shutil.disk_usage(self.data.root).total
+        used = self._used_bytes
+        return {"used_bytes": used, "total_bytes": total, "free_bytes": max(0, total - used),
+                "percent": round(100.0 * used / total, 2) if total else 0.0,
+                "quota_bytes": self.host.disk_quota}
+
+    def has_room_for(self, nbytes: int) -> bool:
+        disk = self.disk()
+        return disk["used_bytes"] + nbytes <= disk["total_bytes"]
+
+    def note_stored(self, data_type: str, rel: str, sha256: str, size: int,
+                    verified_at: float) -> None:
+        """Count a newly stored object until the next capacity refresh measures it."""
+        self._used_bytes += size
+
+    async def local_verification(self, data_type: str, rel: str, file: Path,
+                                 force: bool = False) -> tuple[str, float]:
+        """SHA-256 of the bytes this node stores, and when it was last hashed.
+
+        Answers from this node's own earlier hashing while the file is unchanged since;
+        otherwise (or when ``force``) hashes the bytes now and records the result.
+        """
+        st = file.stat()
+        own = [r for r in self.manifest.replicas(data_type, rel) if r.node == self.name]
+        art = self.manifest.get_artifact(data_type, rel)
+        if (not force and own and own[0].verified_at and art and art.size == st.st_size
+                and own[0].sha256 == art.sha256 and st.st_mtime <= own[0].verified_at):
+            return own[0].sha256, own[0].verified_at
+        sha = await asyncio.to_thread(sha256_file, file)
+        now = time.time()
+        self.manifest.set_replica(Replica(data_type, rel, self.name, sha, now))
+        return sha, now
+
+    # -- control ----------------------------------------------------------------------------
+    def request_priority_sync(self, reason: str, config_key: str | None) -> dict[str, Any]:
+        self.events.emit(PrioritySyncRequested(reason=reason, source_node=self.name,
+                                               config_key=config_key))
+        self.daemon.sync_now(reason, config_key)
+        return {"node": self.name, "accepted": True, "reason": reason, "config_key": config_key,
+                "paused": self.daemon.paused}
+
+    def set_paused(self, paused: bool, by: str) -> dict[str, Any]:
+        if self.daemon.paused != paused:
+            self.daemon.paused = paused
+            payload = (SyncPaused if paused else SyncResumed)(node=self.name, requested_by=by)
+            self.events.emit(payload)
+            if not paused:
+                self.daemon.sync_now("resume")
+        return {"node": self.name, "paused": self.daemon.paused}
+
+    # -- reporting --------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        push = self.config.push
+        return {
+            "node": self.name, "role": self.host.role, "provider": self.host.provider,
+            "url": self.host.url, "ephemeral": self.host.ephemeral, "time": time.time(),
+            "uptime_seconds": round(time.time() - self.started_at, 1),
+            "strategy": self.daemon.strategy, "paused": self.daemon.paused,
+            "disk": self.disk(),
+            "thresholds": {"push_percent": push.push_percent, "urgent_percent": push.urgent_percent,
+                           "cleanup_percent": push.cleanup_percent,
+                           "min_copies_before_delete": push.min_copies_before_delete},
+            "artifacts": self.manifest.counts_by_type(),
+            "transfers": self.transfers.snapshot(),
+            "sync": self.daemon.status(),
+            "bandwidth": {h: {"limit_mbps": v["limit_mbps"], "current_mbps": v["current_mbps"]}
+                          for h, v in self.bandwidth.status()["hosts"].items()},
+            "manifest_seq": self.manifest.seq, "events_seq": self.events.last_seq,
+        }
+
+    def membership_view(self) -> dict[str, Any]:
+        if self.membership is None:
+            return {"coordinator": self.config.coordinator.name, "members": {}}
+        return {"coordinator": self.name, "members": self.membership.view()}
+
+    def health_check(self) -> HealthCheckResult:
+        parts = {"auto_sync": self.daemon.health_check(), "router": self.router.health_check()}
+        if self.membership:
+            parts["membership"] = self.membership.health_check()
+        return HealthCheckResult.combine(parts)

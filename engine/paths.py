@@ -1,0 +1,87 @@
+"""The node's data root layout, and the one place that turns a name into a path.
+
+    <data_root>/<data_type>/<path>      the visible tree: only complete, verified files
+    <data_root>/.ringsync/              engine state: manifest, events log, incoming, snapshots
+
+Every path that comes from outside (HTTP, config, peers) goes through
+``DataRoot.object_path``, which refuses anything that could leave the data type's
+directory, in any spelling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path, PurePosixPath
+
+DATA_TYPES = ("games", "npz", "models")
+"""The artifact kinds a node stores, one directory each under the data root."""
+
+STATE_DIR = ".ringsync"
+
+
+class UnsafePath(ValueError):
+    """A requested path that is not a plain relative path inside the data root."""
+
+
+class DataRoot:
+    """A node's data root and its fixed sub-directories."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+        """The absolute data root."""
+        self.state = self.root / STATE_DIR
+        """Engine state, never part of the visible tree."""
+        self.incoming = self.state / "incoming"
+        """Partial uploads (resumable), renamed into place only when verified."""
+        self.snapshots = self.state / "snapshots"
+        """Consistent SQLite snapshots waiting to be pushed."""
+
+    def create(self) -> None:
+        for sub in (self.incoming, self.snapshots, *(self.root / t for t in DATA_TYPES)):
+            sub.mkdir(parents=True, exist_ok=True)
+
+    def type_dir(self, data_type: str) -> Path:
+        if data_type not in DATA_TYPES:
+            raise UnsafePath(f"unknown data type {data_type!r} (expected one of {', '.join(DATA_TYPES)})")
+        return self.root / data_type
+
+    def object_path(self, data_type: str, rel: str) -> Path:
+        """The final location of ``<data_type>/<rel>``; raises UnsafePath when it is not safe."""
+        base = self.type_dir(data_type)
+        clean = check_relative(rel)
+        final = base.joinpath(*clean.parts)
+        # Belt and braces: no symlink in the existing part of the path may lead outside.
+        resolved = final.resolve()
+        if not resolved.is_relative_to(base.resolve()):
+            raise UnsafePath(f"path {rel!r} leaves the data root")
+        return final
+
+    def partial_path(self, data_type: str, rel: str, sha256: str) -> Path:
+        """Where an upload of ``rel`` with declared ``sha256`` accumulates until verified."""
+        name = hashlib.sha256(f"{data_type}/{rel}".encode()).hexdigest()[:32]
+        return self.incoming / f"{name}.{sha256[:16]}.part"
+
+    def used_bytes(self) -> int:
+        """Bytes stored under the data root (what a disk quota is measured against)."""
+        total = 0
+        for dirpath, _dirs, files in os.walk(self.root):
+            for name in files:
+                try:
+                    total += os.lstat(os.path.join(dirpath, name)).st_size
+                except OSError:
+                    continue
+        return total
+
+
+def check_relative(rel: str) -> PurePosixPath:
+    """Accept only a plain relative POSIX path of normal, non-hidden segments."""
+    if not rel or "\x00" in rel or "\\" in rel or len(rel) > 1024:
+        raise UnsafePath(f"bad path {rel!r}")
+    path = PurePosixPath(rel)
+    if path.is_absolute() or rel.startswith("/"):
+        raise UnsafePath(f"path {rel!r} is absolute")
+    for part in rel.split("/"):
+        if part in ("", ".", "..") or part.startswith("."):
+            raise UnsafePath(f"path {rel!r} has a forbidden segment {part!r}")
+    return path

@@ -1,0 +1,151 @@
+"""Scanner: finds this node's finished artifacts and prepares their bytes for pushing.
+
+Finished (the rule generator writers follow, see docs/architecture.md):
+  * the file lives under ``<data_root>/<data_type>/`` with no hidden path segment and
+    matches none of ``sync_routing.exclude_patterns``;
+  * it has not been modified for ``transfer.finished_after_seconds``;
+  * a SQLite database (``.db``) additionally has no ``-wal`` or ``-journal`` sidecar
+    with content, i.e. its writer closed it.
+
+A database is never pushed as a file: its bytes for pushing are a consistent snapshot
+made with SQLite's online backup API in one step into ``.ringsync/snapshots/`` (the
+live source is opened read-only and never modified). The artifact's size and SHA-256
+are the snapshot's; the source's size and mtime are kept to notice later changes.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.hashing import sha256_file
+from engine.manifest import Artifact
+from engine.paths import DATA_TYPES, DataRoot
+
+DB_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+SIDECARS = ("-wal", "-journal")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A finished file whose (size, mtime) the manifest has not seen."""
+
+    data_type: str
+    path: str
+    file: Path
+    size: int
+    mtime_ns: int
+
+
+def is_database(path: str) -> bool:
+    return path.endswith(DB_SUFFIXES)
+
+
+class Scanner:
+    """Walks one data root; all methods are blocking and meant for a worker thread."""
+
+    def __init__(self, data: DataRoot, node: str, exclude_patterns: list[str],
+                 finished_after: float) -> None:
+        self.data = data
+        self.node = node
+        self.exclude_patterns = list(exclude_patterns)
+        self.finished_after = finished_after
+
+    def excluded(self, rel: str) -> bool:
+        name = rel.rsplit("/", 1)[-1]
+        return any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(name, p)
+                   for p in self.exclude_patterns)
+
+    def candidates(self, known: dict[tuple[str, str], tuple[int | None, int | None]],
+                   now: float | None = None) -> list[Candidate]:
+        """Finished files that are new or changed since ``known`` (key -> source size, mtime)."""
+        now = time.time() if now is None else now
+        found: list[Candidate] = []
+        for data_type in DATA_TYPES:
+            base = self.data.root / data_type
+            for dirpath, dirnames, filenames in os.walk(base):
+                dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+                for name in filenames:
+                    if name.startswith(".") or name.endswith(SIDECARS) or name.endswith("-shm"):
+                        continue
+                    file = Path(dirpath, name)
+                    rel = file.relative_to(base).as_posix()
+                    if self.excluded(rel):
+                        continue
+                    try:
+                        st = file.stat()
+                    except OSError:
+                        continue
+                    if known.get((data_type, rel)) == (st.st_size, st.st_mtime_ns):
+                        continue
+                    if now - st.st_mtime < self.finished_after or not self._closed(file):
+                        continue
+                    found.append(Candidate(data_type, rel, file, st.st_size, st.st_mtime_ns))
+        return found
+
+    @staticmethod
+    def _closed(file: Path) -> bool:
+        if not is_database(file.name):
+            return True
+        for suffix in SIDECARS:
+            side = file.with_name(file.name + suffix)
+            try:
+                if side.stat().st_size > 0:
+                    return False
+            except FileNotFoundError:
+                continue
+        return True
+
+    def snapshot_path(self, data_type: str, rel: str) -> Path:
+        digest = hashlib.sha256(f"{data_type}/{rel}".encode()).hexdigest()[:32]
+        return self.data.snapshots / f"{digest}.db"
+
+    def push_source(self, art: Artifact) -> Path:
+        """The file whose bytes a push of ``art`` sends."""
+        if is_database(art.path):
+            return self.snapshot_path(art.data_type, art.path)
+        return self.data.object_path(art.data_type, art.path)
+
+    def prepare(self, cand: Candidate) -> Artifact | None:
+        """Hash (and for databases snapshot) a candidate; None if it changed meanwhile."""
+        if is_database(cand.path):
+            target = self.snapshot_path(cand.data_type, cand.path)
+            snapshot_database(cand.file, target)
+            digest, size = sha256_file(target), target.stat().st_size
+        else:
+            digest, size = sha256_file(cand.file), cand.size
+        st = cand.file.stat()
+        if (st.st_size, st.st_mtime_ns) != (cand.size, cand.mtime_ns):
+            return None  # written to while we looked: not finished after all
+        parts = cand.path.split("/")
+        return Artifact(cand.data_type, cand.path, parts[0] if len(parts) > 1 else None, size,
+                        digest, cand.mtime_ns / 1e9, self.node, cand.size, cand.mtime_ns)
+
+
+def snapshot_database(source: Path, target: Path) -> None:
+    """A consistent copy of a (possibly live) SQLite database, made in one backup step.
+
+    The source is opened read-only (``mode=ro``); nothing about it is changed.
+    """
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+    try:
+        dst = sqlite3.connect(tmp)
+        try:
+            src.backup(dst, pages=-1)
+            # Our own copy (not the source) leaves WAL mode, so readers of the
+            # replica never create -wal/-shm files next to it.
+            dst.execute("PRAGMA journal_mode=DELETE")
+        finally:
+            dst.close()
+    finally:
+        src.close()
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, target)

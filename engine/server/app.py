@@ -1,0 +1,123 @@
+"""The node's HTTP API (aiohttp): routes, bearer-token auth, JSON errors.
+
+    GET  /health                      HealthCheckResult (no token needed)
+    GET  /status                      node, role, disk, artifacts, transfers, strategy, paused
+    GET  /bandwidth/status            BandwidthCoordinator allocations and rates
+    GET  /v1/manifest?since=SEQ       ClusterManifest rows changed after SEQ
+    GET  /v1/events?since=SEQ         server-sent events
+    GET  /v1/cluster                  membership as this node sees it
+    PUT|GET|HEAD /v1/objects/{data_type}/{path}
+    POST /v1/control/{priority-sync,pause,resume}   what the SyncFacade asks of a node
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from engine.server import objects
+from engine.server.context import NODE_KEY, node_of
+from engine.server.events_stream import stream_events
+
+if TYPE_CHECKING:
+    from engine.node import Node
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+OPEN_PATHS = frozenset({"/health"})
+
+
+_node = node_of
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path not in OPEN_PATHS:
+        expected = f"Bearer {_node(request).config.token}"
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            raise web.HTTPUnauthorized(
+                text=json.dumps({"error": "missing or wrong bearer token"}),
+                content_type="application/json", headers={"WWW-Authenticate": "Bearer"})
+    return await handler(request)
+
+
+async def health(request: web.Request) -> web.Response:
+    result = _node(request).health_check()
+    return web.json_response(result.to_dict(), status=200 if result.is_healthy else 503)
+
+
+async def status(request: web.Request) -> web.Response:
+    return web.json_response(_node(request).status())
+
+
+async def bandwidth_status(request: web.Request) -> web.Response:
+    return web.json_response(_node(request).bandwidth.status())
+
+
+async def manifest(request: web.Request) -> web.Response:
+    try:
+        since = int(request.query.get("since", "0"))
+        limit = int(request.query.get("limit", "5000"))
+    except ValueError:
+        raise web.HTTPBadRequest(text="since and limit must be integers") from None
+    if since < 0 or not 1 <= limit <= 50000:
+        raise web.HTTPBadRequest(text="since must be >= 0 and limit in 1..50000")
+    return web.json_response(_node(request).manifest.changes_since(since, limit))
+
+
+async def cluster(request: web.Request) -> web.Response:
+    return web.json_response(_node(request).membership_view())
+
+
+async def _json_body(request: web.Request) -> dict:
+    if not request.can_read_body:
+        return {}
+    try:
+        body = await request.json()
+    except json.JSONDecodeError as exc:
+        raise web.HTTPBadRequest(text=f"body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text="body must be a JSON object")
+    return body
+
+
+async def control_priority_sync(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    reason = body.get("reason")
+    config_key = body.get("config_key")
+    if not isinstance(reason, str) or not reason:
+        raise web.HTTPBadRequest(text="reason (a non-empty string) is required")
+    if config_key is not None and not isinstance(config_key, str):
+        raise web.HTTPBadRequest(text="config_key must be a string")
+    node = _node(request)
+    return web.json_response(node.request_priority_sync(reason, config_key), status=202)
+
+
+async def control_pause(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    return web.json_response(_node(request).set_paused(True, str(body.get("by", "api"))))
+
+
+async def control_resume(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    return web.json_response(_node(request).set_paused(False, str(body.get("by", "api"))))
+
+
+def make_app(node: "Node") -> web.Application:
+    app = web.Application(middlewares=[auth_middleware], client_max_size=1 << 20)
+    app[NODE_KEY] = node
+    app.router.add_get("/health", health)
+    app.router.add_get("/status", status)
+    app.router.add_get("/bandwidth/status", bandwidth_status)
+    app.router.add_get("/v1/manifest", manifest)
+    app.router.add_get("/v1/events", stream_events)
+    app.router.add_get("/v1/cluster", cluster)
+    app.router.add_post("/v1/control/priority-sync", control_priority_sync)
+    app.router.add_post("/v1/control/pause", control_pause)
+    app.router.add_post("/v1/control/resume", control_resume)
+    objects.add_routes(app)
+    return app

@@ -1,0 +1,66 @@
+"""``GET /v1/events``: the node's events as server-sent events, resumable.
+
+``?since=SEQ`` (or the ``Last-Event-ID`` header a reconnecting EventSource sends)
+replays everything newer from memory or the JSONL log, then streams live events.
+A comment line every ``heartbeat`` seconds keeps proxies and dead-peer detection honest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from engine.server.context import node_of
+
+from engine.events import Event
+
+if TYPE_CHECKING:
+    from engine.node import Node
+
+HEARTBEAT_SECONDS = 15.0
+
+
+def sse_frame(event: Event) -> bytes:
+    data = json.dumps(event.to_dict(), separators=(",", ":"))
+    return f"id: {event.seq}\nevent: {event.type.value}\ndata: {data}\n\n".encode()
+
+
+async def stream_events(request: web.Request) -> web.StreamResponse:
+    node = node_of(request)
+    raw = request.query.get("since", request.headers.get("Last-Event-ID", "0"))
+    try:
+        since = int(raw)
+    except ValueError:
+        raise web.HTTPBadRequest(text=f"since must be an integer, got {raw!r}") from None
+    follow = request.query.get("follow", "1") != "0"
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache"})
+    await response.prepare(request)
+    subscription = node.events.subscribe() if follow else None
+    try:
+        last = since
+        for event in node.events.since(since):
+            await response.write(sse_frame(event))
+            last = event.seq
+        if subscription is None:
+            return response
+        while True:
+            try:
+                event = await asyncio.wait_for(subscription.get(), HEARTBEAT_SECONDS)
+            except asyncio.TimeoutError:
+                await response.write(b": keep-alive\n\n")
+                continue
+            if event is None:  # bus closed (shutdown) or this client fell behind
+                break
+            if event.seq > last:
+                await response.write(sse_frame(event))
+                last = event.seq
+    except ConnectionResetError:  # the client went away
+        pass
+    finally:
+        if subscription is not None:
+            subscription.close()
+    return response

@@ -1,0 +1,252 @@
+"""``/v1/objects/{data_type}/{path}``: verified, resumable receive; HEAD; GET with Range.
+
+Upload protocol (one PUT per attempt):
+    X-Ringsync-Size     total bytes of the object
+    X-Ringsync-Sha256   SHA-256 of the whole object (hex)
+    X-Ringsync-Offset   bytes the sender skips because the receiver already has them
+    X-Ringsync-Source / -Origin / -Config-Key / -Mtime / -Reason   provenance
+The body streams into ``.ringsync/incoming/<key>.part`` while being hashed; only when
+size and hash match is the part fsynced and linked to its final name (never over an
+existing file). ``HEAD`` tells a sender what is there: 200 with the stored hash, or 404
+with ``X-Ringsync-Offset`` = bytes of a partial upload it may resume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from engine.server.context import node_of
+
+from engine.events import DataSyncCompleted, DataSyncFailed
+from engine.hashing import sha256_prefix
+from engine.manifest import Artifact, SyncReceipt
+from engine.paths import UnsafePath
+
+if TYPE_CHECKING:
+    from engine.node import Node
+
+H_SIZE, H_SHA, H_OFFSET = "X-Ringsync-Size", "X-Ringsync-Sha256", "X-Ringsync-Offset"
+H_SOURCE, H_ORIGIN, H_KEY = "X-Ringsync-Source", "X-Ringsync-Origin", "X-Ringsync-Config-Key"
+H_MTIME, H_REASON, H_VERIFIED = "X-Ringsync-Mtime", "X-Ringsync-Reason", "X-Ringsync-Verified-At"
+H_VERIFY = "X-Ringsync-Verify"
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def _bad(status: type[web.HTTPException], message: str, **extra: object) -> web.HTTPException:
+    return status(text=web.json_response({"error": message, **extra}).text,
+                  content_type="application/json")
+
+
+def _resolve(node: "Node", request: web.Request) -> tuple[str, str, Path]:
+    data_type, rel = request.match_info["data_type"], request.match_info["path"]
+    try:
+        return data_type, rel, node.data.object_path(data_type, rel)
+    except UnsafePath as exc:
+        raise _bad(web.HTTPBadRequest, str(exc)) from None
+
+
+def _int_header(request: web.Request, name: str, default: int | None = None) -> int:
+    raw = request.headers.get(name)
+    if raw is None:
+        if default is None:
+            raise _bad(web.HTTPBadRequest, f"missing header {name}")
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _bad(web.HTTPBadRequest, f"header {name} is not an integer: {raw!r}") from None
+    if value < 0:
+        raise _bad(web.HTTPBadRequest, f"header {name} is negative")
+    return value
+
+
+def _sha_header(request: web.Request) -> str:
+    sha = request.headers.get(H_SHA, "").lower()
+    if len(sha) != 64 or not set(sha) <= _HEX:
+        raise _bad(web.HTTPBadRequest, f"header {H_SHA} must be 64 hex digits")
+    return sha
+
+
+async def head_object(request: web.Request) -> web.Response:
+    node = node_of(request)
+    data_type, rel, final = _resolve(node, request)
+    if final.is_file():
+        verify_now = request.headers.get(H_VERIFY) == "now"
+        sha, verified_at = await node.local_verification(data_type, rel, final, force=verify_now)
+        return web.Response(status=200, headers={
+            H_SHA: sha, H_VERIFIED: f"{verified_at:.6f}", H_SIZE: str(final.stat().st_size)})
+    headers = {H_OFFSET: "0"}
+    sha = request.headers.get(H_SHA, "").lower()
+    if sha:
+        part = node.data.partial_path(data_type, rel, sha)
+        if part.exists():
+            headers[H_OFFSET] = str(part.stat().st_size)
+    return web.Response(status=404, headers=headers)
+
+
+async def get_object(request: web.Request) -> web.StreamResponse:
+    node = node_of(request)
+    _data_type, _rel, final = _resolve(node, request)
+    if not final.is_file():
+        raise _bad(web.HTTPNotFound, "no such object")
+    return web.FileResponse(final, chunk_size=node.config.transfer.chunk_bytes)
+
+
+async def put_object(request: web.Request) -> web.Response:
+    node = node_of(request)
+    data_type, rel, final = _resolve(node, request)
+    size, sha = _int_header(request, H_SIZE), _sha_header(request)
+    offset = _int_header(request, H_OFFSET, 0)
+    source = request.headers.get(H_SOURCE, "unknown")
+    artifact_name = f"{data_type}/{rel}"
+    if offset > size:
+        raise _bad(web.HTTPBadRequest, f"offset {offset} beyond size {size}")
+    if request.content_length is not None and request.content_length != size - offset:
+        raise _bad(web.HTTPBadRequest,
+                   f"Content-Length {request.content_length} != size - offset ({size - offset})")
+    if final.exists():
+        held, verified_at = await node.local_verification(data_type, rel, final)
+        if held == sha:
+            return web.json_response({"node": node.name, "data_type": data_type, "path": rel,
+                                      "sha256": sha, "size": size, "verified_at": verified_at,
+                                      "already_present": True})
+        raise _bad(web.HTTPConflict, f"{artifact_name} exists with different content; "
+                   "ringsync never overwrites", sha256=held)
+    if not node.has_room_for(size - offset):
+        raise _bad(web.HTTPInsufficientStorage, f"{node.name} has no room for {size} bytes")
+    part = node.data.partial_path(data_type, rel, sha)
+    if part in node.uploads_in_progress:
+        raise _bad(web.HTTPConflict, f"an upload of {artifact_name} is already in progress")
+    have = part.stat().st_size if part.exists() else 0
+    if have != offset:
+        raise _bad(web.HTTPConflict, f"resume offset {offset} != {have} bytes held", offset=have)
+
+    node.uploads_in_progress.add(part)
+    transfer = node.transfers.start(direction="in", source=source, target=node.name,
+                                    artifact=artifact_name, size=size, transport="http",
+                                    offset=offset)
+    try:
+        digest = await _receive(request, part, offset, size, node.config.transfer.chunk_bytes,
+                                transfer)
+    except web.HTTPException as exc:
+        node.transfers.finish(transfer, error=exc.text or exc.reason)
+        raise
+    except BaseException as exc:
+        # The sender went away mid-body: keep the partial for resume; nothing is visible.
+        error = (f"upload interrupted after {offset + transfer.done} of {size} bytes"
+                 f" (partial kept for resume): {type(exc).__name__}")
+        node.transfers.finish(transfer, error=error)
+        node.events.emit(DataSyncFailed(source=source, target=node.name, artifact=artifact_name,
+                                        error=error, attempt=0, retry_in_seconds=None,
+                                        reason="receive", strategy="receive"))
+        raise
+    finally:
+        node.uploads_in_progress.discard(part)
+
+    received = offset + transfer.done
+    if received != size or digest != sha:
+        part.unlink(missing_ok=True)
+        error = (f"size mismatch: declared {size}, received {received}" if received != size
+                 else f"sha256 mismatch: declared {sha}, received {digest}")
+        node.transfers.finish(transfer, error=error)
+        node.events.emit(DataSyncFailed(source=source, target=node.name, artifact=artifact_name,
+                                        error=error, attempt=0, retry_in_seconds=None,
+                                        reason="receive", strategy="receive"))
+        raise _bad(web.HTTPUnprocessableEntity, error)
+
+    try:
+        await asyncio.to_thread(_publish, part, final)
+    except FileExistsError:
+        part.unlink(missing_ok=True)
+        node.transfers.finish(transfer, error="lost a race with another upload")
+        raise _bad(web.HTTPConflict, f"{artifact_name} appeared during the upload") from None
+    verified_at = time.time()
+    node.transfers.finish(transfer)
+    node.note_stored(data_type, rel, sha, size, verified_at)
+    try:
+        mtime = float(request.headers.get(H_MTIME, verified_at))
+    except ValueError:
+        mtime = verified_at
+    node.manifest.register_sync(
+        SyncReceipt(data_type, rel, source, node.name, sha, size, verified_at, "http"),
+        Artifact(data_type, rel, request.headers.get(H_KEY) or None, size, sha, mtime,
+                 request.headers.get(H_ORIGIN, source)))
+    node.events.emit(DataSyncCompleted(source=source, target=node.name, files=1, bytes=size,
+                                       artifacts=[artifact_name],
+                                       reason=request.headers.get(H_REASON, "push"),
+                                       strategy="receive",
+                                       seconds=round(time.time() - transfer.started, 3)))
+    return web.json_response({"node": node.name, "data_type": data_type, "path": rel,
+                              "sha256": sha, "size": size, "verified_at": verified_at,
+                              "already_present": False}, status=201)
+
+
+async def _receive(request: web.Request, part: Path, offset: int, size: int, chunk: int,
+                   transfer) -> str:
+    """Append the body to ``part`` while hashing; returns the hex digest of the whole object.
+
+    Writing and hashing run in a worker thread (both release the GIL) while the loop
+    reads the next chunk, so receive, hash and write overlap. At most two chunks are
+    in memory at once.
+    """
+    hasher = hashlib.sha256()
+    if offset:
+        await asyncio.to_thread(sha256_prefix, part, offset, hasher)
+    loop = asyncio.get_running_loop()
+    pending: asyncio.Future[None] | None = None
+    fh = await asyncio.to_thread(open, part, "r+b" if offset else "wb")
+    try:
+        if offset:
+            await asyncio.to_thread(fh.seek, offset)
+        async for data in request.content.iter_chunked(chunk):
+            if transfer.offset + transfer.done + len(data) > size:
+                raise _bad(web.HTTPBadRequest, "body longer than declared size")
+            if pending is not None:
+                await pending
+            pending = loop.run_in_executor(None, _write_and_hash, fh, hasher, data)
+            transfer.done += len(data)
+        if pending is not None:
+            await pending
+            pending = None
+        await asyncio.to_thread(_flush, fh)
+    finally:
+        if pending is not None:
+            await asyncio.gather(pending, return_exceptions=True)
+        fh.close()
+    return hasher.hexdigest()
+
+
+def _write_and_hash(fh, hasher, data: bytes) -> None:
+    fh.write(data)
+    hasher.update(data)
+
+
+def _flush(fh) -> None:
+    fh.flush()
+    os.fsync(fh.fileno())
+
+
+def _publish(part: Path, final: Path) -> None:
+    """Give the verified part its final name without ever replacing an existing file."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.link(part, final)  # raises FileExistsError instead of overwriting
+    os.unlink(part)
+    dir_fd = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_route("HEAD", "/v1/objects/{data_type}/{path:.+}", head_object)
+    app.router.add_get("/v1/objects/{data_type}/{path:.+}", get_object, allow_head=False)
+    app.router.add_route("PUT", "/v1/objects/{data_type}/{path:.+}", put_object)

@@ -1,0 +1,60 @@
+"""The one transport interface every way of moving bytes implements.
+
+A transport pushes one artifact's bytes to one target and returns what the target
+says it verified. It never decides *what* to move (the daemons and router do) and
+never records anything (the caller records the receipt from the result).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from engine.manifest import Artifact
+from engine.transfers import Transfer
+
+
+@dataclass(frozen=True)
+class PushRequest:
+    """Move ``artifact`` (whose bytes are in ``source_file``) to ``target``."""
+
+    artifact: Artifact
+    source_file: Path
+    """The bytes to send: the artifact itself or its consistent snapshot."""
+    target: str
+    """Target node name."""
+    target_url: str
+    """Target node's base URL."""
+    reason: str
+    urgency: str = "normal"
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """What the target vouched for after hashing the bytes it stored."""
+
+    target: str
+    sha256: str
+    size: int
+    verified_at: float
+    already_present: bool
+    bytes_sent: int
+
+
+class TransferError(Exception):
+    """A push that did not end with a verified copy at the target."""
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        """False when trying again cannot help (conflict, bad token, refused path)."""
+
+
+class Transport(Protocol):
+    name: str
+    """Short name shown in transfers and receipts (``http``, ``rsync``, ``torrent``)."""
+
+    async def push(self, request: PushRequest, transfer: Transfer) -> PushResult:
+        """Send the bytes, updating ``transfer`` as they go; raise TransferError on failure."""
+        ...

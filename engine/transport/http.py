@@ -1,0 +1,143 @@
+"""HttpTransport: resumable, bandwidth-coordinated, verified pushes over the node API.
+
+One push: ``HEAD`` asks the target what it holds (done if the same hash is there;
+else the offset of a partial upload), then one streaming ``PUT`` of the rest with
+the declared size and SHA-256. The target hashes while writing and answers with its
+verification; a hash that does not match ours is a failure, never a success.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import quote
+
+import aiohttp
+
+from engine.bandwidth import BandwidthCoordinator
+from engine.server.objects import (H_KEY, H_MTIME, H_OFFSET, H_ORIGIN, H_REASON, H_SHA, H_SIZE,
+                                   H_SOURCE, H_VERIFIED)
+from engine.transfers import Transfer
+from engine.transport.base import PushRequest, PushResult, TransferError
+
+
+class HttpTransport:
+    """Pushes over ``PUT /v1/objects``; one instance per node, sharing one session."""
+
+    name = "http"
+
+    def __init__(self, session: aiohttp.ClientSession, node: str,
+                 bandwidth: BandwidthCoordinator, chunk_bytes: int) -> None:
+        self.session = session
+        """Carries the cluster bearer token in its default headers."""
+        self.node = node
+        self.bandwidth = bandwidth
+        self.chunk_bytes = chunk_bytes
+
+    def _url(self, request: PushRequest) -> str:
+        art = request.artifact
+        return f"{request.target_url}/v1/objects/{art.data_type}/{quote(art.path)}"
+
+    async def push(self, request: PushRequest, transfer: Transfer) -> PushResult:
+        art, url = request.artifact, self._url(request)
+        try:
+            offset = await self._probe(request, url)
+            if isinstance(offset, PushResult):
+                return offset
+            for _ in range(2):  # a 409 with the receiver's true offset gets one corrected try
+                transfer.offset, transfer.done = offset, 0
+                result = await self._put(request, url, offset, transfer)
+                if isinstance(result, PushResult):
+                    return result
+                offset = result
+            raise TransferError(f"{request.target} keeps disagreeing about the resume offset")
+        except aiohttp.ClientError as exc:
+            raise TransferError(f"{request.target} unreachable: {type(exc).__name__}: {exc}") from exc
+        except asyncio.TimeoutError as exc:
+            raise TransferError(f"{request.target} timed out on {art.key}") from exc
+
+    async def _probe(self, request: PushRequest, url: str) -> int | PushResult:
+        art = request.artifact
+        async with self.session.head(url, headers={H_SHA: art.sha256}) as resp:
+            if resp.status == 200:
+                held = resp.headers.get(H_SHA, "")
+                if held != art.sha256:
+                    raise TransferError(f"{request.target} holds {art.key} with a different hash"
+                                        f" ({held[:12]}…); ringsync never overwrites",
+                                        retryable=False)
+                return PushResult(request.target, held, art.size,
+                                  float(resp.headers.get(H_VERIFIED, time.time())), True, 0)
+            if resp.status == 404:
+                return int(resp.headers.get(H_OFFSET, "0"))
+            raise await _error(resp, request.target, art.key)
+
+    async def _put(self, request: PushRequest, url: str, offset: int,
+                   transfer: Transfer) -> int | PushResult:
+        art = request.artifact
+        headers = {
+            H_SIZE: str(art.size), H_SHA: art.sha256, H_OFFSET: str(offset),
+            H_SOURCE: self.node, H_ORIGIN: art.origin, H_MTIME: f"{art.mtime:.6f}",
+            H_REASON: request.reason, "Content-Length": str(art.size - offset),
+            "Content-Type": "application/octet-stream",
+        }
+        if art.config_key:
+            headers[H_KEY] = art.config_key
+        async with self.bandwidth.allocate(request.target, art.key) as alloc:
+            body = self._read(request.source_file, offset, art.size, alloc, transfer)
+            async with self.session.put(url, data=body, headers=headers) as resp:
+                if resp.status in (200, 201):
+                    answer = await resp.json()
+                    if answer.get("sha256") != art.sha256 or answer.get("size") != art.size:
+                        raise TransferError(f"{request.target} verified {answer.get('sha256')}"
+                                            f" but we sent {art.sha256}")
+                    return PushResult(request.target, answer["sha256"], answer["size"],
+                                      float(answer["verified_at"]),
+                                      bool(answer.get("already_present")), transfer.done)
+                if resp.status == 409:
+                    detail = await _json(resp)
+                    if "offset" in detail:
+                        return int(detail["offset"])
+                raise await _error(resp, request.target, art.key)
+
+    async def _read(self, path: Path, offset: int, size: int, alloc,
+                    transfer: Transfer) -> AsyncIterator[bytes]:
+        """Stream ``path[offset:size]`` in chunks, reading the next chunk while one is sent."""
+        fh = await asyncio.to_thread(open, path, "rb")
+        nxt: asyncio.Future[bytes] | None = None
+        try:
+            await asyncio.to_thread(fh.seek, offset)
+            remaining = size - offset
+            nxt = asyncio.ensure_future(asyncio.to_thread(fh.read, min(self.chunk_bytes, remaining)))
+            while remaining > 0:
+                data = await nxt
+                if not data:
+                    raise TransferError(f"{path} shrank while being sent")
+                remaining -= len(data)
+                if remaining > 0:
+                    nxt = asyncio.ensure_future(
+                        asyncio.to_thread(fh.read, min(self.chunk_bytes, remaining)))
+                await alloc.consume(len(data))
+                transfer.done += len(data)
+                yield data
+        finally:
+            if nxt is not None and not nxt.done():  # never close under a pending read
+                await asyncio.gather(nxt, return_exceptions=True)
+            fh.close()
+
+
+async def _json(resp: aiohttp.ClientResponse) -> dict:
+    try:
+        data = json.loads(await resp.text())
+        return data if isinstance(data, dict) else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+
+
+async def _error(resp: aiohttp.ClientResponse, target: str, key: str) -> TransferError:
+    detail = (await _json(resp)).get("error") or resp.reason
+    retryable = resp.status not in (400, 401, 403, 409)
+    return TransferError(f"{target} answered {resp.status} for {key}: {detail}",
+                         retryable=retryable)

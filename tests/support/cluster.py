@@ -1,0 +1,202 @@
+"""A real cluster for tests: every node its own ``ringsync --engine-only`` process.
+
+Each node gets a free loopback port and its own data root under the test's tmp
+dir; the config is real YAML loaded by the real loader. ``stop_all`` always runs
+(SIGTERM, then SIGKILL after a grace period) so no process outlives its test.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.support.sshd import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+TOKEN = "test-cluster-token"
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.1,
+             what: str = "condition") -> Any:
+    """Poll until ``predicate()`` is truthy; returns its value or fails the test."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class NodeProc:
+    name: str
+    role: str
+    port: int
+    data_root: Path
+    log: Path
+    proc: subprocess.Popen | None = None
+
+
+class Cluster:
+    """A coordinator, ``gpus`` GPU nodes and ``cpus`` CPU nodes on 127.0.0.1."""
+
+    def __init__(self, root: Path, gpus: int = 2, cpus: int = 0, quota: str | None = None,
+                 interval: float = 0.5, finished_after: float = 0.3,
+                 config: dict[str, Any] | None = None) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.config_path = root / "cluster.yaml"
+        self.nodes: dict[str, NodeProc] = {}
+        roles = [("coord", "coordinator")] + [(f"gpu-{i}", "gpu") for i in range(1, gpus + 1)] \
+            + [(f"cpu-{i}", "cpu") for i in range(1, cpus + 1)]
+        for name, role in roles:
+            self.nodes[name] = NodeProc(name, role, free_port(), root / "nodes" / name,
+                                        root / "logs" / f"{name}.log")
+        self.settings: dict[str, Any] = {
+            "cluster_name": "test", "token": TOKEN,
+            "auto_sync": {"enabled": True, "interval_seconds": interval,
+                          "strategy": "push_from_generator"},
+            "bandwidth_limits": {"default_mbps": 1000},
+            "membership": {"interval_seconds": 0.5, "suspect_after_misses": 1,
+                           "down_after_misses": 3},
+            "transfer": {"finished_after_seconds": finished_after, "retry_base_seconds": 0.2,
+                         "retry_max_seconds": 2.0},
+            "hosts": {n.name: {"role": n.role, "provider": "lambda" if n.role == "gpu" else "hetzner",
+                               "address": "127.0.0.1", "port": n.port,
+                               "data_root": str(n.data_root),
+                               **({"disk_quota": quota} if quota and n.role != "coordinator" else {})}
+                      for n in self.nodes.values()},
+        }
+        _merge(self.settings, config or {})
+        self.config_path.write_text(yaml.safe_dump(self.settings, sort_keys=False))
+
+    # -- processes --------------------------------------------------------------------------
+    def command(self, name: str) -> list[str]:
+        return [sys.executable, "-m", "ringsync_tui.cli", "--engine-only",
+                "--config", str(self.config_path), "--node", name]
+
+    def start(self) -> None:
+        for name in self.nodes:
+            self.start_node(name, wait=False)
+        for name in self.nodes:
+            self.wait_healthy(name)
+
+    def start_node(self, name: str, wait: bool = True) -> None:
+        node = self.nodes[name]
+        node.log.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env.pop("RINGRIFT_CLUSTER_TOKEN", None)
+        with open(node.log, "ab") as log:
+            node.proc = subprocess.Popen(self.command(name), stdout=log, stderr=subprocess.STDOUT,
+                                         env=env, cwd=self.root)
+        if wait:
+            self.wait_healthy(name)
+
+    def wait_healthy(self, name: str, timeout: float = 20.0) -> None:
+        node = self.nodes[name]
+
+        def up() -> bool:
+            if node.proc is not None and node.proc.poll() is not None:
+                raise AssertionError(f"{name} exited {node.proc.returncode}:\n{self.log(name)}")
+            try:
+                return self.request(name, "GET", "/health", token=None).status in (200, 503)
+            except OSError:
+                return False
+
+        wait_for(up, timeout, what=f"{name} to answer /health")
+
+    def stop_node(self, name: str, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        """Signal a node and wait for it; returns its exit code."""
+        proc = self.nodes[name].proc
+        if proc is None or proc.poll() is not None:
+            return proc.returncode if proc else 0
+        proc.send_signal(sig)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise AssertionError(f"{name} did not exit within {timeout}s of signal {sig}")
+
+    def stop_all(self) -> None:
+        for node in self.nodes.values():
+            if node.proc and node.proc.poll() is None:
+                node.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 8
+        for node in self.nodes.values():
+            if node.proc and node.proc.poll() is None:
+                try:
+                    node.proc.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    node.proc.kill()
+                    node.proc.wait()
+
+    def log(self, name: str) -> str:
+        path = self.nodes[name].log
+        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+
+    # -- HTTP -------------------------------------------------------------------------------
+    def request(self, name: str, method: str, path: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None, token: str | None = TOKEN,
+                timeout: float = 30.0) -> Response:
+        """One raw HTTP request (no URL normalisation, so traversal tests mean it)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.nodes[name].port, timeout=timeout)
+        try:
+            hdrs = dict(headers or {})
+            if token is not None:
+                hdrs["Authorization"] = f"Bearer {token}"
+            conn.request(method, path, body=body, headers=hdrs)
+            resp = conn.getresponse()
+            return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
+        finally:
+            conn.close()
+
+    def get_json(self, name: str, path: str) -> Any:
+        resp = self.request(name, "GET", path)
+        assert resp.status == 200, (resp.status, resp.body[:500])
+        return resp.json()
+
+    def status(self, name: str) -> dict[str, Any]:
+        return self.get_json(name, "/status")
+
+    # -- files ------------------------------------------------------------------------------
+    def data_root(self, name: str) -> Path:
+        return self.nodes[name].data_root
+
+    def events(self, name: str, type_: str | None = None) -> list[dict[str, Any]]:
+        path = self.data_root(name) / ".ringsync" / "events.jsonl"
+        if not path.exists():
+            return []
+        out = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [e for e in out if type_ is None or e["type"] == type_]
+
+
+def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
