@@ -12,12 +12,11 @@ import signal
 import sys
 from pathlib import Path
 
-from engine.config import ConfigError, load_config
-from engine.resources import config_dir
+from engine.config import ConfigError, default_config_path, load_config
 
 
 def add_node_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, default=config_dir() / "local.yaml",
+    parser.add_argument("--config", type=Path, default=default_config_path(),
                         help="cluster config (default: the packaged local demo cluster)")
     parser.add_argument("--node", help="which host in the config this process is")
     parser.add_argument("--log-level", default="INFO")

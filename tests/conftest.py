@@ -10,20 +10,32 @@ import pytest
 from tests.support.cluster import Cluster
 
 
-@pytest.fixture
-def make_cluster(tmp_path: Path) -> Iterator:
-    """Start a cluster: ``make_cluster(gpus=2, **config_overrides)``; always torn down."""
+def _factory(root: Path) -> Iterator:
     started: list[Cluster] = []
 
     def factory(**kwargs) -> Cluster:
-        cluster = Cluster(tmp_path / f"cluster{len(started)}", **kwargs)
+        cluster = Cluster(root / f"cluster{len(started)}", **kwargs)
         started.append(cluster)
         cluster.start()
         return cluster
 
-    yield factory
-    for cluster in started:
-        cluster.stop_all()
+    try:
+        yield factory
+    finally:
+        for cluster in started:
+            cluster.stop_all()
+
+
+@pytest.fixture
+def make_cluster(tmp_path: Path) -> Iterator:
+    """Start a cluster: ``make_cluster(gpus=2, **config_overrides)``; always torn down."""
+    yield from _factory(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def make_module_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """Like ``make_cluster`` but shared by a module's tests (for read-mostly checks)."""
+    yield from _factory(tmp_path_factory.mktemp("cluster"))
 
 
 @pytest.fixture

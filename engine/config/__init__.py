@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from engine.resources import config_dir
+
 from .env import ENV_VARS
 from .errors import ConfigError, UnknownHostError
 from .loader import load_config, load_config_text
@@ -33,18 +35,6 @@ __all__ = [
     "PushThresholds", "STRATEGIES", "SshConfig", "SyncRouting", "Transfer", "UnknownHostError",
     "config_dir", "default_config_path", "load_config", "load_config_text", "parse_size",
 ]
-
-_ENGINE_DIR = Path(__file__).resolve().parent.parent
-
-
-def config_dir() -> Path:
-    """The shipped config directory: ``engine/_config_files`` in an installed wheel, else the source
-    checkout's ``config/``."""
-    packaged = _ENGINE_DIR / "_config_files"
-    if (packaged / "local.yaml").is_file():
-        return packaged
-    return _ENGINE_DIR.parent / "config"
-
 
 def default_config_path() -> Path:
     """The shipped demo cluster, ``local.yaml``."""

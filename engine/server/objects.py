@@ -7,8 +7,9 @@ Upload protocol (one PUT per attempt):
     X-Ringsync-Source / -Origin / -Config-Key / -Mtime / -Reason   provenance
 The body streams into ``.ringsync/incoming/<key>.part`` while being hashed; only when
 size and hash match is the part fsynced and linked to its final name (never over an
-existing file). ``HEAD`` tells a sender what is there: 200 with the stored hash, or 404
-with ``X-Ringsync-Offset`` = bytes of a partial upload it may resume.
+existing file). ``HEAD`` tells a sender what is there: 200 with the stored hash, 404
+with ``X-Ringsync-Offset`` = bytes of a partial upload it may resume, or 409 while
+another upload of the same object is still running.
 """
 
 from __future__ import annotations
@@ -87,6 +88,8 @@ async def head_object(request: web.Request) -> web.Response:
     sha = request.headers.get(H_SHA, "").lower()
     if sha:
         part = node.data.partial_path(data_type, rel, sha)
+        if part in node.uploads_in_progress:  # its size is still moving: ask again later
+            return web.Response(status=409)
         if part.exists():
             headers[H_OFFSET] = str(part.stat().st_size)
     return web.Response(status=404, headers=headers)
@@ -147,6 +150,8 @@ async def put_object(request: web.Request) -> web.Response:
         node.events.emit(DataSyncFailed(source=source, target=node.name, artifact=artifact_name,
                                         error=error, attempt=0, retry_in_seconds=None,
                                         reason="receive", strategy="receive"))
+        if isinstance(exc, Exception):  # reported above; not a server error worth a traceback
+            raise _bad(web.HTTPBadRequest, error) from None
         raise
     finally:
         node.uploads_in_progress.discard(part)
@@ -195,31 +200,43 @@ async def _receive(request: web.Request, part: Path, offset: int, size: int, chu
 
     Writing and hashing run in a worker thread (both release the GIL) while the loop
     reads the next chunk, so receive, hash and write overlap. At most two chunks are
-    in memory at once.
+    in memory at once. If the sender goes away, what did arrive is still written, so a
+    resume loses nothing.
     """
     hasher = hashlib.sha256()
     if offset:
         await asyncio.to_thread(sha256_prefix, part, offset, hasher)
     loop = asyncio.get_running_loop()
     pending: asyncio.Future[None] | None = None
+    buffer = bytearray()
     fh = await asyncio.to_thread(open, part, "r+b" if offset else "wb")
+
+    async def hand_off() -> None:
+        nonlocal pending
+        data = bytes(buffer)
+        buffer.clear()
+        if pending is not None:
+            await pending
+        pending = loop.run_in_executor(None, _write_and_hash, fh, hasher, data)
+        transfer.done += len(data)
+
     try:
         if offset:
             await asyncio.to_thread(fh.seek, offset)
-        async for data in request.content.iter_chunked(chunk):
-            if transfer.offset + transfer.done + len(data) > size:
-                raise _bad(web.HTTPBadRequest, "body longer than declared size")
+        try:
+            while data := await request.content.readany():
+                if transfer.offset + transfer.done + len(buffer) + len(data) > size:
+                    raise _bad(web.HTTPBadRequest, "body longer than declared size")
+                buffer += data
+                if len(buffer) >= chunk:
+                    await hand_off()
+        finally:  # also when the sender went away: keep every byte that arrived
+            if buffer:
+                await hand_off()
             if pending is not None:
                 await pending
-            pending = loop.run_in_executor(None, _write_and_hash, fh, hasher, data)
-            transfer.done += len(data)
-        if pending is not None:
-            await pending
-            pending = None
         await asyncio.to_thread(_flush, fh)
     finally:
-        if pending is not None:
-            await asyncio.gather(pending, return_exceptions=True)
         fh.close()
     return hasher.hexdigest()
 

@@ -72,6 +72,8 @@ class HttpTransport:
                                   float(resp.headers.get(H_VERIFIED, time.time())), True, 0)
             if resp.status == 404:
                 return int(resp.headers.get(H_OFFSET, "0"))
+            if resp.status == 409:
+                raise TransferError(f"{request.target} is still receiving {art.key}")
             raise await _error(resp, request.target, art.key)
 
     async def _put(self, request: PushRequest, url: str, offset: int,

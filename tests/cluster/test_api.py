@@ -1,0 +1,159 @@
+"""The node HTTP API: token, status, health, bandwidth, manifest deltas, SSE events."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+
+import pytest
+
+from tests.support.cluster import TOKEN, Cluster, wait_for
+from tests.support.objects import put
+
+pytestmark = pytest.mark.cluster
+
+PROTECTED = ["/status", "/bandwidth/status", "/v1/manifest", "/v1/events?follow=0",
+             "/v1/cluster", "/v1/objects/npz/x.npz"]
+
+
+@pytest.fixture(scope="module")
+def one(make_module_cluster) -> Cluster:
+    """Shared by the module: tests use distinct object names and undo what they change."""
+    return make_module_cluster(gpus=1, config={"bandwidth_limits": {"providers": {"hetzner": 700}}})
+
+
+@pytest.mark.parametrize("path", PROTECTED)
+@pytest.mark.parametrize("token", [None, "wrong-token", TOKEN + "x", ""])
+def test_every_route_but_health_needs_the_token(one: Cluster, path: str, token) -> None:
+    assert one.request("coord", "GET", path, token=token).status == 401
+
+
+@pytest.mark.parametrize("method,path", [("PUT", "/v1/objects/npz/x.npz"),
+                                         ("HEAD", "/v1/objects/npz/x.npz"),
+                                         ("POST", "/v1/control/pause"),
+                                         ("POST", "/v1/control/priority-sync")])
+def test_writes_and_controls_need_the_token(one: Cluster, method: str, path: str) -> None:
+    assert one.request("gpu-1", method, path, body=b"{}", token="nope").status == 401
+    assert not (one.data_root("gpu-1") / "npz" / "x.npz").exists()
+    assert one.status("gpu-1")["paused"] is False
+
+
+def test_health_is_open_and_structured(one: Cluster) -> None:
+    resp = one.request("coord", "GET", "/health", token=None)
+    body = resp.json()
+    assert resp.status == 200 and body["is_healthy"] is True
+    assert set(body) == {"is_healthy", "message", "details"}
+    assert {"auto_sync", "router", "membership"} <= set(body["details"])
+
+
+def test_status_describes_the_node(one: Cluster) -> None:
+    status = one.status("gpu-1")
+    assert status["node"] == "gpu-1" and status["role"] == "gpu"
+    assert status["provider"] == "lambda"
+    assert status["strategy"] == "push_from_generator" and status["paused"] is False
+    disk = status["disk"]
+    assert disk["total_bytes"] > 0 and 0 <= disk["percent"] <= 100
+    assert set(status["transfers"]) == {"in_flight", "recent"}
+    assert isinstance(status["artifacts"], dict)
+
+
+def test_quota_is_the_capacity_and_is_enforced(make_cluster) -> None:
+    cluster = make_cluster(gpus=1, quota="1MiB")
+    disk = cluster.status("gpu-1")["disk"]
+    assert disk["total_bytes"] == 1024 * 1024 and disk["quota_bytes"] == disk["total_bytes"]
+    resp = put(cluster, "gpu-1", "npz", "big.npz", os.urandom(2 * 1024 * 1024))
+    assert resp.status == 507
+    assert not (cluster.data_root("gpu-1") / "npz" / "big.npz").exists()
+
+
+def test_manifest_since_returns_only_changes(one: Cluster) -> None:
+    start = one.status("coord")["manifest_seq"]
+    put(one, "coord", "npz", "a.npz", b"a" * 100)
+    first = one.get_json("coord", f"/v1/manifest?since={start}")
+    assert [a["path"] for a in first["artifacts"]] == ["a.npz"] and first["complete"]
+    put(one, "coord", "npz", "b.npz", b"b" * 100)
+    delta = one.get_json("coord", f"/v1/manifest?since={first['seq']}")
+    assert [a["path"] for a in delta["artifacts"]] == ["b.npz"]
+    assert [r["path"] for r in delta["receipts"]] == ["b.npz"]
+    assert delta["seq"] > first["seq"]
+    empty = one.get_json("coord", f"/v1/manifest?since={delta['seq']}")
+    assert empty["artifacts"] == [] and empty["receipts"] == [] and empty["seq"] == delta["seq"]
+
+
+@pytest.mark.parametrize("query", ["since=abc", "since=-1", "limit=0"])
+def test_manifest_rejects_bad_queries(one: Cluster, query: str) -> None:
+    assert one.request("coord", "GET", f"/v1/manifest?{query}").status == 400
+
+
+def read_sse(cluster: Cluster, node: str, query: str, count: int) -> list[dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", cluster.nodes[node].port, timeout=10)
+    conn.request("GET", f"/v1/events?{query}", headers={"Authorization": f"Bearer {TOKEN}"})
+    resp = conn.getresponse()
+    assert resp.status == 200 and resp.getheader("Content-Type").startswith("text/event-stream")
+    events, fields = [], {}
+    try:
+        while len(events) < count:
+            line = resp.fp.readline().decode().rstrip("\n")
+            if line.startswith(":"):
+                continue
+            if not line:
+                if "data" in fields:
+                    events.append({"id": int(fields["id"]), "event": fields["event"],
+                                   "data": json.loads(fields["data"])})
+                fields = {}
+                continue
+            key, _, value = line.partition(": ")
+            fields[key] = value
+    finally:
+        conn.close()
+    return events
+
+
+def test_events_stream_live_and_resume(one: Cluster) -> None:
+    start = one.status("coord")["events_seq"]
+    put(one, "coord", "npz", "e1.npz", b"1" * 10)
+    put(one, "coord", "npz", "e2.npz", b"2" * 10)
+    everything = read_sse(one, "coord", f"since={start}&follow=0", 2)
+    names = [e["data"]["payload"]["artifacts"] for e in everything
+             if e["event"] == "DATA_SYNC_COMPLETED"]
+    assert names[-2:] == [["npz/e1.npz"], ["npz/e2.npz"]]
+    assert [e["id"] for e in everything] == sorted(e["id"] for e in everything)
+    # Resume from the first event: exactly the later ones come back.
+    later = read_sse(one, "coord", f"since={everything[0]['id']}&follow=0", len(everything) - 1)
+    assert [e["id"] for e in later] == [e["id"] for e in everything[1:]]
+    # A live follower sees a new event as it happens.
+    import threading
+    got: list[dict] = []
+    reader = threading.Thread(target=lambda: got.extend(
+        read_sse(one, "coord", f"since={everything[-1]['id']}", 1)))
+    reader.start()
+    put(one, "coord", "npz", "e3.npz", b"3" * 10)
+    reader.join(10)
+    assert got and got[0]["data"]["payload"]["artifacts"] == ["npz/e3.npz"]
+
+
+def test_every_logged_event_fits_its_schema(one: Cluster) -> None:
+    from engine.events import Event
+
+    put(one, "coord", "npz", "s.npz", b"s" * 10)
+    put(one, "coord", "npz", "bad.npz", b"s" * 10, declared_sha="0" * 64)
+    one.request("gpu-1", "POST", "/v1/control/pause", body=b"{}")
+    one.request("gpu-1", "POST", "/v1/control/resume", body=b"{}")
+    logged = one.events("coord") + one.events("gpu-1")
+    assert {"DATA_SYNC_COMPLETED", "DATA_SYNC_FAILED", "SYNC_PAUSED"} <= {e["type"] for e in logged}
+    for raw in logged:
+        assert Event.from_dict(raw).to_dict() == raw
+
+
+def test_bandwidth_status_shows_the_provider_limit(one: Cluster) -> None:
+    f = one.data_root("gpu-1") / "npz" / "k" / "bw.npz"
+    f.parent.mkdir(parents=True)
+    f.write_bytes(os.urandom(1000))
+
+    def coord_budget() -> dict | None:
+        hosts = one.get_json("gpu-1", "/bandwidth/status")["hosts"]
+        return hosts.get("coord") if hosts.get("coord", {}).get("total_bytes", 0) >= 1000 else None
+
+    budget = wait_for(coord_budget, 10, what="the push to draw from coord's budget")
+    assert budget["limit_mbps"] == 700  # coord's provider (hetzner) limit
