@@ -9,7 +9,8 @@ Finished (the rule generator writers follow, see docs/architecture.md):
 
 A database is never pushed as a file: its bytes for pushing are a consistent snapshot
 made with SQLite's online backup API in one step into ``.ringsync/snapshots/`` (the
-live source is opened read-only and never modified). The artifact's size and SHA-256
+source is opened read-only and immutable, so not even a -wal/-shm file appears
+next to it; the source's size and mtime must be the same before and after). The artifact's size and SHA-256
 are the snapshot's; the source's size and mtime are kept to notice later changes.
 """
 
@@ -115,7 +116,8 @@ class Scanner:
         """Hash (and for databases snapshot) a candidate; None if it changed meanwhile."""
         if is_database(cand.path):
             target = self.snapshot_path(cand.data_type, cand.path)
-            snapshot_database(cand.file, target)
+            if not snapshot_database(cand.file, target):
+                return None
             digest, size = sha256_file(target), target.stat().st_size
         else:
             digest, size = sha256_file(cand.file), cand.size
@@ -127,14 +129,18 @@ class Scanner:
                         digest, cand.mtime_ns / 1e9, self.node, cand.size, cand.mtime_ns)
 
 
-def snapshot_database(source: Path, target: Path) -> None:
-    """A consistent copy of a (possibly live) SQLite database, made in one backup step.
+def snapshot_database(source: Path, target: Path) -> bool:
+    """A consistent copy of a finished SQLite database, made in one backup step.
 
-    The source is opened read-only (``mode=ro``); nothing about it is changed.
+    The source is opened ``mode=ro&immutable=1``: SQLite then creates no -wal/-shm
+    files and takes no locks, so nothing next to the source changes. That is only
+    sound for a file nobody is changing, so the caller checks the source's size and
+    mtime before and after, and the copy must pass ``PRAGMA quick_check``.
+    Returns False (and leaves no file) when the copy is not sound.
     """
     tmp = target.with_name(f".{target.name}.tmp")
     tmp.unlink(missing_ok=True)
-    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+    src = sqlite3.connect(f"file:{source}?mode=ro&immutable=1", uri=True)
     try:
         dst = sqlite3.connect(tmp)
         try:
@@ -142,10 +148,15 @@ def snapshot_database(source: Path, target: Path) -> None:
             # Our own copy (not the source) leaves WAL mode, so readers of the
             # replica never create -wal/-shm files next to it.
             dst.execute("PRAGMA journal_mode=DELETE")
+            sound = dst.execute("PRAGMA quick_check").fetchone()[0] == "ok"
         finally:
             dst.close()
     finally:
         src.close()
+    if not sound:
+        tmp.unlink(missing_ok=True)
+        return False
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, target)
+    return True

@@ -13,10 +13,10 @@ from tests.support.cluster import Cluster
 def _factory(root: Path) -> Iterator:
     started: list[Cluster] = []
 
-    def factory(**kwargs) -> Cluster:
+    def factory(skip: tuple[str, ...] = (), **kwargs) -> Cluster:
         cluster = Cluster(root / f"cluster{len(started)}", **kwargs)
         started.append(cluster)
-        cluster.start()
+        cluster.start(skip)
         return cluster
 
     try:

@@ -98,11 +98,14 @@ class Cluster:
         return [sys.executable, "-m", "ringsync_tui.cli", "--engine-only",
                 "--config", str(self.config_path), "--node", name]
 
-    def start(self) -> None:
+    def start(self, skip: tuple[str, ...] = ()) -> None:
+        """Start every node as a process, except ``skip`` (e.g. a coordinator the test embeds)."""
         for name in self.nodes:
-            self.start_node(name, wait=False)
+            if name not in skip:
+                self.start_node(name, wait=False)
         for name in self.nodes:
-            self.wait_healthy(name)
+            if name not in skip:
+                self.wait_healthy(name)
 
     def start_node(self, name: str, wait: bool = True) -> None:
         node = self.nodes[name]

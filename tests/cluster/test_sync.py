@@ -1,0 +1,152 @@
+"""Push from generator, retries, membership, pause and priority sync on a real cluster."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from tests.support.cluster import Cluster, wait_for
+
+pytestmark = pytest.mark.cluster
+
+
+def write(cluster: Cluster, node: str, rel: str, data: bytes) -> Path:
+    path = cluster.data_root(node) / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name("." + path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.rename(path)
+    return path
+
+
+def sha_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_generator_output_reaches_the_coordinator_verified(cluster: Cluster) -> None:
+    data = {f"npz/hex8_2p/gpu-1_{i}.npz": os.urandom(200_000 + i) for i in range(3)}
+    for rel, body in data.items():
+        write(cluster, "gpu-1", rel, body)
+    for rel, body in data.items():
+        target = cluster.data_root("coord") / rel
+        wait_for(target.exists, 15, what=f"{rel} on the coordinator")
+        assert target.read_bytes() == body
+    # The sender recorded the receiver's verification as a receipt and a verified replica.
+    manifest = cluster.get_json("gpu-1", "/v1/manifest?since=0")
+    verified = {(r["path"], r["node"]) for r in manifest["replicas"] if r["verified_at"]}
+    assert {(rel.split("/", 1)[1], "coord") for rel in data} <= verified
+    # The coordinator registered each arrival.
+    coord = cluster.get_json("coord", "/v1/manifest?since=0")
+    assert {a["path"] for a in coord["artifacts"]} >= {r.split("/", 1)[1] for r in data}
+    assert {a["origin"] for a in coord["artifacts"]} == {"gpu-1"}
+    started = cluster.events("gpu-1", "DATA_SYNC_STARTED")
+    completed = cluster.events("gpu-1", "DATA_SYNC_COMPLETED")
+    assert started and sum(e["payload"]["files"] for e in completed) == 3
+
+
+def test_a_verified_artifact_is_not_sent_again(cluster: Cluster) -> None:
+    write(cluster, "gpu-1", "npz/k/once.npz", os.urandom(100_000))
+    wait_for((cluster.data_root("coord") / "npz/k/once.npz").exists, 15, what="arrival")
+    receipts = lambda: [r for r in cluster.get_json("coord", "/v1/manifest?since=0")["receipts"]
+                        if r["path"] == "k/once.npz"]
+    wait_for(lambda: len(receipts()) == 1, 10, what="the receipt")
+    cluster.request("gpu-1", "POST", "/v1/control/priority-sync",
+                    body=b'{"reason": "operator_priority"}')
+    wait_for(lambda: cluster.status("gpu-1")["sync"]["cycles"] >= 5, 10, what="more cycles")
+    assert len(receipts()) == 1
+    assert cluster.status("gpu-1")["sync"]["pushed_files"] == 1
+
+
+def test_unfinished_database_waits_and_is_sent_as_a_consistent_snapshot(cluster: Cluster) -> None:
+    db_path = cluster.data_root("gpu-2") / "games" / "hex8_2p" / "gpu-2_000001.db"
+    db_path.parent.mkdir(parents=True)
+    writer = sqlite3.connect(db_path)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("CREATE TABLE games(game_id TEXT PRIMARY KEY, winner INTEGER)")
+    for i in range(50):
+        writer.execute("INSERT INTO games VALUES (?, ?)", (f"g{i}", i % 2))
+        writer.commit()
+    coord_copy = cluster.data_root("coord") / "games" / "hex8_2p" / "gpu-2_000001.db"
+    wait_for(lambda: cluster.status("gpu-2")["sync"]["cycles"] >= 4, 10, what="sync cycles")
+    assert not coord_copy.exists(), "a database with an open writer was pushed"
+    writer.close()  # finished: no -wal left
+    source_sha = sha_of(db_path)
+    wait_for(coord_copy.exists, 15, what="the finished database on the coordinator")
+    check = sqlite3.connect(f"file:{coord_copy}?mode=ro", uri=True)
+    assert check.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert check.execute("SELECT COUNT(*) FROM games").fetchone()[0] == 50
+    check.close()
+    assert sha_of(db_path) == source_sha, "ringsync modified the live source"
+    assert not db_path.with_name(db_path.name + "-wal").exists()
+
+
+def test_failures_back_off_and_recover_when_the_coordinator_returns(make_cluster) -> None:
+    cluster = make_cluster(gpus=1)
+    assert cluster.stop_node("coord") == 0
+    write(cluster, "gpu-1", "npz/k/late.npz", os.urandom(50_000))
+    failures = wait_for(lambda: len(cluster.events("gpu-1", "DATA_SYNC_FAILED")) >= 3 and
+                        cluster.events("gpu-1", "DATA_SYNC_FAILED"), 20, what="retries")
+    attempts = [e["payload"]["attempt"] for e in failures]
+    assert attempts[:3] == [1, 2, 3]
+    delays = [e["payload"]["retry_in_seconds"] for e in failures]
+    assert all(d is not None and d > 0 for d in delays)
+    assert "unreachable" in failures[0]["payload"]["error"]
+    cluster.start_node("coord")
+    wait_for((cluster.data_root("coord") / "npz/k/late.npz").exists, 20, what="the retry")
+
+
+def test_membership_down_then_recovered(make_cluster) -> None:
+    cluster = make_cluster(gpus=1)
+    wait_for(lambda: cluster.get_json("coord", "/v1/cluster")["members"]["gpu-1"]["state"] == "up",
+             10, what="gpu-1 up")
+    cluster.stop_node("gpu-1")
+    wait_for(lambda: cluster.get_json("coord", "/v1/cluster")["members"]["gpu-1"]["state"]
+             == "down", 10, what="gpu-1 down")
+    cluster.start_node("gpu-1")
+    wait_for(lambda: cluster.events("coord", "NODE_RECOVERED"), 10, what="NODE_RECOVERED")
+    types = [e["type"] for e in cluster.events("coord") if e["payload"].get("node") == "gpu-1"]
+    assert types.index("NODE_SUSPECT") < types.index("NODE_DOWN") < types.index("NODE_RECOVERED")
+    assert cluster.get_json("coord", "/v1/cluster")["members"]["gpu-1"]["state"] == "up"
+
+
+def test_pause_stops_new_transfers_and_resume_restarts_them(cluster: Cluster) -> None:
+    assert cluster.request("gpu-1", "POST", "/v1/control/pause",
+                           body=b'{"by": "test"}').json()["paused"] is True
+    write(cluster, "gpu-1", "npz/k/held.npz", os.urandom(10_000))
+    wait_for(lambda: cluster.status("gpu-1")["sync"]["pending"] == 1, 10, what="pending work")
+    cycles = cluster.status("gpu-1")["sync"]["cycles"]
+    wait_for(lambda: cluster.status("gpu-1")["sync"]["cycles"] >= cycles + 3, 10, what="cycles")
+    assert not (cluster.data_root("coord") / "npz/k/held.npz").exists()
+    cluster.request("gpu-1", "POST", "/v1/control/resume", body=b"{}")
+    wait_for((cluster.data_root("coord") / "npz/k/held.npz").exists, 10, what="the push")
+    types = [e["type"] for e in cluster.events("gpu-1")]
+    assert types.index("SYNC_PAUSED") < types.index("SYNC_RESUMED")
+
+
+def test_sigterm_stops_a_node_within_5s_leaving_no_partial_file(make_cluster) -> None:
+    import socket
+    import time
+
+    from tests.support.cluster import TOKEN
+
+    cluster = make_cluster(gpus=0)
+    size = 50_000_000
+    sock = socket.create_connection(("127.0.0.1", cluster.nodes["coord"].port))
+    sock.sendall((f"PUT /v1/objects/npz/inflight.npz HTTP/1.1\r\nHost: x\r\n"
+                  f"Authorization: Bearer {TOKEN}\r\nContent-Length: {size}\r\n"
+                  f"X-Ringsync-Size: {size}\r\nX-Ringsync-Sha256: {'a' * 64}\r\n\r\n").encode()
+                 + os.urandom(3_000_000))
+    wait_for(lambda: cluster.status("coord")["transfers"]["in_flight"], 10, what="the upload")
+    began = time.monotonic()
+    code = cluster.stop_node("coord", signal.SIGTERM, timeout=10)
+    elapsed = time.monotonic() - began
+    sock.close()
+    assert code == 0 and elapsed < 5, (code, elapsed)
+    root = cluster.data_root("coord")
+    assert [p for p in root.rglob("*") if p.is_file() and ".ringsync" not in p.parts] == []
+    assert "Traceback" not in cluster.log("coord")
