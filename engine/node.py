@@ -76,10 +76,10 @@ class Node:
         app = make_app(self)
         app.cleanup_ctx.append(self._components)
         app.on_shutdown.append(self._end_streams)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(app, access_log=None,
+                                     shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host.address, self.host.port,
-                           shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
+        site = web.TCPSite(self._runner, self.host.address, self.host.port)
         try:
             await site.start()
         except OSError:

@@ -101,9 +101,12 @@ class AutoSyncDaemon:
                 except Exception as exc:  # keep the daemon alive; the failure is visible
                     self.last_error = f"{type(exc).__name__}: {exc}"
                     log.exception("sync cycle failed on %s", self.node.name)
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel that
+            # races with the wake-up, which left stop() waiting forever.
             try:
-                await asyncio.wait_for(self._wake.wait(), self._next_delay())
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(self._next_delay()):
+                    await self._wake.wait()
+            except TimeoutError:
                 pass
             self._wake.clear()
 

@@ -101,8 +101,9 @@ class Demo:
                 if left <= 0:
                     break
                 try:
-                    await asyncio.wait_for(self.stop.wait(), left)
-                except asyncio.TimeoutError:
+                    async with asyncio.timeout(left):
+                        await self.stop.wait()
+                except TimeoutError:
                     pass
                 for name in set(self.launcher.dead_nodes()) - reported:
                     reported.add(name)

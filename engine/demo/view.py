@@ -188,6 +188,7 @@ async def run_live(config: ClusterConfig, ledgers: Path, stop: asyncio.Event,
                 wait = REFRESH_SECONDS if deadline is None else min(
                     REFRESH_SECONDS, max(0.0, deadline - time.monotonic()))
                 try:
-                    await asyncio.wait_for(stop.wait(), wait)
-                except asyncio.TimeoutError:
+                    async with asyncio.timeout(wait):
+                        await stop.wait()
+                except TimeoutError:
                     pass

@@ -49,8 +49,9 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
             return response
         while True:
             try:
-                event = await asyncio.wait_for(subscription.get(), HEARTBEAT_SECONDS)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(HEARTBEAT_SECONDS):
+                    event = await subscription.get()
+            except TimeoutError:
                 await response.write(b": keep-alive\n\n")
                 continue
             if event is None:  # bus closed (shutdown) or this client fell behind
