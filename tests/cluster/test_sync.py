@@ -44,6 +44,8 @@ def test_generator_output_reaches_the_coordinator_verified(cluster: Cluster) -> 
     coord = cluster.get_json("coord", "/v1/manifest?since=0")
     assert {a["path"] for a in coord["artifacts"]} >= {r.split("/", 1)[1] for r in data}
     assert {a["origin"] for a in coord["artifacts"]} == {"gpu-1"}
+    for rel, body in data.items():  # pushing never touches the source
+        assert (cluster.data_root("gpu-1") / rel).read_bytes() == body
     started = cluster.events("gpu-1", "DATA_SYNC_STARTED")
     completed = cluster.events("gpu-1", "DATA_SYNC_COMPLETED")
     assert started and sum(e["payload"]["files"] for e in completed) == 3
@@ -150,3 +152,29 @@ def test_sigterm_stops_a_node_within_5s_leaving_no_partial_file(make_cluster) ->
     root = cluster.data_root("coord")
     assert [p for p in root.rglob("*") if p.is_file() and ".ringsync" not in p.parts] == []
     assert "Traceback" not in cluster.log("coord")
+
+
+def vm_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} for {pid}")
+
+
+def test_large_push_streams_in_bounded_memory(make_cluster) -> None:
+    """Invariant 4: neither side holds a file whole; 256 MiB moves with small RSS growth."""
+    cluster = make_cluster(gpus=1)
+    coord_pid, gpu_pid = cluster.nodes["coord"].proc.pid, cluster.nodes["gpu-1"].proc.pid
+    before = {pid: vm_kib(pid, "VmRSS") for pid in (coord_pid, gpu_pid)}
+    size = 256 * 1024 * 1024
+    path = cluster.data_root("gpu-1") / "models" / "big" / "checkpoint.pt"
+    path.parent.mkdir(parents=True)
+    with open(path, "wb") as fh:
+        for _ in range(size // (8 << 20)):
+            fh.write(os.urandom(8 << 20))
+    target = cluster.data_root("coord") / "models" / "big" / "checkpoint.pt"
+    wait_for(target.exists, 60, what="the 256 MiB push")
+    assert target.stat().st_size == size
+    for pid in (coord_pid, gpu_pid):
+        growth_mib = (vm_kib(pid, "VmHWM") - before[pid]) / 1024
+        assert growth_mib < 64, f"process {pid} grew {growth_mib:.0f} MiB moving 256 MiB"

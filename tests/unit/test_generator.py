@@ -91,9 +91,11 @@ def test_open_db_is_unfinished_until_stop(tmp_path: Path) -> None:
     t = threading.Thread(target=gen.run, args=(stop, None))
     t.start()
     try:
-        time.sleep(0.4)
         db = root / "games" / "hex8_2p" / "n1_000001.db"
         wal = db.with_name(db.name + "-wal")
+        deadline = time.monotonic() + 5  # a loaded machine may take a moment for the first game
+        while not (wal.exists() and wal.stat().st_size > 0) and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert db.exists() and wal.exists() and wal.stat().st_size > 0  # being written
         assert read_ledger(ledger) == []
     finally:

@@ -1,0 +1,401 @@
+"""engine.manifest.store.ClusterManifest: sequence numbers, deltas, tombstones, verified holders."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from engine.manifest import Artifact, ClusterManifest, Replica, SyncReceipt
+
+pytestmark = pytest.mark.unit
+
+TABLES = ("artifacts", "replicas", "receipts", "capacity", "exclusions")
+SHA_A = "a" * 64
+SHA_B = "b" * 64
+
+
+def art(path: str = "hex8_2p/g1.db", sha: str = SHA_A, size: int = 100, data_type: str = "games",
+        origin: str = "gpu-1", mtime: float = 1_700_000_000.25) -> Artifact:
+    return Artifact(data_type, path, path.split("/")[0] if "/" in path else None, size, sha, mtime,
+                    origin, size + 1, 1_700_000_000_250_000_000)
+
+
+def receipt(path: str = "hex8_2p/g1.db", sha: str = SHA_A, target: str = "coord",
+            verified_at: float = 123.5) -> SyncReceipt:
+    return SyncReceipt("games", path, "gpu-1", target, sha, 100, verified_at, "http")
+
+
+@pytest.fixture
+def manifest(tmp_path: Path) -> Iterator[ClusterManifest]:
+    m = ClusterManifest(tmp_path / "manifest.db", "gpu-1")
+    try:
+        yield m
+    finally:
+        m.close()
+
+
+def _rows(m: ClusterManifest, table: str) -> list[dict]:
+    return [dict(r) for r in m._db.execute(f"SELECT * FROM {table}")]
+
+
+def _row_key(table: str, row: dict) -> tuple:
+    if table == "artifacts":
+        return (row["data_type"], row["path"])
+    if table == "replicas":
+        return (row["data_type"], row["path"], row["node"])
+    if table == "receipts":
+        return (row["id"],)
+    if table == "capacity":
+        return (row["node"],)
+    return (row["node"], row["pattern"])
+
+
+def _populate(m: ClusterManifest) -> None:
+    """A mix of every kind of mutation, touching every table, with tombstones."""
+    for i in range(6):
+        m.upsert_artifact(art(f"hex8_2p/g{i}.db"))
+    for i in range(4):
+        m.set_replica(Replica("games", f"hex8_2p/g{i}.db", f"node-{i}", SHA_A, 10.0 + i))
+    m.remove_replica("games", "hex8_2p/g1.db", "node-1")
+    m.remove_artifact("games", "hex8_2p/g5.db")
+    for i in range(3):
+        m.register_sync(receipt(f"npz/n{i}.npz", target=f"rx-{i}"),
+                        art(f"npz/n{i}.npz", data_type="npz") if i % 2 == 0 else None)
+    for i in range(3):
+        m.set_capacity(f"node-{i}", 10 * i, 1000)
+    m.add_exclusion("node-0", "games/*.tmp", "temp files")
+    m.add_exclusion("node-1", "npz/old/*", "old")
+    m.upsert_artifact(art("hex8_2p/g0.db", sha=SHA_B))  # an update moves a row forward
+
+
+# -- sequence numbers -------------------------------------------------------------------------
+
+def test_fresh_manifest_starts_at_zero(manifest: ClusterManifest) -> None:
+    assert manifest.seq == 0
+    d = manifest.changes_since(0)
+    assert d["seq"] == 0 and d["complete"] is True
+    assert all(d[t] == [] for t in TABLES)
+
+
+def test_every_mutation_takes_the_next_seq_and_stamps_its_rows(manifest: ClusterManifest) -> None:
+    m = manifest
+    a = art()
+    steps = [
+        ("artifacts", lambda: m.upsert_artifact(a)),
+        ("replicas", lambda: m.set_replica(Replica("games", a.path, "coord", SHA_A, 1.0))),
+        ("replicas", lambda: m.remove_replica("games", a.path, "coord")),
+        ("receipts", lambda: m.register_sync(receipt(target="gpu-2"))),
+        ("capacity", lambda: m.set_capacity("gpu-1", 5, 10)),
+        ("exclusions", lambda: m.add_exclusion("gpu-1", "*.tmp", "tmp")),
+        ("artifacts", lambda: m.upsert_artifact(art(sha=SHA_B))),
+        ("artifacts", lambda: m.remove_artifact("games", a.path)),
+    ]
+    for expected, (table, step) in enumerate(steps, start=1):
+        step()
+        assert m.seq == expected, table
+        assert max(r["seq"] for r in _rows(m, table)) == expected, table
+
+
+def test_register_sync_returns_its_seq(manifest: ClusterManifest) -> None:
+    manifest.upsert_artifact(art())
+    assert manifest.register_sync(receipt()) == 2 == manifest.seq
+
+
+def test_upsert_unchanged_returns_false_and_takes_no_seq(manifest: ClusterManifest) -> None:
+    a = art()
+    assert manifest.upsert_artifact(a) is True
+    assert manifest.seq == 1
+    assert manifest.upsert_artifact(a) is False
+    assert manifest.upsert_artifact(Artifact(**{**a.__dict__})) is False  # an equal copy
+    assert manifest.seq == 1
+    assert manifest.changes_since(1)["artifacts"] == []
+    # any changed field is a change
+    assert manifest.upsert_artifact(art(size=101)) is True
+    assert manifest.seq == 2
+    assert manifest.get_artifact("games", a.path) == art(size=101)
+
+
+def test_upsert_of_a_removed_artifact_revives_it(manifest: ClusterManifest) -> None:
+    a = art()
+    manifest.upsert_artifact(a)
+    manifest.remove_artifact("games", a.path)
+    assert manifest.get_artifact("games", a.path) is None
+    assert manifest.artifacts() == []
+    assert manifest.upsert_artifact(a) is True  # same fields, but it was a tombstone
+    assert manifest.seq == 3
+    assert manifest.get_artifact("games", a.path) == a
+    (row,) = manifest.changes_since(2)["artifacts"]
+    assert row["removed"] == 0 and row["seq"] == 3
+
+
+def test_failed_mutation_takes_no_seq(manifest: ClusterManifest) -> None:
+    manifest.upsert_artifact(art())
+    with pytest.raises(sqlite3.IntegrityError):
+        manifest.set_replica(Replica("games", "x", "coord", None, 1.0))  # type: ignore[arg-type]
+    assert manifest.seq == 1
+    assert manifest.replicas("games", "x") == []
+    manifest.set_capacity("coord", 1, 2)  # the manifest still works, and seq is contiguous
+    assert manifest.seq == 2
+
+
+# -- deltas -----------------------------------------------------------------------------------
+
+def test_changes_since_returns_exactly_rows_changed_after_seq(manifest: ClusterManifest) -> None:
+    m = manifest
+    m.upsert_artifact(art("hex8_2p/old.db"))                           # 1
+    m.set_replica(Replica("games", "hex8_2p/old.db", "coord", SHA_A, 1.0))  # 2
+    m.set_capacity("coord", 1, 2)                                      # 3
+    m.add_exclusion("coord", "old/*", "old")                           # 4
+    m.register_sync(receipt("hex8_2p/old.db", target="gpu-3"))         # 5
+    base = m.seq
+    m.upsert_artifact(art("hex8_2p/new.db"))                           # 6
+    m.set_replica(Replica("games", "hex8_2p/new.db", "coord", SHA_A, 2.0))  # 7
+    m.register_sync(receipt("hex8_2p/new.db", target="gpu-2"),
+                    art("hex8_2p/new.db", sha=SHA_B))                  # 8
+    m.set_capacity("gpu-2", 5, 10)                                     # 9
+    m.add_exclusion("gpu-2", "*.tmp", "tmp")                           # 10
+    m.set_capacity("coord", 3, 4)                                      # 11: update of an old row
+
+    d = m.changes_since(base)
+    assert d["since"] == base and d["node"] == "gpu-1"
+    assert d["seq"] == m.seq == 11 and d["complete"] is True
+    assert [(r["path"], r["sha256"], r["seq"]) for r in d["artifacts"]] == [
+        ("hex8_2p/new.db", SHA_B, 8)]
+    assert sorted((r["node"], r["seq"]) for r in d["replicas"]) == [("coord", 7), ("gpu-2", 8)]
+    assert [(r["target_node"], r["seq"]) for r in d["receipts"]] == [("gpu-2", 8)]
+    assert [(r["node"], r["used_bytes"], r["seq"]) for r in d["capacity"]] == [
+        ("gpu-2", 5, 9), ("coord", 3, 11)]
+    assert [(r["node"], r["pattern"], r["seq"]) for r in d["exclusions"]] == [("gpu-2", "*.tmp", 10)]
+    # nothing after the newest seq
+    last = m.changes_since(m.seq)
+    assert all(last[t] == [] for t in TABLES) and last["complete"] is True
+
+
+def test_changes_since_matches_a_direct_query_at_every_seq(manifest: ClusterManifest) -> None:
+    _populate(manifest)
+    for since in range(manifest.seq + 1):
+        d = manifest.changes_since(since)
+        assert d["complete"] is True and d["seq"] == manifest.seq
+        for table in TABLES:
+            expected = sorted(_row_key(table, r) for r in _rows(manifest, table) if r["seq"] > since)
+            assert sorted(_row_key(table, r) for r in d[table]) == expected, (since, table)
+
+
+def test_tombstones_travel_as_deltas(manifest: ClusterManifest) -> None:
+    m = manifest
+    m.upsert_artifact(art())
+    m.set_replica(Replica("games", art().path, "coord", SHA_A, 1.0))
+    before = m.seq
+    m.remove_replica("games", art().path, "coord")
+    m.remove_artifact("games", art().path)
+    d = m.changes_since(before)
+    assert [(r["node"], r["removed"], r["seq"]) for r in d["replicas"]] == [("coord", 1, before + 1)]
+    assert [(r["path"], r["removed"], r["seq"]) for r in d["artifacts"]] == [
+        (art().path, 1, before + 2)]
+    # and the live views no longer show them
+    assert m.replicas("games", art().path) == []
+    assert m.get_artifact("games", art().path) is None
+    assert m.counts_by_type() == {}
+
+
+def test_truncated_delta_is_a_consistent_prefix(manifest: ClusterManifest) -> None:
+    _populate(manifest)
+    full = {t: _rows(manifest, t) for t in TABLES}
+    for limit in (1, 2, 3, 5):
+        for since in range(0, manifest.seq):
+            d = manifest.changes_since(since, limit=limit)
+            upto = d["seq"]
+            assert since < upto <= manifest.seq, (limit, since)  # always makes progress
+            assert d["complete"] is (upto == manifest.seq)
+            for table in TABLES:
+                assert len(d[table]) <= limit
+                got = sorted(_row_key(table, r) for r in d[table])
+                want = sorted(_row_key(table, r) for r in full[table] if since < r["seq"] <= upto)
+                assert got == want, (limit, since, table)
+
+
+def test_small_limit_truncates_and_reports_incomplete(manifest: ClusterManifest) -> None:
+    _populate(manifest)
+    d = manifest.changes_since(0, limit=2)
+    assert d["complete"] is False
+    assert d["seq"] < manifest.seq
+    assert all(r["seq"] <= d["seq"] for t in TABLES for r in d[t])
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3, 7])
+def test_paging_yields_everything_exactly_once(manifest: ClusterManifest, limit: int) -> None:
+    _populate(manifest)
+    want = {t: sorted(_row_key(t, r) for r in _rows(manifest, t)) for t in TABLES}
+    got: dict[str, list[tuple]] = {t: [] for t in TABLES}
+    since, pages = 0, 0
+    while True:
+        d = manifest.changes_since(since, limit=limit)
+        pages += 1
+        assert pages <= manifest.seq + 1, "paging does not terminate"
+        for t in TABLES:
+            got[t] += [_row_key(t, r) for r in d[t]]
+        assert d["seq"] > since or d["complete"]
+        since = d["seq"]
+        if d["complete"]:
+            break
+    assert since == manifest.seq
+    for t in TABLES:
+        assert sorted(got[t]) == want[t], t  # sorted lists: duplicates would show
+    if limit < 3:
+        assert pages > 1
+
+
+# -- receipts and verified holders ------------------------------------------------------------
+
+def test_register_sync_records_receipt_and_verified_replica(manifest: ClusterManifest) -> None:
+    m = manifest
+    a = art()
+    m.upsert_artifact(a)
+    seq = m.register_sync(receipt(target="coord", verified_at=42.0))
+    (r,) = m.receipts()
+    assert r == receipt(target="coord", verified_at=42.0)
+    assert m.replicas("games", a.path) == [Replica("games", a.path, "coord", SHA_A, 42.0)]
+    assert m.verified_holders(a) == {"coord"}
+    d = m.changes_since(seq - 1)
+    assert len(d["receipts"]) == 1 and len(d["replicas"]) == 1 and d["artifacts"] == []
+
+
+def test_register_sync_with_artifact_records_the_artifact(manifest: ClusterManifest) -> None:
+    m = manifest
+    a = art("hex8_2p/remote.db", origin="gpu-7")
+    seq = m.register_sync(receipt("hex8_2p/remote.db", target="gpu-1"), a)
+    got = m.get_artifact("games", a.path)
+    assert got is not None
+    assert (got.size, got.sha256, got.config_key, got.origin, got.mtime) == (
+        a.size, a.sha256, a.config_key, a.origin, a.mtime)
+    assert m.verified_holders(got) == {"gpu-1"}
+    d = m.changes_since(seq - 1)
+    assert [r["seq"] for r in d["artifacts"]] == [seq]
+    assert [r["seq"] for r in d["receipts"]] == [seq]
+    assert [r["seq"] for r in d["replicas"]] == [seq]
+
+
+def test_register_sync_revives_a_removed_artifact_and_replica(manifest: ClusterManifest) -> None:
+    m = manifest
+    a = art()
+    m.register_sync(receipt(target="coord"), a)
+    m.remove_replica("games", a.path, "coord")
+    m.remove_artifact("games", a.path)
+    m.register_sync(receipt(target="coord", verified_at=99.0), a)
+    assert m.get_artifact("games", a.path) is not None
+    assert m.replicas("games", a.path) == [Replica("games", a.path, "coord", SHA_A, 99.0)]
+    assert len(m.receipts()) == 2
+
+
+def test_receipts_newest_first_and_limited(manifest: ClusterManifest) -> None:
+    for i in range(5):
+        manifest.register_sync(receipt(f"p{i}", target=f"t{i}"))
+    assert [r.target_node for r in manifest.receipts(limit=3)] == ["t4", "t3", "t2"]
+
+
+def test_verified_holders_counts_only_matching_verified_replicas(manifest: ClusterManifest) -> None:
+    m = manifest
+    a = art()
+    m.upsert_artifact(a)
+    m.set_replica(Replica("games", a.path, "good-1", SHA_A, 1.0))
+    m.set_replica(Replica("games", a.path, "good-2", SHA_A, 2.0))
+    m.set_replica(Replica("games", a.path, "wrong-hash", SHA_B, 3.0))
+    m.set_replica(Replica("games", a.path, "unverified", SHA_A, None))
+    m.set_replica(Replica("games", "hex8_2p/other.db", "other-path", SHA_A, 4.0))
+    m.set_replica(Replica("npz", a.path, "other-type", SHA_A, 4.0))
+    m.set_replica(Replica("games", a.path, "removed", SHA_A, 5.0))
+    m.remove_replica("games", a.path, "removed")
+    assert m.verified_holders(a) == {"good-1", "good-2"}
+
+    # a replica that is re-recorded without verification stops counting
+    m.set_replica(Replica("games", a.path, "good-2", SHA_A, None))
+    assert m.verified_holders(a) == {"good-1"}
+
+
+def test_changing_the_artifact_hash_makes_old_replicas_stop_counting(
+        manifest: ClusterManifest) -> None:
+    m = manifest
+    m.upsert_artifact(art(sha=SHA_A))
+    m.set_replica(Replica("games", art().path, "coord", SHA_A, 1.0))
+    m.set_replica(Replica("games", art().path, "gpu-2", SHA_B, 1.0))
+    assert m.verified_holders(m.get_artifact("games", art().path)) == {"coord"}
+    m.upsert_artifact(art(sha=SHA_B))
+    current = m.get_artifact("games", art().path)
+    assert current is not None and current.sha256 == SHA_B
+    assert m.verified_holders(current) == {"gpu-2"}
+
+
+def test_register_sync_with_new_hash_moves_holders(manifest: ClusterManifest) -> None:
+    m = manifest
+    m.register_sync(receipt(target="coord", sha=SHA_A), art(sha=SHA_A))
+    m.register_sync(receipt(target="gpu-2", sha=SHA_B), art(sha=SHA_B))
+    current = m.get_artifact("games", art().path)
+    assert current is not None and current.sha256 == SHA_B
+    assert m.verified_holders(current) == {"gpu-2"}
+
+
+# -- other views ------------------------------------------------------------------------------
+
+def test_artifacts_filters_and_counts(manifest: ClusterManifest) -> None:
+    m = manifest
+    m.upsert_artifact(art("a/1.db", origin="gpu-1", mtime=3.0))
+    m.upsert_artifact(art("a/2.db", origin="gpu-2", mtime=1.0))
+    m.upsert_artifact(art("a/3.npz", data_type="npz", origin="gpu-1", mtime=2.0))
+    assert [a.path for a in m.artifacts()] == ["a/2.db", "a/3.npz", "a/1.db"]  # by mtime
+    assert [a.path for a in m.artifacts(data_type="games")] == ["a/2.db", "a/1.db"]
+    assert [a.path for a in m.artifacts(origin="gpu-1")] == ["a/3.npz", "a/1.db"]
+    assert [a.path for a in m.artifacts("games", "gpu-1")] == ["a/1.db"]
+    assert m.counts_by_type() == {"games": 2, "npz": 1}
+    assert art("a/1.db").key == "games/a/1.db"
+
+
+def test_capacity_and_exclusions(manifest: ClusterManifest) -> None:
+    m = manifest
+    m.set_capacity("coord", 10, 100)
+    m.set_capacity("coord", 20, 100)
+    cap = m.capacity()
+    assert set(cap) == {"coord"}
+    assert (cap["coord"]["used_bytes"], cap["coord"]["total_bytes"]) == (20, 100)
+    m.add_exclusion("gpu-2", "*.tmp", "first")
+    m.add_exclusion("gpu-2", "*.tmp", "second")
+    assert m.exclusions() == [("gpu-2", "*.tmp", "second")]
+    assert m.seq == 4
+
+
+# -- storage ----------------------------------------------------------------------------------
+
+def test_database_is_in_wal_mode(manifest: ClusterManifest) -> None:
+    manifest.upsert_artifact(art())
+    other = sqlite3.connect(manifest.db_path)
+    try:
+        assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        other.close()
+    header = manifest.db_path.read_bytes()[:20]
+    assert header[18] == 2 and header[19] == 2  # file format: WAL
+
+
+def test_state_survives_close_and_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "m.db"
+    m = ClusterManifest(path, "gpu-1")
+    _populate(m)
+    seq, arts = m.seq, m.artifacts()
+    delta = m.changes_since(0)
+    m.close()
+
+    m2 = ClusterManifest(path, "gpu-1")
+    try:
+        assert m2.seq == seq
+        assert m2.artifacts() == arts
+        again = m2.changes_since(0)
+        for t in TABLES:
+            assert again[t] == delta[t], t
+        m2.set_capacity("late", 1, 2)
+        assert m2.seq == seq + 1  # numbering continues, never reuses
+        (row,) = m2.changes_since(seq)["capacity"]
+        assert row["node"] == "late" and row["seq"] == seq + 1
+    finally:
+        m2.close()

@@ -1,0 +1,185 @@
+"""engine.paths: the one place a name from outside becomes a path; refuses every escape."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+from engine.paths import DATA_TYPES, DataRoot, UnsafePath, check_relative
+
+pytestmark = pytest.mark.unit
+
+UNSAFE = [
+    "",
+    "/etc/passwd",
+    "/",
+    "//server/share",
+    "..",
+    "../x",
+    "a/../b",
+    "a/b/..",
+    "a/../../x",
+    ".",
+    "./a",
+    "a/./b",
+    ".hidden",
+    "a/.hidden/b",
+    "a/.ringsync",
+    ".ringsync/incoming/x.part",
+    "..hidden",
+    "a\\b",
+    "..\\..\\etc",
+    "a\x00b",
+    "a\x00",
+    "a//b",
+    "a/",
+    "/a",
+    "a/b/",
+    "x" * 1025,
+    "/".join(["d"] * 600),  # 1199 characters
+]
+SAFE = [
+    "a",
+    "game.db",
+    "hex8_2p/gpu-1_000001.db",
+    "hex8_2p/sub/dir/file.npz",
+    "a..b",
+    "a.b.c",
+    "name with spaces.db",
+    "ünïcode/файл.npz",
+    "x" * 200,
+    "/".join(["d"] * 100),
+]
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> DataRoot:
+    d = DataRoot(tmp_path / "root")
+    d.create()
+    return d
+
+
+@pytest.mark.parametrize("rel", UNSAFE, ids=repr)
+def test_check_relative_refuses(rel: str) -> None:
+    with pytest.raises(UnsafePath):
+        check_relative(rel)
+
+
+@pytest.mark.parametrize("rel", UNSAFE, ids=repr)
+def test_object_path_refuses(data: DataRoot, rel: str) -> None:
+    for data_type in DATA_TYPES:
+        with pytest.raises(UnsafePath):
+            data.object_path(data_type, rel)
+
+
+@pytest.mark.parametrize("rel", SAFE, ids=repr)
+def test_normal_paths_accepted(data: DataRoot, rel: str) -> None:
+    assert check_relative(rel) == PurePosixPath(rel)
+    for data_type in DATA_TYPES:
+        p = data.object_path(data_type, rel)
+        assert p == data.root / data_type / Path(*rel.split("/"))
+        assert p.is_relative_to(data.root / data_type)
+
+
+def test_a_segment_longer_than_the_filesystem_allows_is_refused(data: DataRoot) -> None:
+    """A name the filesystem cannot hold (NAME_MAX is 255 bytes) is 'overly long': it must be
+    refused up front (HTTP 400) rather than accepted, streamed into incoming/, and then failing
+    with ENAMETOOLONG when published."""
+    for rel in ("x" * 256, "hex8_2p/" + "y" * 300 + ".db", "é" * 200):  # "é"*200 is 400 bytes
+        with pytest.raises(UnsafePath):
+            data.object_path("games", rel)
+
+
+@pytest.mark.parametrize("data_type", ["", "other", "Games", "..", "../games", ".ringsync",
+                                       "games/..", "games/x"])
+def test_unknown_data_types_refused(data: DataRoot, data_type: str) -> None:
+    with pytest.raises(UnsafePath):
+        data.object_path(data_type, "a.db")
+    with pytest.raises(UnsafePath):
+        data.type_dir(data_type)
+
+
+def test_unsafe_path_is_a_value_error() -> None:
+    assert issubclass(UnsafePath, ValueError)
+
+
+def test_layout(data: DataRoot) -> None:
+    assert data.root.is_absolute()
+    assert data.state == data.root / ".ringsync"
+    assert data.incoming.is_dir() and data.snapshots.is_dir()
+    assert data.incoming.is_relative_to(data.state) and data.snapshots.is_relative_to(data.state)
+    for t in DATA_TYPES:
+        assert (data.root / t).is_dir()
+        assert data.type_dir(t) == data.root / t
+
+
+def test_symlinked_file_pointing_outside_is_refused(data: DataRoot, tmp_path: Path) -> None:
+    outside = tmp_path / "outside.db"
+    outside.write_bytes(b"secret")
+    (data.root / "games" / "link.db").symlink_to(outside)
+    with pytest.raises(UnsafePath):
+        data.object_path("games", "link.db")
+
+
+def test_symlinked_directory_pointing_outside_is_refused(data: DataRoot, tmp_path: Path) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (data.root / "games" / "sub").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(UnsafePath):
+        data.object_path("games", "sub/new.db")  # the file need not exist yet
+    with pytest.raises(UnsafePath):
+        data.object_path("games", "sub/deeper/new.db")
+
+
+def test_symlink_to_another_data_type_is_refused(data: DataRoot) -> None:
+    (data.root / "models" / "m.pt").write_bytes(b"model")
+    (data.root / "games" / "cross").symlink_to(data.root / "models", target_is_directory=True)
+    with pytest.raises(UnsafePath):
+        data.object_path("games", "cross/m.pt")
+
+
+def test_symlink_into_engine_state_is_refused(data: DataRoot) -> None:
+    (data.root / "npz" / "in").symlink_to(data.incoming, target_is_directory=True)
+    with pytest.raises(UnsafePath):
+        data.object_path("npz", "in/x.part")
+
+
+def test_symlink_staying_inside_is_accepted(data: DataRoot) -> None:
+    real = data.root / "games" / "real"
+    real.mkdir()
+    (data.root / "games" / "alias").symlink_to(real, target_is_directory=True)
+    assert data.object_path("games", "alias/x.db") == data.root / "games" / "alias" / "x.db"
+
+
+def test_partial_path_inside_incoming_and_distinct(data: DataRoot) -> None:
+    sha1, sha2 = "1" * 64, "2" * 64
+    p1 = data.partial_path("games", "hex8_2p/a.db", sha1)
+    p2 = data.partial_path("games", "hex8_2p/a.db", sha2)
+    assert p1.parent == data.incoming and p2.parent == data.incoming
+    assert p1.is_relative_to(data.root / ".ringsync" / "incoming")
+    assert p1 != p2  # two senders declaring different content never share a part file
+    assert p1 == data.partial_path("games", "hex8_2p/a.db", sha1)  # stable: resumable
+    assert p1.name.endswith(".part")
+    # other name or other data type: other part file
+    assert data.partial_path("npz", "hex8_2p/a.db", sha1) != p1
+    assert data.partial_path("games", "hex8_2p/b.db", sha1) != p1
+    # the name carries no part of the requested path
+    assert "/" not in p1.name and "a.db" not in p1.name
+
+
+def test_partial_path_for_hostile_names_stays_inside_incoming(data: DataRoot) -> None:
+    for rel in ("../../etc/passwd", "/abs", "a\x00b", "x" * 5000):
+        p = data.partial_path("games", rel, "f" * 64)
+        assert p.parent == data.incoming
+        assert os.path.realpath(p).startswith(os.path.realpath(data.incoming) + os.sep)
+
+
+def test_used_bytes_counts_files_under_root(data: DataRoot) -> None:
+    assert data.used_bytes() == 0
+    (data.root / "games" / "a.db").write_bytes(b"x" * 100)
+    (data.root / "npz" / "sub").mkdir()
+    (data.root / "npz" / "sub" / "b.npz").write_bytes(b"y" * 50)
+    data.partial_path("games", "c.db", "0" * 64).write_bytes(b"z" * 25)
+    assert data.used_bytes() == 175

@@ -1,0 +1,345 @@
+"""engine.scanner.Scanner: what counts as finished, and consistent database snapshots."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.manifest import Artifact
+from engine.paths import DataRoot
+from engine.scanner import Candidate, Scanner, is_database, snapshot_database
+
+pytestmark = pytest.mark.unit
+
+LATER = time.time() + 3600  # "now" for tests that want every file old enough
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> DataRoot:
+    d = DataRoot(tmp_path / "root")
+    d.create()
+    return d
+
+
+def scanner(data: DataRoot, exclude: list[str] | None = None, finished_after: float = 10.0) -> Scanner:
+    return Scanner(data, "gpu-1", ["*.tmp", ".rsync-partial/*"] if exclude is None else exclude,
+                   finished_after)
+
+
+def write(data: DataRoot, data_type: str, rel: str, content: bytes = b"payload") -> Path:
+    path = data.root / data_type / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    return path
+
+
+def make_db(path: Path, rows: int = 50, wal: bool = True) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path)
+    try:
+        if wal:
+            conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("CREATE TABLE IF NOT EXISTS games (id INTEGER PRIMARY KEY, moves TEXT)")
+        with conn:
+            conn.executemany("INSERT INTO games (moves) VALUES (?)",
+                             [(f"e2e4 {i} " * 20,) for i in range(rows)])
+    finally:
+        conn.close()
+
+
+def names(cands: list[Candidate]) -> set[str]:
+    return {f"{c.data_type}/{c.path}" for c in cands}
+
+
+def listing(directory: Path) -> dict[str, tuple[int, int]]:
+    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in directory.iterdir()}
+
+
+# -- finished or not --------------------------------------------------------------------------
+
+def test_young_files_are_not_candidates(data: DataRoot) -> None:
+    f = write(data, "npz", "hex8_2p/a.npz")
+    s = scanner(data, finished_after=10.0)
+    assert s.candidates({}, now=time.time()) == []
+    mtime = f.stat().st_mtime
+    assert s.candidates({}, now=mtime + 9.5) == []
+    (cand,) = s.candidates({}, now=mtime + 10.5)
+    assert cand == Candidate("npz", "hex8_2p/a.npz", f, f.stat().st_size, f.stat().st_mtime_ns)
+
+
+def test_finished_after_zero_makes_everything_finished(data: DataRoot) -> None:
+    write(data, "models", "m.pt")
+    assert names(scanner(data, finished_after=0).candidates({})) == {"models/m.pt"}
+
+
+def test_all_data_types_and_nested_paths(data: DataRoot) -> None:
+    write(data, "games", "hex8_2p/x/g.db.bin")
+    write(data, "npz", "n.npz")
+    write(data, "models", "sq8_4p/best.pt")
+    write(data, "unknown_type", "z.npz")  # not a data type directory: never looked at
+    (data.state / "manifest.db").write_bytes(b"state")  # engine state: never an artifact
+    (data.snapshots / "snap.db").write_bytes(b"state")
+    assert names(scanner(data).candidates({}, now=LATER)) == {
+        "games/hex8_2p/x/g.db.bin", "npz/n.npz", "models/sq8_4p/best.pt"}
+
+
+def test_db_with_open_wal_writer_is_not_a_candidate_until_closed(data: DataRoot) -> None:
+    db = data.root / "games" / "hex8_2p" / "live.db"
+    db.parent.mkdir(parents=True)
+    writer = sqlite3.connect(db)
+    try:
+        writer.execute("PRAGMA journal_mode=WAL")
+        writer.execute("CREATE TABLE t (x)")
+        with writer:
+            writer.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(100)])
+        wal = db.with_name("live.db-wal")
+        assert wal.stat().st_size > 0
+        assert scanner(data).candidates({}, now=LATER) == []
+    finally:
+        writer.close()
+    assert not wal.exists() or wal.stat().st_size == 0
+    assert names(scanner(data).candidates({}, now=LATER)) == {"games/hex8_2p/live.db"}
+
+
+def test_db_with_hot_rollback_journal_is_not_a_candidate(data: DataRoot) -> None:
+    db = data.root / "games" / "j.sqlite"
+    make_db(db, wal=False)
+    writer = sqlite3.connect(db, isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        writer.executemany("INSERT INTO games (moves) VALUES (?)", [("x" * 500,)] * 200)
+        journal = db.with_name("j.sqlite-journal")
+        assert journal.exists() and journal.stat().st_size > 0
+        assert scanner(data).candidates({}, now=LATER) == []
+        writer.execute("COMMIT")
+    finally:
+        writer.close()
+    assert names(scanner(data).candidates({}, now=LATER)) == {"games/j.sqlite"}
+
+
+def test_empty_sidecar_does_not_block(data: DataRoot) -> None:
+    db = data.root / "games" / "e.db"
+    make_db(db, wal=False)
+    db.with_name("e.db-wal").write_bytes(b"")
+    db.with_name("e.db-journal").write_bytes(b"")
+    assert names(scanner(data).candidates({}, now=LATER)) == {"games/e.db"}
+
+
+def test_sidecars_themselves_are_never_candidates(data: DataRoot) -> None:
+    write(data, "games", "a.db-wal", b"x")
+    write(data, "games", "a.db-shm", b"x")
+    write(data, "games", "a.db-journal", b"x")
+    assert scanner(data).candidates({}, now=LATER) == []
+
+
+def test_sidecar_of_non_database_does_not_matter(data: DataRoot) -> None:
+    write(data, "npz", "a.npz")
+    write(data, "npz", "a.npz-wal", b"junk")
+    assert names(scanner(data).candidates({}, now=LATER)) == {"npz/a.npz"}
+
+
+def test_hidden_tmp_and_excluded_files_are_skipped(data: DataRoot) -> None:
+    write(data, "games", "hex8_2p/keep.db.bin")
+    write(data, "games", "hex8_2p/.gpu-1_000002.db.tmp")   # writer's temp file, hidden
+    write(data, "games", "hex8_2p/.hidden.db")             # hidden file
+    write(data, "games", ".cache/inside.npz")              # hidden directory
+    write(data, "games", "hex8_2p/.deep/x/inside.npz")     # hidden directory deeper down
+    write(data, "npz", "hex8_2p/batch.npz.tmp")            # *.tmp (default exclude)
+    write(data, "npz", "hex8_2p/keep.npz")
+    write(data, "npz", ".rsync-partial/half.npz")          # excluded (and hidden)
+    write(data, "models", "scratch/old.pt")
+    write(data, "models", "best.pt")
+    s = scanner(data, exclude=["*.tmp", ".rsync-partial/*", "scratch/*", "*.bak"])
+    write(data, "models", "best.pt.bak")
+    assert names(s.candidates({}, now=LATER)) == {
+        "games/hex8_2p/keep.db.bin", "npz/hex8_2p/keep.npz", "models/best.pt"}
+
+
+def test_excluded_matches_full_path_or_name(data: DataRoot) -> None:
+    s = scanner(data, exclude=["*.tmp", "hex8_2p/old_*"])
+    assert s.excluded("a/b/c.tmp")
+    assert s.excluded("c.tmp")
+    assert s.excluded("hex8_2p/old_1.db")
+    assert not s.excluded("sq8/old_1.db")
+    assert not s.excluded("hex8_2p/new.db")
+
+
+def test_known_unchanged_is_skipped_changed_is_not(data: DataRoot) -> None:
+    f = write(data, "npz", "a.npz", b"one")
+    g = write(data, "npz", "b.npz", b"two")
+    st = f.stat()
+    s = scanner(data)
+    known = {("npz", "a.npz"): (st.st_size, st.st_mtime_ns),
+             ("npz", "b.npz"): (g.stat().st_size, g.stat().st_mtime_ns + 1)}  # mtime differs
+    assert names(s.candidates(known, now=LATER)) == {"npz/b.npz"}
+    # same size, new mtime: a change
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert names(s.candidates(known, now=LATER)) == {"npz/a.npz", "npz/b.npz"}
+    # (None, None): known to the manifest but never hashed from a source here
+    assert names(s.candidates({("npz", "a.npz"): (None, None)}, now=LATER)) >= {"npz/a.npz"}
+
+
+def test_known_none_is_still_returned_by_candidates(data: DataRoot) -> None:
+    """``known[key] = None`` marks someone else's artifact stored here. candidates() skips only
+    exact (size, mtime) matches, so it still returns it; the caller (AutoSyncDaemon.scan) is the
+    one that skips None entries."""
+    write(data, "games", "hex8_2p/theirs.db.bin")
+    cands = scanner(data).candidates({("games", "hex8_2p/theirs.db.bin"): None}, now=LATER)
+    assert names(cands) == {"games/hex8_2p/theirs.db.bin"}
+
+
+# -- prepare ----------------------------------------------------------------------------------
+
+def test_prepare_plain_file(data: DataRoot) -> None:
+    content = os.urandom(300_000)
+    f = write(data, "npz", "hex8_2p/batch_1.npz", content)
+    s = scanner(data)
+    (cand,) = s.candidates({}, now=LATER)
+    a = s.prepare(cand)
+    assert a == Artifact("npz", "hex8_2p/batch_1.npz", "hex8_2p", len(content),
+                         hashlib.sha256(content).hexdigest(), cand.mtime_ns / 1e9, "gpu-1",
+                         len(content), f.stat().st_mtime_ns)
+    assert s.push_source(a) == f
+    assert list(data.snapshots.iterdir()) == []  # only databases are snapshotted
+
+
+def test_prepare_database_makes_a_sound_snapshot_and_leaves_source_alone(data: DataRoot) -> None:
+    src = data.root / "games" / "hex8_2p" / "gpu-1_000001.db"
+    make_db(src, rows=300, wal=True)
+    assert src.read_bytes()[18:20] == b"\x02\x02"  # the source is a WAL-mode database
+    before_bytes = src.read_bytes()
+    before_dir = listing(src.parent)
+    assert set(before_dir) == {"gpu-1_000001.db"}
+
+    s = scanner(data)
+    (cand,) = s.candidates({}, now=LATER)
+    a = s.prepare(cand)
+    assert a is not None
+
+    # the source: same bytes, nothing new beside it (no -wal, -shm, -journal)
+    assert src.read_bytes() == before_bytes
+    assert listing(src.parent) == before_dir
+
+    snap = s.snapshot_path("games", cand.path)
+    assert s.push_source(a) == snap
+    assert snap.parent == data.snapshots
+    assert snap.is_file()
+    raw = snap.read_bytes()
+    assert a.sha256 == hashlib.sha256(raw).hexdigest()
+    assert a.size == len(raw)
+    assert raw[18:20] == b"\x01\x01"  # rollback journal, not WAL
+    assert (a.source_size, a.source_mtime_ns) == (cand.size, cand.mtime_ns)
+    assert a.config_key == "hex8_2p" and a.origin == "gpu-1"
+    assert not [p for p in data.snapshots.iterdir() if p.name.startswith(".")]  # no temp left
+
+    conn = sqlite3.connect(f"{snap.as_uri()}?mode=ro", uri=True)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal"
+        assert conn.execute("SELECT COUNT(*) FROM games").fetchone()[0] == 300
+    finally:
+        conn.close()
+
+
+def test_prepare_database_contents_match_source(data: DataRoot) -> None:
+    src = data.root / "games" / "g.db"
+    make_db(src, rows=20, wal=False)
+    s = scanner(data)
+    (cand,) = s.candidates({}, now=LATER)
+    a = s.prepare(cand)
+    assert a is not None and a.config_key is None  # a top-level file has no config key
+
+    def dump(p: Path) -> list:
+        c = sqlite3.connect(f"{p.as_uri()}?mode=ro&immutable=1", uri=True)
+        try:
+            return c.execute("SELECT * FROM games ORDER BY id").fetchall()
+        finally:
+            c.close()
+
+    assert dump(s.snapshot_path("games", "g.db")) == dump(src)
+
+
+def test_prepare_file_changed_after_candidates_returns_none(data: DataRoot) -> None:
+    f = write(data, "npz", "a.npz", b"first")
+    s = scanner(data)
+    (cand,) = s.candidates({}, now=LATER)
+    with open(f, "ab") as fh:
+        fh.write(b" and more")
+    assert s.prepare(cand) is None
+
+
+def test_prepare_file_touched_after_candidates_returns_none(data: DataRoot) -> None:
+    f = write(data, "npz", "a.npz", b"first")
+    s = scanner(data)
+    (cand,) = s.candidates({}, now=LATER)
+    st = f.stat()
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))  # same size, new mtime
+    assert s.prepare(cand) is None
+
+
+def test_prepare_database_changed_after_candidates_returns_none(data: DataRoot) -> None:
+    src = data.root / "games" / "hex8_2p" / "g.db"
+    make_db(src, rows=10, wal=True)
+    s = scanner(data)
+    (cand,) = s.candidates({}, now=LATER)
+    make_db(src, rows=500, wal=True)  # the writer came back and added rows
+    assert src.stat().st_size != cand.size
+    assert s.prepare(cand) is None
+
+
+def test_config_key_is_first_path_segment(data: DataRoot) -> None:
+    write(data, "npz", "hex8_2p/a.npz")
+    write(data, "npz", "sq19_4p/deep/er/b.npz")
+    write(data, "npz", "c.npz")
+    s = scanner(data)
+    keys = {c.path: s.prepare(c).config_key for c in s.candidates({}, now=LATER)}  # type: ignore[union-attr]
+    assert keys == {"hex8_2p/a.npz": "hex8_2p", "sq19_4p/deep/er/b.npz": "sq19_4p", "c.npz": None}
+
+
+def test_snapshot_paths_differ_per_artifact(data: DataRoot) -> None:
+    s = scanner(data)
+    paths = {s.snapshot_path(t, p) for t in ("games", "npz") for p in ("a.db", "b/a.db", "c.db")}
+    assert len(paths) == 6
+    assert all(p.parent == data.snapshots for p in paths)
+
+
+def test_is_database() -> None:
+    assert is_database("a.db") and is_database("x/a.sqlite") and is_database("a.sqlite3")
+    assert not is_database("a.npz") and not is_database("a.db.bak") and not is_database("db")
+
+
+def _corrupt_db(path: Path) -> None:
+    make_db(path, rows=400, wal=False)
+    raw = bytearray(path.read_bytes())
+    page = 4096
+    assert len(raw) > 4 * page
+    raw[2 * page: 4 * page] = b"\xff" * (2 * page)  # trash two b-tree pages
+    path.write_bytes(bytes(raw))
+
+
+def test_snapshot_database_refuses_a_corrupt_source(data: DataRoot, tmp_path: Path) -> None:
+    """Documented contract: returns False and leaves no file when the copy is not sound."""
+    src = tmp_path / "src.db"
+    _corrupt_db(src)
+    target = data.snapshots / "t.db"
+    assert snapshot_database(src, target) is False
+    assert not target.exists()
+    assert [p.name for p in data.snapshots.iterdir()] == []
+
+
+def test_prepare_of_a_corrupt_database_returns_none(data: DataRoot) -> None:
+    """A corrupt finished database must not make prepare() raise: AutoSyncDaemon.scan() does not
+    guard it, so one bad file would abort every cycle before anything is pushed."""
+    _corrupt_db(data.root / "games" / "hex8_2p" / "bad.db")
+    write(data, "npz", "hex8_2p/good.npz")
+    s = scanner(data)
+    cands = {c.path: c for c in s.candidates({}, now=LATER)}
+    assert set(cands) == {"hex8_2p/bad.db", "hex8_2p/good.npz"}
+    assert s.prepare(cands["hex8_2p/bad.db"]) is None
+    assert s.prepare(cands["hex8_2p/good.npz"]) is not None
+    assert [p.name for p in data.snapshots.iterdir()] == []
