@@ -18,6 +18,9 @@ DATA_TYPES = ("games", "npz", "models")
 """The artifact kinds a node stores, one directory each under the data root."""
 
 STATE_DIR = ".ringsync"
+MAX_NAME_BYTES = 255
+"""Longest file name the common filesystems hold."""
+MAX_PATH_BYTES = 1024
 
 
 class UnsafePath(ValueError):
@@ -76,12 +79,14 @@ class DataRoot:
 
 def check_relative(rel: str) -> PurePosixPath:
     """Accept only a plain relative POSIX path of normal, non-hidden segments."""
-    if not rel or "\x00" in rel or "\\" in rel or len(rel) > 1024:
-        raise UnsafePath(f"bad path {rel!r}")
+    if not rel or "\x00" in rel or "\\" in rel or len(rel.encode()) > MAX_PATH_BYTES:
+        raise UnsafePath(f"bad path {rel[:80]!r}")
     path = PurePosixPath(rel)
     if path.is_absolute() or rel.startswith("/"):
         raise UnsafePath(f"path {rel!r} is absolute")
     for part in rel.split("/"):
         if part in ("", ".", "..") or part.startswith("."):
             raise UnsafePath(f"path {rel!r} has a forbidden segment {part!r}")
+        if len(part.encode()) > MAX_NAME_BYTES:
+            raise UnsafePath(f"path segment {part[:40]!r}… is longer than {MAX_NAME_BYTES} bytes")
     return path

@@ -32,6 +32,10 @@ DB_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 SIDECARS = ("-wal", "-journal")
 
 
+class UnreadableArtifact(Exception):
+    """A finished file that cannot be prepared (e.g. a corrupt database)."""
+
+
 @dataclass(frozen=True)
 class Candidate:
     """A finished file whose (size, mtime) the manifest has not seen."""
@@ -113,11 +117,15 @@ class Scanner:
         return self.data.object_path(art.data_type, art.path)
 
     def prepare(self, cand: Candidate) -> Artifact | None:
-        """Hash (and for databases snapshot) a candidate; None if it changed meanwhile."""
+        """Hash (and for databases snapshot) a candidate; None if it changed meanwhile.
+
+        Raises UnreadableArtifact when a database's snapshot is not sound.
+        """
         if is_database(cand.path):
             target = self.snapshot_path(cand.data_type, cand.path)
             if not snapshot_database(cand.file, target):
-                return None
+                raise UnreadableArtifact(f"{cand.data_type}/{cand.path} is not a sound SQLite"
+                                         " database (backup or quick_check failed)")
             digest, size = sha256_file(target), target.stat().st_size
         else:
             digest, size = sha256_file(cand.file), cand.size
@@ -140,19 +148,23 @@ def snapshot_database(source: Path, target: Path) -> bool:
     """
     tmp = target.with_name(f".{target.name}.tmp")
     tmp.unlink(missing_ok=True)
-    src = sqlite3.connect(f"file:{source}?mode=ro&immutable=1", uri=True)
+    sound = False
     try:
-        dst = sqlite3.connect(tmp)
+        src = sqlite3.connect(f"file:{source}?mode=ro&immutable=1", uri=True)
         try:
-            src.backup(dst, pages=-1)
-            # Our own copy (not the source) leaves WAL mode, so readers of the
-            # replica never create -wal/-shm files next to it.
-            dst.execute("PRAGMA journal_mode=DELETE")
-            sound = dst.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+            dst = sqlite3.connect(tmp)
+            try:
+                src.backup(dst, pages=-1)
+                # Our own copy (not the source) leaves WAL mode, so readers of the
+                # replica never create -wal/-shm files next to it.
+                dst.execute("PRAGMA journal_mode=DELETE")
+                sound = dst.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+            finally:
+                dst.close()
         finally:
-            dst.close()
-    finally:
-        src.close()
+            src.close()
+    except sqlite3.DatabaseError:
+        sound = False
     if not sound:
         tmp.unlink(missing_ok=True)
         return False

@@ -22,7 +22,7 @@ from engine.daemons.retry import RetryPolicy, RetryState
 from engine.events import DataSyncCompleted, DataSyncFailed, DataSyncStarted
 from engine.health import HealthCheckResult
 from engine.manifest import Artifact, Replica, SyncReceipt
-from engine.scanner import Scanner, is_database
+from engine.scanner import Candidate, Scanner, UnreadableArtifact, is_database
 from engine.transport import PushRequest, TransferError
 
 if TYPE_CHECKING:
@@ -68,6 +68,7 @@ class AutoSyncDaemon:
                                cfg.transfer.finished_after_seconds)
         self.retry = RetryPolicy(cfg.transfer.retry_base_seconds, cfg.transfer.retry_max_seconds)
         self._retries: dict[tuple[str, str], RetryState] = {}
+        self._unreadable_seen: dict[str, tuple[int, int]] = {}
         self._wake = asyncio.Event()
         self._priority: tuple[str, str | None] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -128,7 +129,11 @@ class AutoSyncDaemon:
         for cand in candidates:
             if known.get((cand.data_type, cand.path), ()) is None:
                 continue  # someone else's artifact stored here: not ours to announce
-            art = await asyncio.to_thread(self.scanner.prepare, cand)
+            try:
+                art = await asyncio.to_thread(self.scanner.prepare, cand)
+            except (UnreadableArtifact, OSError) as exc:
+                self._unreadable(cand, exc)
+                continue
             if art is None:
                 continue
             if manifest.upsert_artifact(art):
@@ -137,6 +142,17 @@ class AutoSyncDaemon:
                     manifest.set_replica(Replica(art.data_type, art.path, self.node.name,
                                                  art.sha256, time.time()))
         return registered
+
+    def _unreadable(self, cand: Candidate, exc: Exception) -> None:
+        """Report a file that cannot be prepared, once per version of it; keep scanning."""
+        key = f"{cand.data_type}/{cand.path}"
+        if self._unreadable_seen.get(key) == (cand.size, cand.mtime_ns):
+            return
+        self._unreadable_seen[key] = (cand.size, cand.mtime_ns)
+        self.last_error = f"{key}: {exc}"
+        self.node.events.emit(DataSyncFailed(
+            source=self.node.name, target=self.node.name, artifact=key, error=str(exc),
+            attempt=0, retry_in_seconds=None, reason="scan", strategy=self.strategy))
 
     def pending(self, config_key: str | None = None,
                 override_backoff: bool = False) -> list[tuple[Artifact, str]]:

@@ -55,18 +55,25 @@ class EventBus:
         self._log = open(log_path, "a", encoding="utf-8") if log_path else None
 
     def _last_logged_seq(self) -> int:
+        """The newest sequence number in the log, reading backwards until a whole line parses."""
         if not self.log_path or not self.log_path.exists():
             return 0
-        last = 0
         with open(self.log_path, "rb") as fh:
-            fh.seek(0, 2)
-            fh.seek(max(0, fh.tell() - 65536))
-            for line in fh.read().splitlines():
-                try:
-                    last = max(last, int(json.loads(line)["seq"]))
-                except (ValueError, KeyError, TypeError):
-                    continue
-        return last
+            end = fh.seek(0, 2)
+            block, tail = 65536, b""
+            while end > 0:
+                start = max(0, end - block)
+                fh.seek(start)
+                tail = fh.read(end - start) + tail
+                end = start
+                lines = tail.splitlines()
+                complete = lines if start == 0 else lines[1:]  # the first may be cut
+                for line in reversed(complete):
+                    try:
+                        return int(json.loads(line)["seq"])
+                    except (ValueError, KeyError, TypeError):
+                        continue
+        return 0
 
     def emit(self, payload: Payload) -> Event:
         """Number, log and deliver one event."""
@@ -83,13 +90,14 @@ class EventBus:
                 except Exception:  # a broken listener must not stop the emitter
                     log.exception("event listener %r failed on %s", listener, event.type.value)
         for sub in list(self._subscriptions):
-            try:
-                sub.queue.put_nowait(event)
-            except asyncio.QueueFull:
+            if sub.queue.qsize() >= sub.queue.maxsize - 1:
+                # Cut it off with the last free slot: what it received stays gap-free, so
+                # it resumes with since=<last seq it saw> and misses nothing.
                 sub.overflowed = True
                 self._subscriptions.discard(sub)
-                sub.queue.get_nowait()
                 sub.queue.put_nowait(None)
+            else:
+                sub.queue.put_nowait(event)
         return event
 
     def listen(self, listener: Listener, event_type: EventType | None = None) -> None:
@@ -97,7 +105,7 @@ class EventBus:
         self._listeners.append((event_type, listener))
 
     def subscribe(self, maxsize: int = 1024) -> Subscription:
-        sub = Subscription(self, maxsize)
+        sub = Subscription(self, max(2, maxsize))
         self._subscriptions.add(sub)
         return sub
 

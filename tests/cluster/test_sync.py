@@ -178,3 +178,19 @@ def test_large_push_streams_in_bounded_memory(make_cluster) -> None:
     for pid in (coord_pid, gpu_pid):
         growth_mib = (vm_kib(pid, "VmHWM") - before[pid]) / 1024
         assert growth_mib < 64, f"process {pid} grew {growth_mib:.0f} MiB moving 256 MiB"
+
+
+def test_a_corrupt_database_is_reported_once_and_does_not_block_others(cluster: Cluster) -> None:
+    bad = write(cluster, "gpu-1", "games/k/broken.db", b"SQLite format 3\x00" + os.urandom(8000))
+    write(cluster, "gpu-1", "npz/k/fine.npz", os.urandom(5000))
+    wait_for((cluster.data_root("coord") / "npz/k/fine.npz").exists, 15, what="the good file")
+    failed = wait_for(lambda: [e for e in cluster.events("gpu-1", "DATA_SYNC_FAILED")
+                               if e["payload"]["artifact"] == "games/k/broken.db"], 10,
+                      what="the corrupt database to be reported")
+    assert failed[0]["payload"]["reason"] == "scan"
+    cycles = cluster.status("gpu-1")["sync"]["cycles"]
+    wait_for(lambda: cluster.status("gpu-1")["sync"]["cycles"] >= cycles + 3, 10, what="cycles")
+    assert len([e for e in cluster.events("gpu-1", "DATA_SYNC_FAILED")
+                if e["payload"]["artifact"] == "games/k/broken.db"]) == 1
+    assert not (cluster.data_root("coord") / "games/k/broken.db").exists()
+    assert bad.exists()

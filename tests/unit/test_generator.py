@@ -105,7 +105,7 @@ def test_open_db_is_unfinished_until_stop(tmp_path: Path) -> None:
     assert not wal.exists()
     games = [e for e in read_ledger(ledger) if e.data_type == "games"]
     assert [e.path for e in games] == ["hex8_2p/n1_000001.db"]
-    assert len(games[0].game_ids or []) == gen.games_written > 5 and is_intact(db, games[0])
+    assert len(games[0].game_ids or []) == gen.games_written >= 1 and is_intact(db, games[0])
 
 
 def test_restart_never_overwrites(tmp_path: Path) -> None:

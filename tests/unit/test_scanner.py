@@ -12,7 +12,7 @@ import pytest
 
 from engine.manifest import Artifact
 from engine.paths import DataRoot
-from engine.scanner import Candidate, Scanner, is_database, snapshot_database
+from engine.scanner import Candidate, Scanner, UnreadableArtifact, is_database, snapshot_database
 
 pytestmark = pytest.mark.unit
 
@@ -332,14 +332,15 @@ def test_snapshot_database_refuses_a_corrupt_source(data: DataRoot, tmp_path: Pa
     assert [p.name for p in data.snapshots.iterdir()] == []
 
 
-def test_prepare_of_a_corrupt_database_returns_none(data: DataRoot) -> None:
-    """A corrupt finished database must not make prepare() raise: AutoSyncDaemon.scan() does not
-    guard it, so one bad file would abort every cycle before anything is pushed."""
+def test_prepare_of_a_corrupt_database_raises_unreadable(data: DataRoot) -> None:
+    """A corrupt finished database is reported as UnreadableArtifact (the daemon turns that into
+    a DATA_SYNC_FAILED event and goes on); it leaves no snapshot behind."""
     _corrupt_db(data.root / "games" / "hex8_2p" / "bad.db")
     write(data, "npz", "hex8_2p/good.npz")
     s = scanner(data)
     cands = {c.path: c for c in s.candidates({}, now=LATER)}
     assert set(cands) == {"hex8_2p/bad.db", "hex8_2p/good.npz"}
-    assert s.prepare(cands["hex8_2p/bad.db"]) is None
+    with pytest.raises(UnreadableArtifact):
+        s.prepare(cands["hex8_2p/bad.db"])
     assert s.prepare(cands["hex8_2p/good.npz"]) is not None
     assert [p.name for p in data.snapshots.iterdir()] == []

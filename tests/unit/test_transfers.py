@@ -107,7 +107,7 @@ def test_rate_of_a_finished_transfer_is_frozen() -> None:
     assert x.rate() == 0.0
 
 
-def test_finishing_twice_does_not_duplicate_live_state() -> None:
+def test_finish_leaves_no_live_state() -> None:
     t = TransferTracker()
     x = start(t)
     t.finish(x)
