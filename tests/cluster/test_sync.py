@@ -194,3 +194,24 @@ def test_a_corrupt_database_is_reported_once_and_does_not_block_others(cluster: 
                 if e["payload"]["artifact"] == "games/k/broken.db"]) == 1
     assert not (cluster.data_root("coord") / "games/k/broken.db").exists()
     assert bad.exists()
+
+
+def test_a_push_cut_off_by_a_crash_resumes_sending_only_the_rest(make_cluster) -> None:
+    """Invariant 5 end to end: the coordinator dies mid-push (SIGKILL); after it restarts the
+    sender asks for the offset and sends only the remainder."""
+    cluster = make_cluster(gpus=1, config={"bandwidth_limits": {"default_mbps": 4}})
+    size = 16 * 1024 * 1024
+    body = os.urandom(size)
+    write(cluster, "gpu-1", "models/m/ckpt.pt", body)
+    wait_for(lambda: any(t["done"] > 3_000_000 for t in
+                         cluster.status("coord")["transfers"]["in_flight"]), 15,
+             what="the push to be under way")
+    cluster.stop_node("coord", signal.SIGKILL)
+    cluster.start_node("coord")
+    target = cluster.data_root("coord") / "models/m/ckpt.pt"
+    wait_for(target.exists, 30, what="the resumed push")
+    assert sha_of(target) == hashlib.sha256(body).hexdigest()
+    finished = [t for t in cluster.status("coord")["transfers"]["recent"]
+                if t["artifact"] == "models/m/ckpt.pt" and t["error"] is None]
+    assert finished and finished[-1]["offset"] > 3_000_000
+    assert finished[-1]["done"] == size - finished[-1]["offset"]
