@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from engine.aio import wait_event
 from engine.daemons.retry import RetryPolicy, RetryState
 from engine.events import DataSyncCompleted, DataSyncFailed, DataSyncStarted
 from engine.health import HealthCheckResult
@@ -102,13 +103,7 @@ class AutoSyncDaemon:
                 except Exception as exc:  # keep the daemon alive; the failure is visible
                     self.last_error = f"{type(exc).__name__}: {exc}"
                     log.exception("sync cycle failed on %s", self.node.name)
-            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel that
-            # races with the wake-up, which left stop() waiting forever.
-            try:
-                async with asyncio.timeout(self._next_delay()):
-                    await self._wake.wait()
-            except TimeoutError:
-                pass
+            await wait_event(self._wake, self._next_delay())
             self._wake.clear()
 
     def _next_delay(self) -> float:

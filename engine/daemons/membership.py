@@ -1,7 +1,8 @@
 """Membership: the coordinator asks every node for ``/status`` on an interval.
 
-States: ``up`` (answered the last check), ``suspect`` (missed at least
-``suspect_after_misses``), ``down`` (missed ``down_after_misses``). A down node that
+States: ``unknown`` (never answered yet), ``up`` (answered the last check),
+``suspect`` (was up, missed at least ``suspect_after_misses``), ``down`` (missed
+``down_after_misses``). A down node that
 answers again is ``up`` with NODE_RECOVERED. The last status each node gave is kept
 (one per node, replaced each time) for the facade and the dashboard.
 """
@@ -110,7 +111,8 @@ class MembershipDaemon:
         if member.misses >= self.down_after and member.state != "down":
             member.state, member.down_since = "down", time.time()
             self.node.events.emit(NodeDown(node=member.name, misses=member.misses, error=error))
-        elif self.suspect_after <= member.misses < self.down_after and member.state != "suspect":
+        elif (self.suspect_after <= member.misses < self.down_after
+              and member.state == "up"):  # a node never seen yet is not "suspect", just not up
             member.state = "suspect"
             self.node.events.emit(NodeSuspect(node=member.name, misses=member.misses, error=error))
 

@@ -8,6 +8,7 @@ Linux, gets SIGTERM if the demo itself dies. ``workdir/pids.json`` lists every p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import os
@@ -51,12 +52,10 @@ class Proc:
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     """Ask Linux to SIGTERM this child when the demo process dies (PR_SET_PDEATHSIG)."""
-    try:
+    with contextlib.suppress(Exception):  # not Linux: the demo's own cleanup still runs
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
-    except Exception:
-        pass
 
 
 def last_log_line(path: Path) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import shutil
 import signal
@@ -22,6 +23,7 @@ from pathlib import Path
 import aiohttp
 from rich.console import Console
 
+from engine.aio import wait_event
 from engine.config import ClusterConfig, ConfigError, load_config
 from engine.demo.launcher import Launcher, LaunchError
 from engine.demo.ledger import LedgerEntry
@@ -100,11 +102,7 @@ class Demo:
                 left = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
                 if left <= 0:
                     break
-                try:
-                    async with asyncio.timeout(left):
-                        await self.stop.wait()
-                except TimeoutError:
-                    pass
+                await wait_event(self.stop, left)
                 for name in set(self.launcher.dead_nodes()) - reported:
                     reported.add(name)
                     _say(f"node {name} exited unexpectedly (see {self.launcher.logs}/{name}.log)")
@@ -147,12 +145,11 @@ class Demo:
         timeout = aiohttp.ClientTimeout(total=2.0)
         async with aiohttp.ClientSession(headers=headers, timeout=timeout) as session:
             async def poke(url: str) -> None:
-                try:
+                # Best effort: a node that does not answer just drains at its own interval.
+                with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
                     async with session.post(f"{url}/v1/control/priority-sync",
-                                            json={"reason": "demo-drain"}):
-                        pass
-                except (aiohttp.ClientError, asyncio.TimeoutError):
-                    pass
+                                            json={"reason": "demo-drain"}) as resp:
+                        await resp.read()
             await asyncio.gather(*(poke(h.url) for h in self.config.hosts_by_role("gpu")))
 
 

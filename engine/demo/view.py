@@ -20,6 +20,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from engine.aio import wait_event
 from engine.config import ClusterConfig
 from engine.demo.summary import human_bytes, ledger_entries
 
@@ -187,8 +188,4 @@ async def run_live(config: ClusterConfig, ledgers: Path, stop: asyncio.Event,
                 live.update(render(config, statuses, tail, generated, started, footer))
                 wait = REFRESH_SECONDS if deadline is None else min(
                     REFRESH_SECONDS, max(0.0, deadline - time.monotonic()))
-                try:
-                    async with asyncio.timeout(wait):
-                        await stop.wait()
-                except TimeoutError:
-                    pass
+                await wait_event(stop, wait)

@@ -133,10 +133,7 @@ class EventBus:
         """End every live feed (shutdown): consumers see ``None`` and stop."""
         for sub in list(self._subscriptions):
             self._subscriptions.discard(sub)
-            try:
-                sub.queue.put_nowait(None)
-            except asyncio.QueueFull:
-                pass
+            sub.queue.put_nowait(None)  # a subscribed queue always has a free slot (see emit)
 
     def close(self) -> None:
         self.end_streams()

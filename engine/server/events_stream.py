@@ -9,16 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import TYPE_CHECKING
-
 from aiohttp import web
 
-from engine.server.context import node_of
-
 from engine.events import Event
-
-if TYPE_CHECKING:
-    from engine.node import Node
+from engine.server.context import node_of
 
 HEARTBEAT_SECONDS = 15.0
 
@@ -60,7 +54,7 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
                 await response.write(sse_frame(event))
                 last = event.seq
     except ConnectionResetError:  # the client went away
-        pass
+        return response
     finally:
         if subscription is not None:
             subscription.close()

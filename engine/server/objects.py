@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from engine.server.context import node_of
 
 from engine.events import DataSyncCompleted, DataSyncFailed
 from engine.hashing import sha256_prefix
 from engine.manifest import Artifact, SyncReceipt
 from engine.paths import UnsafePath
+from engine.server.context import node_of
 
 if TYPE_CHECKING:
     from engine.node import Node

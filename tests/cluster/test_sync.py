@@ -54,8 +54,11 @@ def test_generator_output_reaches_the_coordinator_verified(cluster: Cluster) -> 
 def test_a_verified_artifact_is_not_sent_again(cluster: Cluster) -> None:
     write(cluster, "gpu-1", "npz/k/once.npz", os.urandom(100_000))
     wait_for((cluster.data_root("coord") / "npz/k/once.npz").exists, 15, what="arrival")
-    receipts = lambda: [r for r in cluster.get_json("coord", "/v1/manifest?since=0")["receipts"]
-                        if r["path"] == "k/once.npz"]
+
+    def receipts() -> list[dict]:
+        return [r for r in cluster.get_json("coord", "/v1/manifest?since=0")["receipts"]
+                if r["path"] == "k/once.npz"]
+
     wait_for(lambda: len(receipts()) == 1, 10, what="the receipt")
     cluster.request("gpu-1", "POST", "/v1/control/priority-sync",
                     body=b'{"reason": "operator_priority"}')
