@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+
 from aiohttp import web
 
 from engine.events import Event

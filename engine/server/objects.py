@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-
 from engine.events import DataSyncCompleted, DataSyncFailed
 from engine.hashing import sha256_prefix
 from engine.manifest import Artifact, SyncReceipt
