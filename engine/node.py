@@ -29,6 +29,7 @@ from engine.facade import SyncFacade, set_sync_facade
 from engine.hashing import sha256_file
 from engine.health import HealthCheckResult
 from engine.manifest import ClusterManifest, Replica
+from engine.metrics import NodeMetrics
 from engine.paths import DataRoot
 from engine.router import SyncRouter
 from engine.server import make_app
@@ -71,6 +72,7 @@ class Node:
         self.router = SyncRouter(self.config, self.name, self.manifest,
                                  self.membership.is_down if self.membership else lambda _n: False)
         self.daemon = AutoSyncDaemon(self, self.config.strategy_for(self.name))
+        self.metrics = NodeMetrics(self)
         self.facade = SyncFacade(self)
         set_sync_facade(self.facade)
         app = make_app(self)

@@ -3,6 +3,7 @@
     GET  /health                      HealthCheckResult (no token needed)
     GET  /status                      node, role, disk, artifacts, transfers, strategy, paused
     GET  /bandwidth/status            BandwidthCoordinator allocations and rates
+    GET  /metrics                     Prometheus text format
     GET  /v1/manifest?since=SEQ       ClusterManifest rows changed after SEQ
     GET  /v1/events?since=SEQ         server-sent events
     GET  /v1/cluster                  membership as this node sees it
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from engine.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from engine.server import objects
 from engine.server.context import NODE_KEY, node_of
 from engine.server.events_stream import stream_events
@@ -56,6 +58,11 @@ async def status(request: web.Request) -> web.Response:
 
 async def bandwidth_status(request: web.Request) -> web.Response:
     return web.json_response(_node(request).bandwidth.status())
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = _node(request).metrics.render()
+    return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
 async def manifest(request: web.Request) -> web.Response:
@@ -113,6 +120,7 @@ def make_app(node: "Node") -> web.Application:
     app.router.add_get("/health", health)
     app.router.add_get("/status", status)
     app.router.add_get("/bandwidth/status", bandwidth_status)
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/manifest", manifest)
     app.router.add_get("/v1/events", stream_events)
     app.router.add_get("/v1/cluster", cluster)

@@ -13,7 +13,7 @@ from tests.support.objects import put
 
 pytestmark = pytest.mark.cluster
 
-PROTECTED = ["/status", "/bandwidth/status", "/v1/manifest", "/v1/events?follow=0",
+PROTECTED = ["/status", "/bandwidth/status", "/metrics", "/v1/manifest", "/v1/events?follow=0",
              "/v1/cluster", "/v1/objects/npz/x.npz"]
 
 
@@ -157,3 +157,13 @@ def test_bandwidth_status_shows_the_provider_limit(one: Cluster) -> None:
 
     budget = wait_for(coord_budget, 10, what="the push to draw from coord's budget")
     assert budget["limit_mbps"] == 700  # coord's provider (hetzner) limit
+
+
+def test_metrics_in_prometheus_format(one: Cluster) -> None:
+    put(one, "coord", "npz", "metrics.npz", b"m" * 10)
+    resp = one.request("coord", "GET", "/metrics")
+    assert resp.status == 200 and resp.headers["content-type"].startswith("text/plain")
+    text = resp.body.decode()
+    assert 'ringsync_disk_capacity_bytes{node="coord"}' in text
+    assert 'ringsync_events_total{node="coord",type="DATA_SYNC_COMPLETED"}' in text
+    assert 'ringsync_member_up{member="gpu-1",node="coord"}' in text

@@ -1,0 +1,91 @@
+"""Prometheus metrics for ``GET /metrics``, read from the node's own state at scrape time.
+
+A collector over a per-node registry: nothing is instrumented twice, and every figure
+is the same one ``/status`` and ``/bandwidth/status`` show.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from engine.events import Event
+
+if TYPE_CHECKING:
+    from engine.node import Node
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class NodeCollector:
+    """Turns one node's state into metric families."""
+
+    def __init__(self, node: "Node") -> None:
+        self.node = node
+        self.events: collections.Counter[str] = collections.Counter()
+        """Events emitted by this node since start, by type."""
+        node.events.listen(self._count)
+
+    def _count(self, event: Event) -> None:
+        self.events[event.type.value] += 1
+
+    def collect(self) -> Iterator[Metric]:
+        node, labels = self.node, ["node"]
+        disk = node.disk()
+        used = GaugeMetricFamily("ringsync_disk_used_bytes", "Bytes used against capacity", labels=labels)
+        used.add_metric([node.name], disk["used_bytes"])
+        total = GaugeMetricFamily("ringsync_disk_capacity_bytes", "Quota or disk size", labels=labels)
+        total.add_metric([node.name], disk["total_bytes"])
+        yield from (used, total)
+        artifacts = GaugeMetricFamily("ringsync_artifacts", "Artifacts in the manifest",
+                                      labels=["node", "data_type"])
+        for data_type, count in node.manifest.counts_by_type().items():
+            artifacts.add_metric([node.name, data_type], count)
+        yield artifacts
+        sync = node.daemon.status()
+        pending = GaugeMetricFamily("ringsync_pending_pushes", "Pushes still to make", labels=labels)
+        pending.add_metric([node.name], sync["pending"])
+        pushed = CounterMetricFamily("ringsync_pushed_files", "Files pushed and verified", labels=labels)
+        pushed.add_metric([node.name], sync["pushed_files"])
+        failed = CounterMetricFamily("ringsync_push_failures", "Failed push attempts", labels=labels)
+        failed.add_metric([node.name], sync["failed"])
+        yield from (pending, pushed, failed)
+        sent = CounterMetricFamily("ringsync_sent_bytes", "Bytes sent, by target host",
+                                   labels=["node", "target"])
+        limit = GaugeMetricFamily("ringsync_bandwidth_limit_mbps", "Per-host limit (MB/s)",
+                                  labels=["node", "target"])
+        for host, figures in node.bandwidth.status()["hosts"].items():
+            sent.add_metric([node.name, host], figures["total_bytes"])
+            limit.add_metric([node.name, host], figures["limit_mbps"])
+        yield from (sent, limit)
+        live = GaugeMetricFamily("ringsync_transfers_in_flight", "Live transfers",
+                                 labels=["node", "direction"])
+        directions = collections.Counter(t.direction for t in node.transfers.live.values())
+        for direction in ("in", "out"):
+            live.add_metric([node.name, direction], directions[direction])
+        yield live
+        events = CounterMetricFamily("ringsync_events", "Events emitted", labels=["node", "type"])
+        for event_type, count in sorted(self.events.items()):
+            events.add_metric([node.name, event_type], count)
+        yield events
+        if node.membership is not None:
+            states = GaugeMetricFamily("ringsync_member_up", "1 when a node answers status checks",
+                                       labels=["node", "member"])
+            for name, member in node.membership.members.items():
+                states.add_metric([node.name, name], 1.0 if member.state == "up" else 0.0)
+            yield states
+
+
+class NodeMetrics:
+    """The node's registry; ``render()`` is the body of ``GET /metrics``."""
+
+    def __init__(self, node: "Node") -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(NodeCollector(node))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
