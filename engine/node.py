@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 1.5
 CAPACITY_REFRESH_SECONDS = 2.0
+PARTIAL_MAX_AGE_SECONDS = 24 * 3600
+"""A partial upload untouched this long was abandoned by its sender and is deleted."""
 
 
 class Node:
@@ -135,6 +137,10 @@ class Node:
     async def _capacity_loop(self) -> None:
         while True:
             await asyncio.sleep(CAPACITY_REFRESH_SECONDS)
+            removed = await asyncio.to_thread(self.data.prune_partials, PARTIAL_MAX_AGE_SECONDS,
+                                              set(self.uploads_in_progress), time.time())
+            for part in removed:
+                log.info("removed abandoned partial upload %s", part.name)
             self._used_bytes = await asyncio.to_thread(self._measure_used)
 
     def disk(self) -> dict[str, Any]:
@@ -149,8 +155,7 @@ class Node:
         disk = self.disk()
         return disk["used_bytes"] + nbytes <= disk["total_bytes"]
 
-    def note_stored(self, data_type: str, rel: str, sha256: str, size: int,
-                    verified_at: float) -> None:
+    def note_stored(self, size: int) -> None:
         """Count a newly stored object until the next capacity refresh measures it."""
         self._used_bytes += size
 

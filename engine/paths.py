@@ -65,6 +65,19 @@ class DataRoot:
         name = hashlib.sha256(f"{data_type}/{rel}".encode()).hexdigest()[:32]
         return self.incoming / f"{name}.{sha256[:16]}.part"
 
+    def prune_partials(self, max_age: float, keep: set[Path], now: float) -> list[Path]:
+        """Delete partial uploads nobody has touched for ``max_age`` seconds (abandoned by
+        their sender), except those in ``keep``; returns what was removed."""
+        removed = []
+        for part in self.incoming.glob("*.part"):
+            try:
+                if part not in keep and now - part.stat().st_mtime > max_age:
+                    part.unlink()
+                    removed.append(part)
+            except FileNotFoundError:
+                continue
+        return removed
+
     def used_bytes(self) -> int:
         """Bytes stored under the data root (what a disk quota is measured against)."""
         total = 0

@@ -102,6 +102,13 @@ async def get_object(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(final, chunk_size=node.config.transfer.chunk_bytes)
 
 
+def _receive_failed(node: "Node", source: str, artifact: str, error: str) -> None:
+    """Every rejected or interrupted upload is an event (invariant 6)."""
+    node.events.emit(DataSyncFailed(source=source, target=node.name, artifact=artifact,
+                                    error=error, attempt=0, retry_in_seconds=None,
+                                    reason="receive", strategy="receive"))
+
+
 async def put_object(request: web.Request) -> web.Response:
     node = node_of(request)
     data_type, rel, final = _resolve(node, request)
@@ -146,9 +153,7 @@ async def put_object(request: web.Request) -> web.Response:
         error = (f"upload interrupted after {offset + transfer.done} of {size} bytes"
                  f" (partial kept for resume): {type(exc).__name__}")
         node.transfers.finish(transfer, error=error)
-        node.events.emit(DataSyncFailed(source=source, target=node.name, artifact=artifact_name,
-                                        error=error, attempt=0, retry_in_seconds=None,
-                                        reason="receive", strategy="receive"))
+        _receive_failed(node, source, artifact_name, error)
         if isinstance(exc, Exception):  # reported above; not a server error worth a traceback
             raise _bad(web.HTTPBadRequest, error) from None
         raise
@@ -161,9 +166,7 @@ async def put_object(request: web.Request) -> web.Response:
         error = (f"size mismatch: declared {size}, received {received}" if received != size
                  else f"sha256 mismatch: declared {sha}, received {digest}")
         node.transfers.finish(transfer, error=error)
-        node.events.emit(DataSyncFailed(source=source, target=node.name, artifact=artifact_name,
-                                        error=error, attempt=0, retry_in_seconds=None,
-                                        reason="receive", strategy="receive"))
+        _receive_failed(node, source, artifact_name, error)
         raise _bad(web.HTTPUnprocessableEntity, error)
 
     try:
@@ -174,7 +177,7 @@ async def put_object(request: web.Request) -> web.Response:
         raise _bad(web.HTTPConflict, f"{artifact_name} appeared during the upload") from None
     verified_at = time.time()
     node.transfers.finish(transfer)
-    node.note_stored(data_type, rel, sha, size, verified_at)
+    node.note_stored(size)
     try:
         mtime = float(request.headers.get(H_MTIME, verified_at))
     except ValueError:

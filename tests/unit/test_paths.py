@@ -183,3 +183,16 @@ def test_used_bytes_counts_files_under_root(data: DataRoot) -> None:
     (data.root / "npz" / "sub" / "b.npz").write_bytes(b"y" * 50)
     data.partial_path("games", "c.db", "0" * 64).write_bytes(b"z" * 25)
     assert data.used_bytes() == 175
+
+
+def test_prune_partials_removes_only_old_idle_parts(tmp_path: Path) -> None:
+    data = DataRoot(tmp_path / "root")
+    data.create()
+    old, fresh, busy = (data.incoming / f"{n}.part" for n in ("old", "fresh", "busy"))
+    for part in (old, fresh, busy):
+        part.write_bytes(b"x")
+    for part in (old, busy):
+        os.utime(part, (1000.0, 1000.0))
+    removed = data.prune_partials(max_age=3600, keep={busy}, now=1000.0 + 7200)
+    assert removed == [old]
+    assert not old.exists() and fresh.exists() and busy.exists()
