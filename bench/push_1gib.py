@@ -1,28 +1,34 @@
 """How fast does ringsync push one big file between two real nodes, verified?
 
-    /tmp/v/bin/python bench/push_1gib.py [--size-mib 1024] [--chunk-mib 4] [--json]
+    /tmp/v/bin/python bench/push_1gib.py [--size-mib 1024] [--chunk-mib 4] [--repeat 3]
+                                         [--tmpdir DIR] [--json]
 
 Starts a real coordinator and one real GPU node (each its own ``ringsync
 --engine-only`` process, via tests.support.cluster.Cluster) with the bandwidth
 limiter set far above loopback speed, drops a random ``npz/bench/<name>.npz`` into
-the GPU node's data root and lets the AutoSyncDaemon find, hash and push it. The
-figures come from the nodes' own event logs (``<data_root>/.ringsync/events.jsonl``):
+the GPU node's data root and lets the AutoSyncDaemon find, hash and push it; then
+pushes the same bytes under new names ``--repeat``-1 more times in the same cluster
+(hard links: no new write, a new artifact each time). The figures come from the
+nodes' own event logs (``<data_root>/.ringsync/events.jsonl``):
 
 * receive: the coordinator's DATA_SYNC_COMPLETED ``seconds`` (start of the PUT
   body to the verified, fsynced rename) -- the push over HTTP with SHA-256
-  verification at the receiver;
+  verification at the receiver; the best push is the headline, all are listed;
 * send: the GPU node's DATA_SYNC_COMPLETED ``seconds`` (HEAD probe + PUT, i.e. the
   push as the sender sees it, after its scan);
 * scan+hash: from the moment the file appears under its final name (already
-  "finished", a cycle is kicked at once) to the GPU node's DATA_SYNC_STARTED, which
-  is emitted right after the scan that hashed the file.
+  "finished"; a cycle is kicked at once through the priority-sync endpoint) to the
+  GPU node's DATA_SYNC_STARTED, which is emitted right after the scan that hashed it;
+* CPU: user+system seconds of each node process (all threads) over each push, from
+  /proc/<pid>/stat -- steadier than wall time on a shared machine.
 
-It then checks the coordinator's copy hashes to the source's SHA-256, reads the
-coordinator process's peak memory (VmHWM; VmRSS before the push for contrast), and
-in the same run times plain ``rsync -a -e ssh`` of the same file to a throwaway
-local OpenSSH server and one SHA-256 pass over it (bench/rsync_baseline.py).
-Everything is printed, nothing is asserted about timings. Page cache is warm for
-every measurement (the file was just written); all runs see the same conditions.
+Every received copy is hashed by the bench and must match the source's SHA-256.
+The coordinator's peak memory is its VmHWM after the pushes (VmRSS before, for
+contrast). In the same run it times plain ``rsync -a -e ssh`` of the same file to a
+throwaway local OpenSSH server and one SHA-256 pass over it (bench/rsync_baseline.py).
+Page cache is warm for everything (the file was just written). The data roots live
+under --tmpdir: on a disk the receive includes the fsync of the whole object; with
+``--tmpdir /dev/shm`` the disk is out of the figure. Figures, never assertions.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -319,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.chunk_mib <= 256:
         parser.error("--chunk-mib must be in (0, 256]")
 
+    # SIGTERM unwinds like Ctrl-C, so the finally blocks stop the nodes and remove files.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     work = Path(tempfile.mkdtemp(prefix="ringsync-push-bench-", dir=args.tmpdir))
     try:
         result = run(args, work)

@@ -72,8 +72,13 @@ class Cluster:
         self.nodes: dict[str, NodeProc] = {}
         roles = [("coord", "coordinator")] + [(f"gpu-{i}", "gpu") for i in range(1, gpus + 1)] \
             + [(f"cpu-{i}", "cpu") for i in range(1, cpus + 1)]
+        ports: set[int] = set()
         for name, role in roles:
-            self.nodes[name] = NodeProc(name, role, free_port(), root / "nodes" / name,
+            port = free_port()
+            while port in ports:  # the kernel may hand the same free port out twice
+                port = free_port()
+            ports.add(port)
+            self.nodes[name] = NodeProc(name, role, port, root / "nodes" / name,
                                         root / "logs" / f"{name}.log")
         self.settings: dict[str, Any] = {
             "cluster_name": "test", "token": TOKEN,

@@ -1,0 +1,35 @@
+"""Writing received bytes with little CPU: positional writes, block reservation, early writeback."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+_FALLOC_FL_KEEP_SIZE = 1
+try:
+    _fallocate = ctypes.CDLL(None, use_errno=True).fallocate
+    _fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+except (OSError, AttributeError):  # not Linux/glibc: no reservation
+    _fallocate = None
+
+
+def reserve(fd: int, offset: int, length: int) -> None:
+    """Best effort: allocate ``length`` bytes of blocks from ``offset`` without changing the
+    file's size (a partial upload's size must keep saying how many bytes arrived). On ext4
+    this costs several times less CPU per written byte than allocating block by block."""
+    if _fallocate is not None and length > 0:
+        _fallocate(fd, _FALLOC_FL_KEEP_SIZE, offset, length)  # errors (EOPNOTSUPP…) ignored
+
+
+def write_at(fd: int, pieces: list[bytes], position: int) -> int:
+    """Write ``pieces`` at ``position``; start their writeback now so the final fsync has
+    little left to do. Returns the position after the last byte."""
+    start = position
+    for data in pieces:
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(fd, view, position)
+            view, position = view[written:], position + written
+    if hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(fd, start, position - start, os.POSIX_FADV_DONTNEED)
+    return position
