@@ -30,11 +30,9 @@ test: venv system-deps
 demo: venv
 	$(VENV)/bin/ringsync demo
 
+# push_1gib.py runs rsync_baseline.py's measurements in the same run.
 bench: venv system-deps
-	@set -e; for script in bench/*.py; do \
-		echo "== $$script"; \
-		$(PY) $$script; \
-	done
+	$(PY) bench/push_1gib.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist *.egg-info bench/out snapshot_report.html
