@@ -1,6 +1,6 @@
 """How fast does ringsync push one big file between two real nodes, verified?
 
-    /tmp/v/bin/python bench/push_1gib.py [--size-mib 1024] [--chunk-mib 4] [--repeat 3]
+    .venv/bin/python bench/push_1gib.py [--size-mib 1024] [--chunk-mib 4] [--repeat 3]
                                          [--tmpdir DIR] [--json]
 
 Starts a real coordinator and one real GPU node (each its own ``ringsync
