@@ -16,8 +16,7 @@ CHECK = """
 import importlib, pkgutil, sys
 import engine
 for module in pkgutil.walk_packages(engine.__path__, "engine."):
-    if not module.name.endswith("__main__"):
-        importlib.import_module(module.name)
+    importlib.import_module(module.name)
 import ringsync_tui.cli  # the CLI module itself must not pull textual in either
 loaded = sorted(m for m in sys.modules if m == "textual" or m.startswith("textual."))
 print("TEXTUAL:" + ",".join(loaded))
