@@ -78,6 +78,9 @@ class AutoSyncDaemon:
         """Running counts since start."""
         self.last_cycle_at: float | None = None
         self.last_error: str | None = None
+        self.backlog_files = 0
+        """Pushes still to make (as of the last cycle), whatever their backoff."""
+        self.backlog_bytes = 0
 
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
@@ -153,11 +156,12 @@ class AutoSyncDaemon:
                 override_backoff: bool = False) -> list[tuple[Artifact, str]]:
         """(artifact, target) pairs that still need a push, priority config first."""
         manifest, router = self.node.manifest, self.node.router
+        holders = manifest.verified_holders_by_artifact(self.node.name)
         work: list[tuple[Artifact, str]] = []
         for art in manifest.artifacts(origin=self.node.name):
-            holders = manifest.verified_holders(art)
+            held = holders.get((art.data_type, art.path), set())
             for target in router.get_sync_targets(art.data_type, art.config_key, art.path):
-                if target in holders:
+                if target in held:
                     continue
                 state = self._retries.get((art.key, target))
                 forced = override_backoff and (config_key is None or art.config_key == config_key)
@@ -169,12 +173,24 @@ class AutoSyncDaemon:
                                     item[0].mtime))
         return work
 
+    def _count_backlog(self) -> None:
+        """Refresh the figures /status shows (once per cycle, not per status request)."""
+        backlog = self.pending(override_backoff=True)
+        self.backlog_files = len(backlog)
+        self.backlog_bytes = sum(a.size for a, _ in backlog)
+
     async def run_cycle(self, reason: str = "interval",
                         config_key: str | None = None) -> CycleReport:
         report = CycleReport()
+        try:
+            return await self._cycle(report, reason, config_key)
+        finally:
+            self._count_backlog()
+            self.totals["cycles"] += 1
+            self.last_cycle_at = time.time()
+
+    async def _cycle(self, report: CycleReport, reason: str, config_key: str | None) -> CycleReport:
         report.scanned = await self.scan()
-        self.totals["cycles"] += 1
-        self.last_cycle_at = time.time()
         if self.paused:
             report.skipped_paused = True
             return report
@@ -200,7 +216,7 @@ class AutoSyncDaemon:
                 bytes=sum(a.size for a in arts), artifacts=[a.key for a in arts[:20]],
                 reason=reason, strategy=self.strategy,
                 seconds=round(time.monotonic() - started, 3)))
-        self._drop_finished_snapshots({a.key for a, _ in work})
+        self._drop_finished_snapshots([a for a, _ in work])
         return report
 
     async def _push_one(self, art: Artifact, target: str, reason: str) -> bool:
@@ -242,22 +258,19 @@ class AutoSyncDaemon:
             attempt=state.attempts, retry_in_seconds=None if wait is None else round(wait, 2),
             reason=reason, strategy=self.strategy))
 
-    def _drop_finished_snapshots(self, keys: set[str]) -> None:
+    def _drop_finished_snapshots(self, pushed: list[Artifact]) -> None:
         """A snapshot is kept until every target the router names holds it verified."""
         manifest, router = self.node.manifest, self.node.router
-        for art in manifest.artifacts(origin=self.node.name):
-            if art.key not in keys or not is_database(art.path):
-                continue
+        for art in {a.key: a for a in pushed if is_database(a.path)}.values():
             targets = set(router.get_sync_targets(art.data_type, art.config_key, art.path))
             if targets and targets <= manifest.verified_holders(art):
                 self.scanner.snapshot_path(art.data_type, art.path).unlink(missing_ok=True)
 
     # -- reporting --------------------------------------------------------------------------
     def status(self) -> dict:
-        pending = self.pending()
         return {"strategy": self.strategy, "enabled": self.enabled, "paused": self.paused,
-                "interval_seconds": self.interval, "pending": len(pending),
-                "pending_bytes": sum(a.size for a, _ in pending),
+                "interval_seconds": self.interval, "pending": self.backlog_files,
+                "pending_bytes": self.backlog_bytes,
                 "retrying": sum(1 for s in self._retries.values() if not s.permanent),
                 "blocked": sum(1 for s in self._retries.values() if s.permanent),
                 "last_cycle_at": self.last_cycle_at, "last_error": self.last_error,

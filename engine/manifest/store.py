@@ -170,6 +170,18 @@ class ClusterManifest:
         return {r.node for r in self.replicas(art.data_type, art.path)
                 if r.sha256 == art.sha256 and r.verified_at is not None}
 
+    def verified_holders_by_artifact(self, origin: str) -> dict[tuple[str, str], set[str]]:
+        """``verified_holders`` for every artifact of ``origin``, in one query."""
+        rows = self._db.execute(
+            "SELECT a.data_type, a.path, r.node FROM artifacts a JOIN replicas r"
+            " ON r.data_type = a.data_type AND r.path = a.path AND r.sha256 = a.sha256"
+            " WHERE a.origin = ? AND a.removed = 0 AND r.removed = 0"
+            " AND r.verified_at IS NOT NULL", (origin,))
+        holders: dict[tuple[str, str], set[str]] = {}
+        for row in rows:
+            holders.setdefault((row["data_type"], row["path"]), set()).add(row["node"])
+        return holders
+
     # -- receipts ---------------------------------------------------------------------------
     def register_sync(self, receipt: SyncReceipt, artifact: Artifact | None = None) -> int:
         """Record a verified arrival: the receipt, the target's replica and (if given) the artifact.

@@ -310,9 +310,13 @@ def test_verified_holders_counts_only_matching_verified_replicas(manifest: Clust
     m.remove_replica("games", a.path, "removed")
     assert m.verified_holders(a) == {"good-1", "good-2"}
 
+    assert m.verified_holders_by_artifact("gpu-1") == {("games", a.path): {"good-1", "good-2"}}
+    assert m.verified_holders_by_artifact("someone-else") == {}
+
     # a replica that is re-recorded without verification stops counting
     m.set_replica(Replica("games", a.path, "good-2", SHA_A, None))
     assert m.verified_holders(a) == {"good-1"}
+    assert m.verified_holders_by_artifact("gpu-1") == {("games", a.path): {"good-1"}}
 
 
 def test_changing_the_artifact_hash_makes_old_replicas_stop_counting(
