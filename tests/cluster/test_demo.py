@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support.sshd import free_port
+
 pytestmark = pytest.mark.cluster
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,9 +42,26 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _local_config_on_free_ports(tmp_path: Path) -> Path:
+    """The shipped demo cluster, moved to free ports so the test never collides with a
+    demo (or another test run) already using 8770-8775."""
+    data = yaml.safe_load((REPO / "config" / "local.yaml").read_text())
+    ports: set[int] = set()
+    for host in data["hosts"].values():
+        port = free_port()
+        while port in ports:
+            port = free_port()
+        ports.add(port)
+        host["port"] = port
+    path = tmp_path / "local.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
 def test_headless_demo_moves_everything_and_leaves_nothing_running(tmp_path: Path) -> None:
     workdir = tmp_path / "demo"
-    result = _demo(tmp_path, "--headless", "--duration", "20", "--json",
+    config = _local_config_on_free_ports(tmp_path)
+    result = _demo(tmp_path, "--config", str(config), "--headless", "--duration", "20", "--json",
                    "--workdir", str(workdir), "--fresh")
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)  # stdout is exactly one JSON object
