@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
+from engine.cluster_feed import ClusterEventFeed
 from engine.health import HealthCheckResult
 
 if TYPE_CHECKING:
@@ -76,6 +77,16 @@ class SyncFacade:
 
     def health_check(self) -> HealthCheckResult:
         return self.node.health_check()
+
+    async def cluster_events(self, keep: int = 5000) -> ClusterEventFeed:
+        """The cluster-wide event stream (every node's ``/v1/events``), started on first use
+        and stopped with the node. ``feed.listen(callback)`` for new events; ``feed.recent``
+        holds the newest ``keep``."""
+        if self.node.cluster_feed is None:
+            urls = {name: host.url for name, host in self.node.config.hosts.items()}
+            self.node.cluster_feed = ClusterEventFeed(self.node.session, urls, keep)
+            await self.node.cluster_feed.start()
+        return self.node.cluster_feed
 
 
 _facade: SyncFacade | None = None

@@ -21,6 +21,7 @@ import aiohttp
 from aiohttp import web
 
 from engine.bandwidth import BandwidthCoordinator, set_bandwidth_coordinator
+from engine.cluster_feed import ClusterEventFeed
 from engine.config import ClusterConfig
 from engine.daemons.auto_sync import AutoSyncDaemon
 from engine.daemons.membership import MembershipDaemon
@@ -62,6 +63,8 @@ class Node:
         self.started_at = time.time()
         self._used_bytes = 0
         self._runner: web.AppRunner | None = None
+        self.cluster_feed: ClusterEventFeed | None = None
+        """The cluster-wide event stream, once the facade has opened it (the dashboard)."""
 
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
@@ -102,6 +105,8 @@ class Node:
             await self.membership.start()
         await self.daemon.start()
         yield
+        if self.cluster_feed is not None:
+            await self.cluster_feed.stop()
         await self.daemon.stop()
         if self.membership:
             await self.membership.stop()

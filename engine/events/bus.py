@@ -12,6 +12,7 @@ import collections
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -52,6 +53,9 @@ class EventBus:
         self._listeners: list[tuple[EventType | None, Listener]] = []
         self.last_seq = self._last_logged_seq()
         """Sequence number of the newest event (0 before the first)."""
+        self.log_id = self._log_id()
+        """Names this numbering: a node whose log starts over gets a new id, so followers
+        know to start from 1 again instead of waiting for numbers they have already seen."""
         self._log = open(log_path, "a", encoding="utf-8") if log_path else None
 
     def _last_logged_seq(self) -> int:
@@ -74,6 +78,16 @@ class EventBus:
                     except (ValueError, KeyError, TypeError):
                         continue
         return 0
+
+    def _log_id(self) -> str:
+        if self.log_path is None:
+            return uuid.uuid4().hex
+        id_path = self.log_path.with_suffix(".id")
+        if self.log_path.exists() and id_path.exists():
+            return id_path.read_text().strip()
+        log_id = uuid.uuid4().hex
+        id_path.write_text(log_id + "\n")
+        return log_id
 
     def emit(self, payload: Payload) -> Event:
         """Number, log and deliver one event."""

@@ -1,7 +1,9 @@
 """``GET /v1/events``: the node's events as server-sent events, resumable.
 
 ``?since=SEQ`` (or the ``Last-Event-ID`` header a reconnecting EventSource sends)
-replays everything newer from memory or the JSONL log, then streams live events.
+replays everything newer from memory or the JSONL log, then streams live events. The
+stream opens with a comment ``: log <id> last-seq <n>`` naming the node's event numbering
+(a new id when its log starts over) and its newest sequence number.
 A comment line every ``heartbeat`` seconds keeps proxies and dead-peer detection honest.
 """
 
@@ -34,6 +36,10 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache"})
     await response.prepare(request)
+    # First line: which numbering this is, so a follower that saw another one (the node
+    # lost its log and starts again at 1) can tell and start over from the beginning.
+    await response.write(f": log {node.events.log_id} last-seq {node.events.last_seq}\n\n"
+                         .encode())
     subscription = node.events.subscribe() if follow else None
     try:
         last = since
