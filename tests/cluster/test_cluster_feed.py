@@ -8,22 +8,10 @@ import shutil
 
 import pytest
 
-from engine.config import load_config
 from engine.facade import get_sync_facade
-from engine.node import Node
-from tests.support.cluster import Cluster
+from tests.support.cluster import Cluster, embedded_node, until
 
 pytestmark = pytest.mark.cluster
-
-
-async def until(predicate, timeout: float = 15.0, what: str = "condition"):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not (value := predicate()):
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
-    return value
 
 
 def toggle(cluster: Cluster, node: str) -> None:
@@ -34,9 +22,7 @@ def toggle(cluster: Cluster, node: str) -> None:
 
 async def test_feed_merges_every_node_once_and_survives_restarts(make_cluster) -> None:
     cluster = make_cluster(gpus=2, skip=("coord",))
-    node = Node(load_config(cluster.config_path), "coord")
-    await node.start()
-    try:
+    async with embedded_node(cluster, "coord"):
         feed = await get_sync_facade().cluster_events(keep=1000)
         seen: list = []
         feed.listen(seen.append)
@@ -65,16 +51,12 @@ async def test_feed_merges_every_node_once_and_survives_restarts(make_cluster) -
         gpu1 = [e.seq for e in seen if e.node == "gpu-1"]
         assert gpu1 == sorted(set(gpu1)), "duplicates or disorder from a resumed stream"
         assert len(feed.recent) == len(seen) <= 1000
-    finally:
-        await node.stop()
     assert feed._tasks == []  # stopped with the node
 
 
 async def test_feed_is_bounded(make_cluster) -> None:
     cluster = make_cluster(gpus=1, skip=("coord",))
-    node = Node(load_config(cluster.config_path), "coord")
-    await node.start()
-    try:
+    async with embedded_node(cluster, "coord"):
         feed = await get_sync_facade().cluster_events(keep=5)
         for _ in range(6):
             await asyncio.to_thread(toggle, cluster, "gpu-1")
@@ -82,5 +64,3 @@ async def test_feed_is_bounded(make_cluster) -> None:
         assert len(feed.recent) == 5
         assert [e.seq for e in feed.recent] == list(range(feed.cursors["gpu-1"] - 4,
                                                           feed.cursors["gpu-1"] + 1))
-    finally:
-        await node.stop()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support.sshd import free_port
+from tests.support.sshd import free_ports
 
 pytestmark = pytest.mark.cluster
 
@@ -46,12 +46,7 @@ def _local_config_on_free_ports(tmp_path: Path) -> Path:
     """The shipped demo cluster, moved to free ports so the test never collides with a
     demo (or another test run) already using 8770-8775."""
     data = yaml.safe_load((REPO / "config" / "local.yaml").read_text())
-    ports: set[int] = set()
-    for host in data["hosts"].values():
-        port = free_port()
-        while port in ports:
-            port = free_port()
-        ports.add(port)
+    for host, port in zip(data["hosts"].values(), free_ports(len(data["hosts"]))):
         host["port"] = port
     path = tmp_path / "local.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))

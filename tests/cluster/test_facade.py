@@ -8,21 +8,10 @@ import os
 
 import pytest
 
-from engine.config import load_config
 from engine.facade import FacadeError, get_sync_facade
-from engine.node import Node
-from tests.support.cluster import Cluster
+from tests.support.cluster import Cluster, embedded_node, until
 
 pytestmark = pytest.mark.cluster
-
-
-async def until(predicate, timeout: float = 15.0, what: str = "condition"):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not (value := predicate()):
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
-    return value
 
 
 @pytest.fixture
@@ -32,9 +21,7 @@ def slow_cluster(make_cluster) -> Cluster:
 
 
 async def test_priority_sync_makes_another_node_push_now(slow_cluster: Cluster) -> None:
-    node = Node(load_config(slow_cluster.config_path), "coord")
-    await node.start()
-    try:
+    async with embedded_node(slow_cluster, "coord"):
         facade = get_sync_facade()
         artifact = slow_cluster.data_root("gpu-2") / "npz" / "hex8_2p" / "orphan.npz"
         artifact.parent.mkdir(parents=True)
@@ -49,14 +36,10 @@ async def test_priority_sync_makes_another_node_push_now(slow_cluster: Cluster) 
         requested = slow_cluster.events("gpu-2", "PRIORITY_SYNC_REQUESTED")
         assert requested[-1]["payload"]["reason"] == "orphan_games_recovery"
         assert requested[-1]["payload"]["config_key"] == "hex8_2p"
-    finally:
-        await node.stop()
 
 
 async def test_pause_resume_status_and_health_through_the_facade(slow_cluster: Cluster) -> None:
-    node = Node(load_config(slow_cluster.config_path), "coord")
-    await node.start()
-    try:
+    async with embedded_node(slow_cluster, "coord") as node:
         facade = get_sync_facade()
         assert (await facade.pause("gpu-1", by="test"))["paused"] is True
         assert (await facade.pause())["paused"] is True  # this node
@@ -72,16 +55,10 @@ async def test_pause_resume_status_and_health_through_the_facade(slow_cluster: C
         assert health.is_healthy and "membership" in health.details
         with pytest.raises(FacadeError, match="unknown node"):
             await facade.pause("no-such-node")
-    finally:
-        await node.stop()
 
 
 async def test_facade_reports_an_unreachable_node(slow_cluster: Cluster) -> None:
     slow_cluster.stop_node("gpu-1")
-    node = Node(load_config(slow_cluster.config_path), "coord")
-    await node.start()
-    try:
+    async with embedded_node(slow_cluster, "coord"):
         with pytest.raises(FacadeError, match="unreachable"):
             await get_sync_facade().trigger_priority_sync("operator_priority", "gpu-1")
-    finally:
-        await node.stop()

@@ -7,6 +7,7 @@ dir; the config is real YAML loaded by the real loader. ``stop_all`` always runs
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import os
@@ -14,14 +15,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tests.support.sshd import free_port
+from tests.support.sshd import free_ports
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "test-cluster-token"
@@ -38,6 +40,33 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, interval: floa
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+async def until(predicate: Callable[[], Any], timeout: float = 15.0,
+                what: str = "condition") -> Any:
+    """``wait_for`` for async tests: poll without blocking the loop (an embedded node runs
+    on it)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not (value := predicate()):
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.1)
+    return value
+
+
+@asynccontextmanager
+async def embedded_node(cluster: "Cluster", name: str) -> AsyncIterator[Any]:
+    """Run ``name`` inside this process's loop, as the dashboard embeds the coordinator."""
+    from engine.config import load_config
+    from engine.node import Node
+
+    node = Node(load_config(cluster.config_path), name)
+    await node.start()
+    try:
+        yield node
+    finally:
+        await node.stop()
 
 
 @dataclass
@@ -72,12 +101,7 @@ class Cluster:
         self.nodes: dict[str, NodeProc] = {}
         roles = [("coord", "coordinator")] + [(f"gpu-{i}", "gpu") for i in range(1, gpus + 1)] \
             + [(f"cpu-{i}", "cpu") for i in range(1, cpus + 1)]
-        ports: set[int] = set()
-        for name, role in roles:
-            port = free_port()
-            while port in ports:  # the kernel may hand the same free port out twice
-                port = free_port()
-            ports.add(port)
+        for (name, role), port in zip(roles, free_ports(len(roles))):
             self.nodes[name] = NodeProc(name, role, port, root / "nodes" / name,
                                         root / "logs" / f"{name}.log")
         self.settings: dict[str, Any] = {

@@ -36,6 +36,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports (the kernel may hand the same free port out twice)."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
 def _current_user() -> str:
     # The account sshd will actually log in is the one we run as; getpass.getuser()
     # prefers $USER/$LOGNAME, which can disagree with the uid inside containers.
