@@ -4,19 +4,29 @@
     await facade.trigger_priority_sync(reason="orphan_games_recovery",
                                        source_node="vast-12345", config_key="hex8_2p")
     status = await facade.get_sync_status()
+    await facade.pause_cluster(by="operator")        # every node; unreachable ones reported
+    await facade.recover()                           # every node, coordinator included
+    await facade.verify("gpu-1")                     # re-hash gpu-1's replicas (background)
+    await facade.node_artifacts("gpu-1", limit=200)  # gpu-1's newest artifacts and replicas
 
 A request about another node goes to that node's control API over HTTP, so the
-coordinator (and its dashboard) can make any node push, pause or resume.
+coordinator (and its dashboard) can make any node push, pause, resume, recover or verify.
+A cluster-wide call asks every node concurrently and reports a node it could not reach in
+its answer instead of raising; a call about one unknown node raises FacadeError.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
 from engine.cluster_feed import ClusterEventFeed
+from engine.daemons.recovery import DEFAULT_REASON
+from engine.daemons.verification import VerificationRunning
 from engine.health import HealthCheckResult
 
 if TYPE_CHECKING:
@@ -34,19 +44,36 @@ class SyncFacade:
         self.node = node
         """The node this process runs."""
 
-    async def _control(self, target: str, action: str, body: dict[str, Any]) -> dict[str, Any]:
+    def _known(self, target: str) -> str:
         if target not in self.node.config.hosts:
             raise FacadeError(f"unknown node {target!r}")
-        url = f"{self.node.config.host(target).url}/v1/control/{action}"
+        return target
+
+    async def _call(self, target: str, method: str, path: str, what: str,
+                    **kwargs: Any) -> dict[str, Any]:
+        url = f"{self.node.config.host(self._known(target)).url}{path}"
         try:
-            async with self.node.session.post(url, json=body,
-                                              timeout=aiohttp.ClientTimeout(total=10)) as resp:
-                answer = await resp.json(content_type=None)
+            async with self.node.session.request(method, url, **kwargs,
+                                                 timeout=aiohttp.ClientTimeout(total=10)) as resp:
+                text = await resp.text()
                 if resp.status >= 400:
-                    raise FacadeError(f"{target} refused {action}: {resp.status} {answer}")
-                return answer
+                    raise FacadeError(f"{target} refused {what}: {resp.status} {_one_line(text)}")
+                answer = json.loads(text)
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise FacadeError(f"{target} unreachable for {action}: {exc}") from exc
+            raise FacadeError(f"{target} unreachable for {what}: {exc}") from exc
+        except ValueError as exc:
+            raise FacadeError(f"{target} answered {what} with something not JSON") from exc
+        if not isinstance(answer, dict):
+            raise FacadeError(f"{target} answered {what} with {type(answer).__name__}, not an object")
+        return answer
+
+    async def _control(self, target: str, action: str, body: dict[str, Any]) -> dict[str, Any]:
+        return await self._call(target, "POST", f"/v1/control/{action}", action, json=body)
+
+    async def _each_node(self, call: Callable[[str], Awaitable[Any]]) -> dict[str, Any]:
+        """``call(name)`` for every configured node at once, by name."""
+        names = list(self.node.config.hosts)
+        return dict(zip(names, await asyncio.gather(*(call(n) for n in names))))
 
     async def trigger_priority_sync(self, reason: str, source_node: str | None = None,
                                     config_key: str | None = None) -> dict[str, Any]:
@@ -68,6 +95,67 @@ class SyncFacade:
             return self.node.set_paused(False, by)
         return await self._control(node, "resume", {"by": by})
 
+    async def pause_cluster(self, by: str = "facade") -> dict[str, Any]:
+        """Pause every node; ``{"paused": True, "nodes": {name: "ok" | error}}``."""
+        return await self._set_cluster_paused(True, by)
+
+    async def resume_cluster(self, by: str = "facade") -> dict[str, Any]:
+        """Resume every node; ``{"paused": False, "nodes": {name: "ok" | error}}``."""
+        return await self._set_cluster_paused(False, by)
+
+    async def _set_cluster_paused(self, paused: bool, by: str) -> dict[str, Any]:
+        async def one(name: str) -> str:
+            try:
+                await (self.pause if paused else self.resume)(name, by=by)
+            except FacadeError as exc:
+                return str(exc)
+            return "ok"
+
+        return {"paused": paused, "nodes": await self._each_node(one)}
+
+    async def recover(self, node: str | None = None, reason: str = DEFAULT_REASON,
+                      by: str = "facade") -> dict[str, Any]:
+        """Bring under-replicated artifacts up to min_copies verified copies: on ``node``, or
+        (None) on every node at once, coordinator included (it also re-homes orphans).
+
+        ``{"nodes": {name: answer | {"error": message}}, "under_replicated": n, "scheduled": n}``
+        with each node's answer as ``POST /v1/control/recover`` gives it; the pushes run in
+        the background on each node."""
+        async def one(name: str) -> dict[str, Any]:
+            try:
+                if name == self.node.name:
+                    return self.node.request_recovery(reason, by)
+                return await self._control(name, "recover", {"reason": reason, "by": by})
+            except FacadeError as exc:
+                return {"error": str(exc)}
+
+        if node is None:
+            answers = await self._each_node(one)
+        else:
+            answers = {self._known(node): await one(node)}
+        return {"nodes": answers,
+                "under_replicated": sum(a.get("under_replicated", 0) for a in answers.values()),
+                "scheduled": sum(a.get("scheduled", 0) for a in answers.values())}
+
+    async def verify(self, node: str | None = None, by: str = "facade") -> dict[str, Any]:
+        """Re-hash every replica ``node`` (default: this node) holds, in the background;
+        ``{"node", "replicas", "started"}``. FacadeError while one is running there."""
+        if node in (None, self.node.name):
+            try:
+                return self.node.start_verification(by)
+            except VerificationRunning as exc:
+                raise FacadeError(str(exc)) from None
+        return await self._control(node, "verify", {"by": by})
+
+    async def node_artifacts(self, node: str, limit: int = 200) -> dict[str, Any]:
+        """``node``'s newest ``limit`` artifacts with their replicas (``GET /v1/artifacts``)."""
+        if not 1 <= limit <= 5000:
+            raise FacadeError(f"limit must be in 1..5000, not {limit}")
+        if node == self.node.name:
+            return self.node.list_artifacts(limit)
+        return await self._call(node, "GET", "/v1/artifacts", "artifacts",
+                                params={"limit": str(limit)})
+
     async def get_sync_status(self) -> dict[str, Any]:
         """This node's status; on the coordinator also every node's last known status."""
         status: dict[str, Any] = {"node": self.node.status()}
@@ -87,6 +175,18 @@ class SyncFacade:
             self.node.cluster_feed = ClusterEventFeed(self.node.session, urls, keep)
             await self.node.cluster_feed.start()
         return self.node.cluster_feed
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    """An error body as one short line (JSON ``{"error": ...}`` bodies give their message)."""
+    try:
+        data = json.loads(text)
+        if isinstance(data, dict) and isinstance(data.get("error"), str):
+            text = data["error"]
+    except ValueError:
+        pass
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[:limit - 1] + "…"
 
 
 _facade: SyncFacade | None = None

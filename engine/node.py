@@ -25,6 +25,7 @@ from engine.cluster_feed import ClusterEventFeed
 from engine.config import ClusterConfig
 from engine.daemons.auto_sync import AutoSyncDaemon
 from engine.daemons.membership import MembershipDaemon
+from engine.daemons.verification import ReplicaVerifier
 from engine.events import EventBus, PrioritySyncRequested, SyncPaused, SyncResumed
 from engine.facade import SyncFacade, set_sync_facade
 from engine.hashing import sha256_file
@@ -77,6 +78,7 @@ class Node:
         self.router = SyncRouter(self.config, self.name, self.manifest,
                                  self.membership.is_down if self.membership else lambda _n: False)
         self.daemon = AutoSyncDaemon(self, self.config.strategy_for(self.name))
+        self.verifier = ReplicaVerifier(self)
         self.metrics = NodeMetrics(self)
         self.facade = SyncFacade(self)
         set_sync_facade(self.facade)
@@ -107,6 +109,7 @@ class Node:
         yield
         if self.cluster_feed is not None:
             await self.cluster_feed.stop()
+        await self.verifier.stop()
         await self.daemon.stop()
         if self.membership:
             await self.membership.stop()
@@ -190,6 +193,24 @@ class Node:
         return {"node": self.name, "accepted": True, "reason": reason, "config_key": config_key,
                 "paused": self.daemon.paused}
 
+    def request_recovery(self, reason: str, by: str) -> dict[str, Any]:
+        """Bring under-replicated artifacts up to min_copies verified copies (background)."""
+        return self.daemon.recovery.request(reason, by)
+
+    def start_verification(self, by: str) -> dict[str, Any]:
+        """Re-hash every replica this node holds (background); raises VerificationRunning."""
+        return self.verifier.start(by)
+
+    def list_artifacts(self, limit: int) -> dict[str, Any]:
+        """The newest ``limit`` live artifacts (by mtime) with their replicas."""
+        total, rows = self.manifest.newest_artifacts(limit)
+        fields = ("data_type", "path", "config_key", "size", "sha256", "mtime", "origin")
+        return {"node": self.name, "total": total, "artifacts": [
+            {**{k: getattr(art, k) for k in fields},
+             "replicas": [{"node": r.node, "sha256": r.sha256, "verified_at": r.verified_at}
+                          for r in reps]}
+            for art, reps in rows]}
+
     def set_paused(self, paused: bool, by: str) -> dict[str, Any]:
         if self.daemon.paused != paused:
             self.daemon.paused = paused
@@ -214,7 +235,8 @@ class Node:
             "artifacts": self.manifest.counts_by_type(),
             "transfers": self.transfers.snapshot(),
             "sync": self.daemon.status(),
-            "bandwidth": {h: {"limit_mbps": v["limit_mbps"], "current_mbps": v["current_mbps"]}
+            "bandwidth": {h: {k: v[k] for k in ("limit_mbps", "allocated_mbps",
+                                                 "active_transfers", "current_mbps")}
                           for h, v in self.bandwidth.status()["hosts"].items()},
             "manifest_seq": self.manifest.seq, "events_seq": self.events.last_seq,
         }

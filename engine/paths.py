@@ -2,6 +2,7 @@
 
     <data_root>/<data_type>/<path>      the visible tree: only complete, verified files
     <data_root>/.ringsync/              engine state: manifest, events log, incoming, snapshots
+    <data_root>/.ringsync/quarantine/   copies that failed re-verification, kept for inspection
 
 Every path that comes from outside (HTTP, config, peers) goes through
 ``DataRoot.object_path``, which refuses anything that could leave the data type's
@@ -39,6 +40,8 @@ class DataRoot:
         """Partial uploads (resumable), renamed into place only when verified."""
         self.snapshots = self.state / "snapshots"
         """Consistent SQLite snapshots waiting to be pushed."""
+        self.quarantine = self.state / "quarantine"
+        """Stored copies whose bytes no longer matched their hash, under their relative path."""
 
     def create(self) -> None:
         for sub in (self.incoming, self.snapshots, *(self.root / t for t in DATA_TYPES)):
@@ -59,6 +62,18 @@ class DataRoot:
         if not resolved.is_relative_to(base.resolve()):
             raise UnsafePath(f"path {rel!r} leaves the data root")
         return final
+
+    def quarantine_path(self, data_type: str, rel: str) -> Path:
+        """A free name for ``<data_type>/<rel>`` under the quarantine directory: the same
+        relative path, with ``.1``, ``.2``… appended when an earlier copy is already there."""
+        self.type_dir(data_type)
+        clean = check_relative(rel)
+        base = self.quarantine.joinpath(data_type, *clean.parts)
+        candidate, n = base, 0
+        while candidate.exists():
+            n += 1
+            candidate = base.with_name(f"{base.name}.{n}")
+        return candidate
 
     def partial_path(self, data_type: str, rel: str, sha256: str) -> Path:
         """Where an upload of ``rel`` with declared ``sha256`` accumulates until verified."""

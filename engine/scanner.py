@@ -116,6 +116,26 @@ class Scanner:
             return self.snapshot_path(art.data_type, art.path)
         return self.data.object_path(art.data_type, art.path)
 
+    def restore_snapshot(self, art: Artifact) -> bool:
+        """Re-make the snapshot of an own database whose snapshot was dropped after it reached
+        its first targets; True when the new snapshot has ``art``'s SHA-256 (a snapshot of an
+        unchanged database is byte-identical). False, leaving no snapshot, when the source is
+        gone, unsound or changed since it was registered (the scanner re-registers it)."""
+        source = self.data.object_path(art.data_type, art.path)
+        target = self.snapshot_path(art.data_type, art.path)
+        try:
+            st = source.stat()
+        except FileNotFoundError:
+            return False
+        if (art.source_size, art.source_mtime_ns) != (st.st_size, st.st_mtime_ns):
+            return False
+        if not snapshot_database(source, target):
+            return False
+        if sha256_file(target) != art.sha256:
+            target.unlink(missing_ok=True)
+            return False
+        return True
+
     def prepare(self, cand: Candidate) -> Artifact | None:
         """Hash (and for databases snapshot) a candidate; None if it changed meanwhile.
 

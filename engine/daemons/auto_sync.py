@@ -16,9 +16,11 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine.aio import wait_event
+from engine.daemons.recovery import Recovery
 from engine.daemons.retry import RetryPolicy, RetryState
 from engine.events import DataSyncCompleted, DataSyncFailed, DataSyncStarted
 from engine.health import HealthCheckResult
@@ -74,6 +76,11 @@ class AutoSyncDaemon:
         self._priority: tuple[str, str | None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._limit = asyncio.Semaphore(cfg.transfer.max_concurrent)
+        self.inflight: set[tuple[str, str]] = set()
+        """(artifact key, target) pairs a push is under way (or reserved) for, by a cycle or a
+        recovery run: neither starts a second push of the same pair."""
+        self.recovery = Recovery(self)
+        """Operator-requested runs that bring artifacts up to min_copies verified copies."""
         self.totals = {"cycles": 0, "pushed_files": 0, "pushed_bytes": 0, "failed": 0}
         """Running counts since start."""
         self.last_cycle_at: float | None = None
@@ -87,6 +94,7 @@ class AutoSyncDaemon:
         self._task = asyncio.create_task(self._run(), name=f"auto-sync:{self.node.name}")
 
     async def stop(self) -> None:
+        await self.recovery.stop()
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -161,7 +169,7 @@ class AutoSyncDaemon:
         for art in manifest.artifacts(origin=self.node.name):
             held = holders.get((art.data_type, art.path), set())
             for target in router.get_sync_targets(art.data_type, art.config_key, art.path):
-                if target in held:
+                if target in held or (art.key, target) in self.inflight:
                     continue
                 state = self._retries.get((art.key, target))
                 forced = override_backoff and (config_key is None or art.config_key == config_key)
@@ -202,7 +210,12 @@ class AutoSyncDaemon:
         self.node.events.emit(DataSyncStarted(
             source=self.node.name, targets=sorted({t for _, t in work}), files=len(work),
             bytes=sum(a.size for a, _ in work), reason=reason, strategy=self.strategy))
-        results = await asyncio.gather(*(self._push_one(a, t, reason) for a, t in work))
+        pairs = {(a.key, t) for a, t in work}
+        self.inflight |= pairs
+        try:
+            results = await asyncio.gather(*(self._push_one(a, t, reason) for a, t in work))
+        finally:
+            self.inflight -= pairs
         for (art, target), ok in zip(work, results):
             if ok:
                 report.pushed += 1
@@ -219,11 +232,15 @@ class AutoSyncDaemon:
         self._drop_finished_snapshots([a for a, _ in work])
         return report
 
-    async def _push_one(self, art: Artifact, target: str, reason: str) -> bool:
+    async def _push_one(self, art: Artifact, target: str, reason: str,
+                        source_file: Path | None = None, retry: bool = True) -> bool:
+        """Push ``art`` to ``target`` and record the receipt; False (and a DATA_SYNC_FAILED)
+        on failure. ``source_file`` overrides where the bytes are read (a stored copy);
+        ``retry=False`` for a one-off push nothing will retry (reported with no retry time)."""
         key = (art.key, target)
         state = self._retries.get(key)
         attempt = (state.attempts if state else 0) + 1
-        source_file = self.scanner.push_source(art)
+        source_file = source_file or self.scanner.push_source(art)
         async with self._limit:
             transfer = self.node.transfers.start(
                 direction="out", source=self.node.name, target=target, artifact=art.key,
@@ -236,7 +253,7 @@ class AutoSyncDaemon:
                                 reason), transfer)
             except TransferError as exc:
                 self.node.transfers.finish(transfer, error=str(exc))
-                self._failed(art, target, str(exc), exc.retryable, reason)
+                self._failed(art, target, str(exc), exc.retryable, reason, retry)
                 return False
         self.node.transfers.finish(transfer)
         self._retries.pop(key, None)
@@ -248,20 +265,29 @@ class AutoSyncDaemon:
         return True
 
     def _failed(self, art: Artifact, target: str, error: str, retryable: bool,
-                reason: str) -> None:
-        state = self._retries.setdefault((art.key, target), RetryState())
-        wait = self.retry.record_failure(state, error, retryable)
+                reason: str, retry: bool = True) -> None:
+        """Count and report a failed push; with ``retry`` schedule the next attempt."""
+        if retry:
+            state = self._retries.setdefault((art.key, target), RetryState())
+            wait = self.retry.record_failure(state, error, retryable)
+            attempt = state.attempts
+        else:
+            known = self._retries.get((art.key, target))
+            wait, attempt = None, (known.attempts if known else 0) + 1
         self.totals["failed"] += 1
         self.last_error = error
         self.node.events.emit(DataSyncFailed(
             source=self.node.name, target=target, artifact=art.key, error=error,
-            attempt=state.attempts, retry_in_seconds=None if wait is None else round(wait, 2),
+            attempt=attempt, retry_in_seconds=None if wait is None else round(wait, 2),
             reason=reason, strategy=self.strategy))
 
     def _drop_finished_snapshots(self, pushed: list[Artifact]) -> None:
         """A snapshot is kept until every target the router names holds it verified."""
         manifest, router = self.node.manifest, self.node.router
+        busy = {key for key, _target in self.inflight}
         for art in {a.key: a for a in pushed if is_database(a.path)}.values():
+            if art.key in busy:  # another push still reads it
+                continue
             targets = set(router.get_sync_targets(art.data_type, art.config_key, art.path))
             if targets and targets <= manifest.verified_holders(art):
                 self.scanner.snapshot_path(art.data_type, art.path).unlink(missing_ok=True)

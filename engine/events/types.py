@@ -27,6 +27,8 @@ class EventType(str, enum.Enum):
     SYNC_PAUSED = "SYNC_PAUSED"
     SYNC_RESUMED = "SYNC_RESUMED"
     PRIORITY_SYNC_REQUESTED = "PRIORITY_SYNC_REQUESTED"
+    REPLICAS_VERIFIED = "REPLICAS_VERIFIED"
+    REPLICA_QUARANTINED = "REPLICA_QUARANTINED"
 
 
 class Severity(str, enum.Enum):
@@ -195,6 +197,40 @@ class PrioritySyncRequested(Payload):
     reason: str
     source_node: str
     config_key: str | None
+
+
+@dataclass(frozen=True)
+class ReplicasVerified(Payload):
+    """A verification run re-hashed every replica ``node`` holds (one summary per run).
+
+    ``mismatched`` counts copies whose bytes no longer match their artifact's SHA-256
+    (stored copies are quarantined; a changed own source is left for the scanner);
+    ``missing`` counts replicas whose file is gone. Neither counts as a copy any more.
+    """
+
+    event_type: ClassVar[EventType] = EventType.REPLICAS_VERIFIED
+    node: str
+    checked: int
+    matched: int
+    mismatched: int
+    missing: int
+    seconds: float
+    requested_by: str
+
+
+@dataclass(frozen=True)
+class ReplicaQuarantined(Payload):
+    """A copy on ``node`` stopped counting: its bytes hash to ``actual_sha256`` (None: the
+    file is missing) instead of ``expected_sha256``. ``quarantined_to`` is where the bad
+    bytes were moved, relative to the data root (None when there was nothing to move)."""
+
+    event_type: ClassVar[EventType] = EventType.REPLICA_QUARANTINED
+    severity: ClassVar[Severity] = Severity.ERROR
+    node: str
+    artifact: str
+    expected_sha256: str
+    actual_sha256: str | None
+    quarantined_to: str | None
 
 
 PAYLOADS: dict[EventType, type[Payload]] = {

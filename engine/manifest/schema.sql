@@ -56,6 +56,8 @@ CREATE TABLE IF NOT EXISTS exclusions (
     PRIMARY KEY (node, pattern)
 );
 CREATE INDEX IF NOT EXISTS artifacts_seq ON artifacts(seq);
+CREATE INDEX IF NOT EXISTS artifacts_mtime ON artifacts(mtime);  -- newest first (GET /v1/artifacts)
+CREATE INDEX IF NOT EXISTS replicas_node ON replicas(node);       -- what one node holds (verify)
 CREATE INDEX IF NOT EXISTS replicas_seq ON replicas(seq);
 CREATE INDEX IF NOT EXISTS receipts_seq ON receipts(seq);
 CREATE INDEX IF NOT EXISTS capacity_seq ON capacity(seq);

@@ -182,6 +182,37 @@ class ClusterManifest:
             holders.setdefault((row["data_type"], row["path"]), set()).add(row["node"])
         return holders
 
+    def held_by(self, node: str) -> list[tuple[Artifact, Replica]]:
+        """Every live artifact ``node`` has a replica row of, with that row (one query)."""
+        rows = self._db.execute(
+            "SELECT a.*, r.node AS r_node, r.sha256 AS r_sha256, r.verified_at AS r_verified_at"
+            " FROM replicas r JOIN artifacts a ON a.data_type = r.data_type AND a.path = r.path"
+            " WHERE r.node = ? AND r.removed = 0 AND a.removed = 0"
+            " ORDER BY a.data_type, a.path", (node,))
+        return [(_artifact(r), Replica(r["data_type"], r["path"], r["r_node"], r["r_sha256"],
+                                       r["r_verified_at"])) for r in rows]
+
+    def newest_artifacts(self, limit: int) -> tuple[int, list[tuple[Artifact, list[Replica]]]]:
+        """How many live artifacts there are, and the newest ``limit`` of them (by mtime) with
+        their live replicas, in one query."""
+        rows = self._db.execute(
+            "WITH top AS (SELECT * FROM artifacts WHERE removed = 0"
+            "             ORDER BY mtime DESC, data_type, path LIMIT ?)"
+            " SELECT top.*, r.node AS r_node, r.sha256 AS r_sha256,"
+            " r.verified_at AS r_verified_at,"
+            " (SELECT COUNT(*) FROM artifacts WHERE removed = 0) AS total"
+            " FROM top LEFT JOIN replicas r ON r.data_type = top.data_type"
+            " AND r.path = top.path AND r.removed = 0"
+            " ORDER BY top.mtime DESC, top.data_type, top.path, r.node", (limit,)).fetchall()
+        total = rows[0]["total"] if rows else 0
+        out: dict[tuple[str, str], tuple[Artifact, list[Replica]]] = {}
+        for r in rows:
+            entry = out.setdefault((r["data_type"], r["path"]), (_artifact(r), []))
+            if r["r_node"] is not None:
+                entry[1].append(Replica(r["data_type"], r["path"], r["r_node"], r["r_sha256"],
+                                        r["r_verified_at"]))
+        return total, list(out.values())
+
     # -- receipts ---------------------------------------------------------------------------
     def register_sync(self, receipt: SyncReceipt, artifact: Artifact | None = None) -> int:
         """Record a verified arrival: the receipt, the target's replica and (if given) the artifact.

@@ -7,8 +7,11 @@
     GET  /v1/manifest?since=SEQ       ClusterManifest rows changed after SEQ
     GET  /v1/events?since=SEQ         server-sent events
     GET  /v1/cluster                  membership as this node sees it
+    GET  /v1/artifacts?limit=N        newest artifacts (by mtime) with their replicas
     PUT|GET|HEAD /v1/objects/{data_type}/{path}
     POST /v1/control/{priority-sync,pause,resume}   what the SyncFacade asks of a node
+    POST /v1/control/recover          push under-replicated artifacts up to min_copies (202)
+    POST /v1/control/verify           re-hash every replica held; 409 while one runs (202)
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from engine.daemons.recovery import DEFAULT_REASON
+from engine.daemons.verification import VerificationRunning
 from engine.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from engine.server import objects
 from engine.server.context import NODE_KEY, node_of
@@ -30,6 +35,8 @@ if TYPE_CHECKING:
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPEN_PATHS = frozenset({"/health"})
+ARTIFACTS_LIMIT = (1, 5000)
+ARTIFACTS_DEFAULT = 200
 
 
 _node = node_of
@@ -80,6 +87,18 @@ async def cluster(request: web.Request) -> web.Response:
     return web.json_response(_node(request).membership_view())
 
 
+async def artifacts(request: web.Request) -> web.Response:
+    low, high = ARTIFACTS_LIMIT
+    raw = request.query.get("limit", str(ARTIFACTS_DEFAULT))
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise web.HTTPBadRequest(text=f"limit must be an integer, not {raw[:40]!r}") from None
+    if not low <= limit <= high:
+        raise web.HTTPBadRequest(text=f"limit must be in {low}..{high}")
+    return web.json_response(_node(request).list_artifacts(limit))
+
+
 async def _json_body(request: web.Request) -> dict:
     if not request.can_read_body:
         return {}
@@ -114,6 +133,30 @@ async def control_resume(request: web.Request) -> web.Response:
     return web.json_response(_node(request).set_paused(False, str(body.get("by", "api"))))
 
 
+def _optional_str(body: dict, name: str, default: str) -> str:
+    value = body.get(name, default)
+    if not isinstance(value, str) or not value:
+        raise web.HTTPBadRequest(text=f"{name} must be a non-empty string")
+    return value
+
+
+async def control_recover(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    reason = _optional_str(body, "reason", DEFAULT_REASON)
+    by = _optional_str(body, "by", "api")
+    return web.json_response(_node(request).request_recovery(reason, by), status=202)
+
+
+async def control_verify(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    by = _optional_str(body, "by", "api")
+    try:
+        answer = _node(request).start_verification(by)
+    except VerificationRunning as exc:
+        raise web.HTTPConflict(text=str(exc)) from None
+    return web.json_response(answer, status=202)
+
+
 def make_app(node: "Node") -> web.Application:
     app = web.Application(middlewares=[auth_middleware], client_max_size=1 << 20)
     app[NODE_KEY] = node
@@ -124,8 +167,11 @@ def make_app(node: "Node") -> web.Application:
     app.router.add_get("/v1/manifest", manifest)
     app.router.add_get("/v1/events", stream_events)
     app.router.add_get("/v1/cluster", cluster)
+    app.router.add_get("/v1/artifacts", artifacts)
     app.router.add_post("/v1/control/priority-sync", control_priority_sync)
     app.router.add_post("/v1/control/pause", control_pause)
     app.router.add_post("/v1/control/resume", control_resume)
+    app.router.add_post("/v1/control/recover", control_recover)
+    app.router.add_post("/v1/control/verify", control_verify)
     objects.add_routes(app)
     return app

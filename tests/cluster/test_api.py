@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import time
 
 import pytest
 
@@ -14,7 +15,7 @@ from tests.support.objects import put
 pytestmark = pytest.mark.cluster
 
 PROTECTED = ["/status", "/bandwidth/status", "/metrics", "/v1/manifest", "/v1/events?follow=0",
-             "/v1/cluster", "/v1/objects/npz/x.npz"]
+             "/v1/cluster", "/v1/artifacts", "/v1/objects/npz/x.npz"]
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,9 @@ def test_every_route_but_health_needs_the_token(one: Cluster, path: str, token) 
 @pytest.mark.parametrize("method,path", [("PUT", "/v1/objects/npz/x.npz"),
                                          ("HEAD", "/v1/objects/npz/x.npz"),
                                          ("POST", "/v1/control/pause"),
-                                         ("POST", "/v1/control/priority-sync")])
+                                         ("POST", "/v1/control/priority-sync"),
+                                         ("POST", "/v1/control/recover"),
+                                         ("POST", "/v1/control/verify")])
 def test_writes_and_controls_need_the_token(one: Cluster, method: str, path: str) -> None:
     assert one.request("gpu-1", method, path, body=b"{}", token="nope").status == 401
     assert not (one.data_root("gpu-1") / "npz" / "x.npz").exists()
@@ -157,6 +160,9 @@ def test_bandwidth_status_shows_the_provider_limit(one: Cluster) -> None:
 
     budget = wait_for(coord_budget, 10, what="the push to draw from coord's budget")
     assert budget["limit_mbps"] == 700  # coord's provider (hetzner) limit
+    in_status = one.status("gpu-1")["bandwidth"]["coord"]  # the same figures in /status
+    assert set(in_status) == {"limit_mbps", "allocated_mbps", "active_transfers", "current_mbps"}
+    assert in_status["limit_mbps"] == 700 and in_status["active_transfers"] >= 0
 
 
 def test_metrics_in_prometheus_format(one: Cluster) -> None:
@@ -167,3 +173,44 @@ def test_metrics_in_prometheus_format(one: Cluster) -> None:
     assert 'ringsync_disk_capacity_bytes{node="coord"}' in text
     assert 'ringsync_events_total{node="coord",type="DATA_SYNC_COMPLETED"}' in text
     assert 'ringsync_member_up{member="gpu-1",node="coord"}' in text
+
+
+def test_artifacts_are_listed_newest_first_with_their_replicas(make_cluster) -> None:
+    cluster = make_cluster(gpus=1)
+    now = time.time()
+    for name, age in (("mid", 50), ("new", 10), ("old", 100)):  # written out of mtime order
+        path = cluster.data_root("gpu-1") / "npz" / "k" / f"{name}.npz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{name}.tmp")
+        tmp.write_bytes(os.urandom(1000))
+        os.utime(tmp, (now - age, now - age))
+        tmp.rename(path)
+
+    def listing() -> dict | None:
+        answer = cluster.get_json("gpu-1", "/v1/artifacts")
+        pushed = all({r["node"] for r in a["replicas"]} == {"gpu-1", "coord"}
+                     for a in answer["artifacts"])
+        return answer if answer["total"] == 3 and pushed else None
+
+    answer = wait_for(listing, 15, what="three artifacts, each on the coordinator")
+    assert answer["node"] == "gpu-1"
+    assert [a["path"] for a in answer["artifacts"]] == ["k/new.npz", "k/mid.npz", "k/old.npz"]
+    first = answer["artifacts"][0]
+    assert set(first) == {"data_type", "path", "config_key", "size", "sha256", "mtime", "origin",
+                          "replicas"}
+    assert (first["data_type"], first["config_key"], first["size"], first["origin"]) == \
+        ("npz", "k", 1000, "gpu-1")
+    assert abs(first["mtime"] - (now - 10)) < 1
+    for rep in first["replicas"]:
+        assert set(rep) == {"node", "sha256", "verified_at"}
+        assert rep["sha256"] == first["sha256"] and rep["verified_at"] > 0
+    two = cluster.get_json("gpu-1", "/v1/artifacts?limit=2")
+    assert two["total"] == 3 and [a["path"] for a in two["artifacts"]] == ["k/new.npz", "k/mid.npz"]
+
+
+@pytest.mark.parametrize("limit", ["0", "5001", "-1", "abc", ""])
+def test_artifacts_rejects_a_bad_limit(one: Cluster, limit: str) -> None:
+    resp = one.request("coord", "GET", f"/v1/artifacts?limit={limit}")
+    assert resp.status == 400
+    message = resp.body.decode().strip()
+    assert "limit" in message and "\n" not in message

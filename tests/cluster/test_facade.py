@@ -62,3 +62,51 @@ async def test_facade_reports_an_unreachable_node(slow_cluster: Cluster) -> None
     async with embedded_node(slow_cluster, "coord"):
         with pytest.raises(FacadeError, match="unreachable"):
             await get_sync_facade().trigger_priority_sync("operator_priority", "gpu-1")
+
+
+async def test_pause_and_resume_the_whole_cluster(make_cluster) -> None:
+    cluster = make_cluster(gpus=2, cpus=1, interval=600, skip=("coord",))
+    cluster.stop_node("cpu-1")
+    async with embedded_node(cluster, "coord") as node:
+        facade = get_sync_facade()
+        paused = await facade.pause_cluster(by="test")
+        assert paused["paused"] is True
+        assert {n: paused["nodes"][n] for n in ("coord", "gpu-1", "gpu-2")} == \
+            {"coord": "ok", "gpu-1": "ok", "gpu-2": "ok"}
+        assert "cpu-1 unreachable for pause" in paused["nodes"]["cpu-1"]
+        assert node.status()["paused"] is True
+        assert [cluster.status(n)["paused"] for n in ("gpu-1", "gpu-2")] == [True, True]
+        assert cluster.events("gpu-2", "SYNC_PAUSED")[-1]["payload"]["requested_by"] == "test"
+
+        resumed = await facade.resume_cluster(by="test")
+        assert resumed["paused"] is False and resumed["nodes"]["gpu-1"] == "ok"
+        assert "unreachable" in resumed["nodes"]["cpu-1"]
+        assert node.status()["paused"] is False
+        assert [cluster.status(n)["paused"] for n in ("gpu-1", "gpu-2")] == [False, False]
+
+
+async def test_node_artifacts_verify_and_recover_name_their_node(slow_cluster: Cluster) -> None:
+    async with embedded_node(slow_cluster, "coord"):
+        facade = get_sync_facade()
+        source = slow_cluster.data_root("gpu-1") / "npz" / "k" / "listed.npz"
+        source.parent.mkdir(parents=True)
+        source.write_bytes(os.urandom(20_000))
+        await asyncio.sleep(0.6)  # finished (idle 0.3 s)
+        await facade.trigger_priority_sync("test", source_node="gpu-1")
+        stored = slow_cluster.data_root("coord") / "npz" / "k" / "listed.npz"
+        await until(stored.exists, 10, "the push")
+        remote = await facade.node_artifacts("gpu-1", limit=10)
+        assert remote["node"] == "gpu-1" and remote["total"] == 1
+        (art,) = remote["artifacts"]
+        assert art["path"] == "k/listed.npz" and art["origin"] == "gpu-1"
+        assert {r["node"] for r in art["replicas"]} == {"gpu-1", "coord"}
+        local = await facade.node_artifacts("coord")
+        assert local["node"] == "coord" and local["artifacts"][0]["sha256"] == art["sha256"]
+        assert (await facade.verify("gpu-1"))["replicas"] == 1
+        for call in (facade.node_artifacts("nope"), facade.verify("nope"), facade.recover("nope")):
+            with pytest.raises(FacadeError, match="unknown node 'nope'"):
+                await call
+        with pytest.raises(FacadeError, match="limit"):
+            await facade.node_artifacts("gpu-1", limit=0)
+        one = await facade.recover("gpu-1")
+        assert set(one["nodes"]) == {"gpu-1"} and one["nodes"]["gpu-1"]["node"] == "gpu-1"

@@ -11,21 +11,9 @@ from pathlib import Path
 import pytest
 
 from tests.support.cluster import Cluster, wait_for
+from tests.support.files import sha_of, write
 
 pytestmark = pytest.mark.cluster
-
-
-def write(cluster: Cluster, node: str, rel: str, data: bytes) -> Path:
-    path = cluster.data_root(node) / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name("." + path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.rename(path)
-    return path
-
-
-def sha_of(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_generator_output_reaches_the_coordinator_verified(cluster: Cluster) -> None:

@@ -403,3 +403,37 @@ def test_state_survives_close_and_reopen(tmp_path: Path) -> None:
         assert row["node"] == "late" and row["seq"] == seq + 1
     finally:
         m2.close()
+
+
+def test_newest_artifacts_with_replicas_in_one_answer(manifest: ClusterManifest) -> None:
+    m = manifest
+    for i, mtime in enumerate((30.0, 10.0, 20.0)):
+        m.upsert_artifact(art(f"k/g{i}.db", mtime=mtime))
+    m.set_replica(Replica("games", "k/g0.db", "coord", SHA_A, 5.0))
+    m.set_replica(Replica("games", "k/g0.db", "cpu-1", SHA_B, None))
+    m.set_replica(Replica("games", "k/g2.db", "gone", SHA_A, 5.0))
+    m.remove_replica("games", "k/g2.db", "gone")
+    m.upsert_artifact(art("k/removed.db", mtime=99.0))
+    m.remove_artifact("games", "k/removed.db")
+    total, rows = m.newest_artifacts(2)
+    assert total == 3
+    assert [(a.path, [(r.node, r.sha256, r.verified_at) for r in reps]) for a, reps in rows] == [
+        ("k/g0.db", [("coord", SHA_A, 5.0), ("cpu-1", SHA_B, None)]), ("k/g2.db", [])]
+    assert m.newest_artifacts(10)[1][-1][0].path == "k/g1.db"
+    m.remove_artifact("games", "k/g0.db")
+    m.remove_artifact("games", "k/g1.db")
+    m.remove_artifact("games", "k/g2.db")
+    assert m.newest_artifacts(10) == (0, [])
+
+
+def test_held_by_lists_one_nodes_live_replicas(manifest: ClusterManifest) -> None:
+    m = manifest
+    for path in ("k/a.db", "k/b.db", "k/c.db"):
+        m.upsert_artifact(art(path))
+        m.set_replica(Replica("games", path, "coord", SHA_A, 1.0))
+    m.set_replica(Replica("games", "k/a.db", "cpu-1", SHA_A, 1.0))
+    m.remove_replica("games", "k/b.db", "coord")
+    m.remove_artifact("games", "k/c.db")
+    held = m.held_by("coord")
+    assert [(a.path, r.node) for a, r in held] == [("k/a.db", "coord")]
+    assert held[0][0] == m.get_artifact("games", "k/a.db")

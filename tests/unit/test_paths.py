@@ -196,3 +196,19 @@ def test_prune_partials_removes_only_old_idle_parts(tmp_path: Path) -> None:
     removed = data.prune_partials(max_age=3600, keep={busy}, now=1000.0 + 7200)
     assert removed == [old]
     assert not old.exists() and fresh.exists() and busy.exists()
+
+
+def test_quarantine_path_keeps_the_relative_path_and_never_reuses_a_name(data: DataRoot) -> None:
+    first = data.quarantine_path("npz", "k/x.npz")
+    assert first == data.root / ".ringsync" / "quarantine" / "npz" / "k" / "x.npz"
+    first.parent.mkdir(parents=True)
+    first.write_bytes(b"1")
+    second = data.quarantine_path("npz", "k/x.npz")
+    assert second == first.with_name("x.npz.1")
+    second.write_bytes(b"2")
+    assert data.quarantine_path("npz", "k/x.npz") == first.with_name("x.npz.2")
+    for rel in ("../x", "/etc/passwd", "k/../../x"):
+        with pytest.raises(UnsafePath):
+            data.quarantine_path("npz", rel)
+    with pytest.raises(UnsafePath):
+        data.quarantine_path("../games", "x")

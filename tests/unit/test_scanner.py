@@ -344,3 +344,21 @@ def test_prepare_of_a_corrupt_database_raises_unreadable(data: DataRoot) -> None
         s.prepare(cands["hex8_2p/bad.db"])
     assert s.prepare(cands["hex8_2p/good.npz"]) is not None
     assert [p.name for p in data.snapshots.iterdir()] == []
+
+
+def test_a_dropped_snapshot_is_remade_byte_identical_unless_the_source_changed(
+        data: DataRoot) -> None:
+    source = data.root / "games" / "k" / "g.db"
+    make_db(source)
+    s = scanner(data)
+    (cand,) = s.candidates({}, now=LATER)
+    art = s.prepare(cand)
+    assert art is not None
+    snap = s.snapshot_path("games", "k/g.db")
+    snap.unlink()  # dropped once its first targets held it
+    assert s.restore_snapshot(art) and hashlib.sha256(snap.read_bytes()).hexdigest() == art.sha256
+    snap.unlink()
+    make_db(source, rows=5)  # changed since it was registered
+    assert not s.restore_snapshot(art) and not snap.exists()
+    source.unlink()
+    assert not s.restore_snapshot(art)

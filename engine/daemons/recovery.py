@@ -1,0 +1,218 @@
+"""Recovery: bring under-replicated artifacts up to the required number of verified copies.
+
+Required is ``push.min_copies_before_delete`` verified copies on nodes other than the
+artifact's origin: the number the deletion invariant asks for. A run on a node looks at
+
+* its own artifacts (origin == this node): too few verified holders besides itself ->
+  push to the router's targets first (the coordinator), then to further replica targets
+  (``SyncRouter.replica_targets``) until enough copies exist;
+* on the coordinator, orphans: artifacts it holds a verified copy of whose origin
+  membership reports ``down`` -> push its stored copy on until enough copies exist
+  besides the origin (its own copy counts).
+
+A run starts now, whatever the backoff (like a priority sync), but not while the node is
+paused: a paused node answers with what it found and starts nothing, and a run that is
+paused midway starts no further push. Pushes go through ``AutoSyncDaemon._push_one`` (the
+one push path: transfer tracking, bandwidth, receipts, DATA_SYNC_FAILED); a failed push to
+a further replica target is not retried later, the run tries the next candidate instead.
+Events: PRIORITY_SYNC_REQUESTED (the caller's reason), DATA_SYNC_STARTED when pushes are
+scheduled, DATA_SYNC_COMPLETED per target, DATA_SYNC_FAILED per failed push, all with
+that reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine.events import DataSyncCompleted, DataSyncStarted, PrioritySyncRequested
+from engine.manifest import Artifact
+from engine.scanner import is_database
+
+if TYPE_CHECKING:
+    from engine.daemons.auto_sync import AutoSyncDaemon
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REASON = "operator_recovery"
+
+
+@dataclass(frozen=True)
+class Shortfall:
+    """An artifact with fewer verified copies than required."""
+
+    artifact: Artifact
+    holders: frozenset[str]
+    """Nodes whose verified copy counts (never the origin)."""
+    first: tuple[str, ...] = ()
+    """Targets to fill first: the router's, for this node's own artifacts."""
+    stored_copy: bool = False
+    """True for an orphan: the bytes pushed are this node's stored copy, not a source."""
+
+
+class Recovery:
+    """Recovery runs of one node's AutoSyncDaemon; their tasks end with the daemon."""
+
+    def __init__(self, daemon: "AutoSyncDaemon") -> None:
+        self.daemon = daemon
+        self.node = daemon.node
+        self.required = self.node.config.push.min_copies_before_delete
+        """Verified copies wanted on nodes other than the origin."""
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def running(self) -> bool:
+        return bool(self._tasks)
+
+    async def stop(self) -> None:
+        tasks, self._tasks = set(self._tasks), set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- what is missing --------------------------------------------------------------------
+    def shortfalls(self) -> list[Shortfall]:
+        """Own artifacts (and, on the coordinator, orphans) below the required copies."""
+        manifest, me = self.node.manifest, self.node.name
+        found: list[Shortfall] = []
+        holders = manifest.verified_holders_by_artifact(me)
+        for art in manifest.artifacts(origin=me):
+            held = holders.get((art.data_type, art.path), set()) - {me}
+            if len(held) < self.required:
+                first = self.node.router.get_sync_targets(art.data_type, art.config_key, art.path)
+                found.append(Shortfall(art, frozenset(held), tuple(first)))
+        membership = self.node.membership
+        if membership is None:
+            return found
+        for origin in sorted(n for n in membership.members if membership.is_down(n)):
+            holders = manifest.verified_holders_by_artifact(origin)
+            for art in manifest.artifacts(origin=origin):
+                held = holders.get((art.data_type, art.path), set()) - {origin}
+                if me in held and len(held) < self.required:
+                    found.append(Shortfall(art, frozenset(held), stored_copy=True))
+        return found
+
+    def plan(self, shortfall: Shortfall, busy: set[str]) -> list[str]:
+        """Targets for the copies ``shortfall`` lacks; ``busy`` are targets a push of it is
+        already under way to (they count as coming)."""
+        art = shortfall.artifact
+        coming = busy - shortfall.holders
+        need = self.required - len(shortfall.holders) - len(coming)
+        if need <= 0:
+            return []
+        taken = set(shortfall.holders) | busy
+        first = [t for t in shortfall.first if t not in taken][:need]
+        more = self.node.router.replica_targets(art.data_type, art.path, need - len(first),
+                                                exclude=taken | set(first))
+        return first + more
+
+    # -- a run ------------------------------------------------------------------------------
+    def request(self, reason: str = DEFAULT_REASON, by: str = "api") -> dict[str, Any]:
+        """Find what is under-replicated and start pushing it in the background."""
+        node, daemon = self.node, self.daemon
+        node.events.emit(PrioritySyncRequested(reason=reason, source_node=node.name,
+                                               config_key=None))
+        found = self.shortfalls()
+        jobs: list[tuple[Shortfall, list[str]]] = []
+        if not daemon.paused:
+            busy: dict[str, set[str]] = {}
+            for key, target in daemon.inflight:
+                busy.setdefault(key, set()).add(target)
+            for shortfall in found:
+                targets = self.plan(shortfall, busy.get(shortfall.artifact.key, set()))
+                if targets:
+                    jobs.append((shortfall, targets))
+                    daemon.inflight.update((shortfall.artifact.key, t) for t in targets)
+        scheduled = sum(len(targets) for _, targets in jobs)
+        log.info("recovery on %s requested by %s (%s): %d under-replicated, %d pushes%s",
+                 node.name, by, reason, len(found), scheduled, " (paused)" if daemon.paused else "")
+        if jobs:
+            node.events.emit(DataSyncStarted(
+                source=node.name, targets=sorted({t for _, ts in jobs for t in ts}),
+                files=scheduled, bytes=sum(s.artifact.size * len(ts) for s, ts in jobs),
+                reason=reason, strategy=daemon.strategy))
+            task = asyncio.create_task(self._run(jobs, reason), name=f"recovery:{node.name}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return {"node": node.name, "under_replicated": len(found), "scheduled": scheduled,
+                "paused": daemon.paused, "reason": reason}
+
+    async def _run(self, jobs: list[tuple[Shortfall, list[str]]], reason: str) -> None:
+        started = time.monotonic()
+        arrived: dict[str, list[Artifact]] = {}
+        try:
+            await asyncio.gather(*(self._recover(s, targets, reason, arrived)
+                                   for s, targets in jobs))
+        finally:
+            for s, targets in jobs:  # whatever was not started stays free
+                self.daemon.inflight.difference_update((s.artifact.key, t) for t in targets)
+        for target, arts in sorted(arrived.items()):
+            self.node.events.emit(DataSyncCompleted(
+                source=self.node.name, target=target, files=len(arts),
+                bytes=sum(a.size for a in arts), artifacts=[a.key for a in arts[:20]],
+                reason=reason, strategy=self.daemon.strategy,
+                seconds=round(time.monotonic() - started, 3)))
+        self.daemon._drop_finished_snapshots([s.artifact for s, _ in jobs if not s.stored_copy])
+
+    async def _recover(self, shortfall: Shortfall, targets: list[str], reason: str,
+                       arrived: dict[str, list[Artifact]]) -> None:
+        """Push one artifact to ``targets``; a failed further target is replaced by the next
+        candidate until enough copies exist or none is left."""
+        art, inflight = shortfall.artifact, self.daemon.inflight
+        tried = set(targets)
+        try:
+            source = await self._source(shortfall, targets, reason)
+            if source is None:
+                return
+            batch = targets
+            while batch:
+                results = await asyncio.gather(*(
+                    self._attempt(shortfall, t, source, reason, arrived) for t in batch))
+                failed = results.count(False)
+                if not failed or self.daemon.paused:
+                    return
+                busy = {t for key, t in inflight if key == art.key}
+                batch = self.node.router.replica_targets(
+                    art.data_type, art.path, failed, exclude=tried | busy | shortfall.holders)
+                tried.update(batch)
+                inflight.update((art.key, t) for t in batch)
+        finally:
+            inflight.difference_update((art.key, t) for t in tried)
+
+    async def _attempt(self, shortfall: Shortfall, target: str, source: Path, reason: str,
+                       arrived: dict[str, list[Artifact]]) -> bool | None:
+        """One push; None when it was not started because the node is paused."""
+        art = shortfall.artifact
+        try:
+            if self.daemon.paused:
+                return None
+            ok = await self.daemon._push_one(art, target, reason, source_file=source,
+                                             retry=target in shortfall.first)
+        finally:
+            self.daemon.inflight.discard((art.key, target))
+        if ok:
+            arrived.setdefault(target, []).append(art)
+        return ok
+
+    async def _source(self, shortfall: Shortfall, targets: list[str], reason: str) -> Path | None:
+        """Where the bytes are: the stored copy, the source, or a re-made database snapshot.
+        None (each target reported failed) when an own database changed since it was
+        registered: the scanner registers the new version and pushes that."""
+        art = shortfall.artifact
+        if shortfall.stored_copy:
+            return self.node.data.object_path(art.data_type, art.path)
+        scanner = self.daemon.scanner
+        source = scanner.push_source(art)
+        if not is_database(art.path) or source.exists():
+            return source
+        if await asyncio.to_thread(scanner.restore_snapshot, art):
+            return source
+        for target in targets:
+            self.daemon._failed(art, target, f"{art.key} changed or vanished since it was"
+                                " registered; the scanner will register the new version",
+                                True, reason, retry=False)
+        return None
