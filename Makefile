@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.stamp
 
 PYTEST_ARGS ?=
 
-.PHONY: venv test demo bench system-deps clean
+.PHONY: venv test demo bench bench-tui system-deps clean
 
 venv: $(STAMP)
 
@@ -33,6 +33,10 @@ demo: venv
 # push_1gib.py runs rsync_baseline.py's measurements in the same run.
 bench: venv system-deps
 	$(PY) bench/push_1gib.py
+
+# The dashboard under 64 nodes, 200 transfers and 1,000 events/s for 10 minutes.
+bench-tui: venv
+	$(PY) bench/tui_load.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist *.egg-info bench/out snapshot_report.html

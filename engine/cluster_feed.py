@@ -47,6 +47,11 @@ class ClusterEventFeed:
         """Call ``listener`` with each new event (on the loop's thread)."""
         self._listeners.append(listener)
 
+    def unlisten(self, listener: Callable[[Event], None]) -> None:
+        """Stop calling ``listener`` (a no-op when it is not listening)."""
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
     async def start(self) -> None:
         self._tasks = [asyncio.create_task(self._follow(name), name=f"feed:{name}")
                        for name in self.urls]

@@ -15,6 +15,18 @@ from pathlib import Path
 from engine.config import ConfigError, default_config_path, load_config
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def log_to_file(path: Path, level: str = "INFO") -> None:
+    """Send this process's logging to ``path`` (when a dashboard owns the terminal)."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
+
+
 def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=default_config_path(),
                         help="cluster config (default: the packaged local demo cluster)")
@@ -39,7 +51,7 @@ async def serve(config_path: Path, node_name: str) -> None:
 
 def run_engine(args: argparse.Namespace) -> int:
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format=LOG_FORMAT)
     if not args.node:
         print("ringsync: error: --node NAME is required with --engine-only", file=sys.stderr)
         return 2

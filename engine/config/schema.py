@@ -96,7 +96,9 @@ class PushThresholds(_Model):
 
 
 class Membership(_Model):
-    interval_seconds: Seconds = 2.0
+    interval_seconds: Seconds = 1.0
+    """How often the coordinator asks every node for ``/status``; the dashboard's view of the
+    cluster is at most this (plus its 0.5 s refresh) old."""
     suspect_after_misses: int = Field(default=1, ge=1)
     down_after_misses: int = Field(default=3, ge=1)
 

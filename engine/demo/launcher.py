@@ -136,8 +136,10 @@ class Launcher:
         return Proc(name, kind, popen, log)
 
     # -- nodes ------------------------------------------------------------------------------
-    async def start_nodes(self, stop: asyncio.Event | None = None) -> None:
-        """Start every host's engine and wait for each to answer; raises LaunchError."""
+    async def start_nodes(self, stop: asyncio.Event | None = None,
+                          embedded: str | None = None) -> None:
+        """Start every host's engine but ``embedded`` (which runs in this process) and wait for
+        each to answer; raises LaunchError."""
         for host in self.config.hosts.values():
             problem = port_problem(host)
             if problem:
@@ -145,6 +147,8 @@ class Launcher:
                                   f" {problem}")
         coordinator = self.config.coordinator.name  # last, so its first heartbeats find peers
         for name in sorted(self.config.hosts, key=lambda n: n == coordinator):
+            if name == embedded:
+                continue
             argv = [sys.executable, "-m", "engine", "--config", str(self.cluster_yaml),
                     "--node", name]
             self.nodes[name] = self._spawn(name, "node", argv, name)

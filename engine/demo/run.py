@@ -1,5 +1,9 @@
 """``ringsync demo``: the cluster of config/local.yaml as real engine processes, with a synthetic
-self-play generator on every GPU node, a live view (or ``--headless``), and a summary at the end.
+self-play generator on every GPU node, the dashboard (or ``--headless``), and a summary at the end.
+
+With a view (the dashboard, passed in by ``ringsync_tui`` so the engine never imports textual)
+the coordinator's engine runs inside this process, embedded in the view's asyncio loop, as it
+does on a real coordinator; every other node is its own process. Headless, every node is.
 
 Order of shutdown (Ctrl-C, SIGTERM, or ``--duration`` elapsed): generators first (each closes its
 open database), then the engines get up to ~10 s to drain (until every ledger artifact is verified
@@ -20,16 +24,25 @@ import sys
 import time
 from pathlib import Path
 
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
 import aiohttp
-from rich.console import Console
 
 from engine.aio import wait_event
 from engine.config import ClusterConfig, ConfigError, load_config
 from engine.demo.launcher import Launcher, LaunchError
 from engine.demo.ledger import LedgerEntry
 from engine.demo.summary import CoordinatorCheck, compute_summary, format_summary, ledger_entries
-from engine.demo.view import run_live
+from engine.main import log_to_file
 from engine.resources import config_dir
+
+if TYPE_CHECKING:
+    from engine.node import Node
+
+DemoView = Callable[["Node", asyncio.Event, "float | None"], Awaitable[None]]
+"""Shows the cluster through the embedded coordinator until the operator quits or the event is
+set (or the duration passes)."""
 
 DRAIN_SECONDS = 10.0
 
@@ -54,10 +67,15 @@ def wipe_workdir(workdir: Path) -> str | None:
 class Demo:
     """One demo run: start, watch, drain, stop."""
 
-    def __init__(self, args: argparse.Namespace, config: ClusterConfig, workdir: Path) -> None:
+    def __init__(self, args: argparse.Namespace, config: ClusterConfig, workdir: Path,
+                 view: DemoView | None = None) -> None:
         self.args = args
         self.config = config
         self.launcher = Launcher(config, workdir)
+        self.view = view
+        """The dashboard; None runs headless."""
+        self.embedded: Node | None = None
+        """The coordinator's engine, when it runs in this process (with a view)."""
         self.stop = asyncio.Event()
         self.signals = 0
 
@@ -75,7 +93,9 @@ class Demo:
         try:
             self.launcher.prepare()
             try:
-                await self.launcher.start_nodes(self.stop)
+                await self.launcher.start_nodes(self.stop, embedded=self._embedded_name())
+                if self.view is not None:
+                    await self._start_embedded()
             except LaunchError as exc:
                 print(f"ringsync demo: {exc}", file=sys.stderr, flush=True)
                 return 1
@@ -86,13 +106,34 @@ class Demo:
         finally:
             await self.launcher.stop_generators()
             await self.launcher.stop_nodes()
+            await self._stop_embedded()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
+
+    def _embedded_name(self) -> str | None:
+        return self.config.coordinator.name if self.view is not None else None
+
+    async def _start_embedded(self) -> None:
+        from engine.node import Node
+
+        name = self.config.coordinator.name
+        log_to_file(self.launcher.logs / f"{name}.log")
+        node = Node(self.config, name)
+        try:
+            await node.start()
+        except OSError as exc:
+            raise LaunchError(f"node {name} cannot start in the dashboard: {exc}") from exc
+        self.embedded = node
+
+    async def _stop_embedded(self) -> None:
+        if self.embedded is not None:
+            node, self.embedded = self.embedded, None
+            await node.stop()
 
     async def _watch(self) -> None:
         duration = self.args.duration
         gpus = len(self.launcher.generators)
-        if self.args.headless:
+        if self.view is None:
             _say(f"{len(self.config.hosts)} nodes up, {gpus} generators running"
                  + (f" for {duration:g} s" if duration else " until Ctrl-C")
                  + f" (logs: {self.launcher.logs})")
@@ -107,9 +148,8 @@ class Demo:
                     reported.add(name)
                     _say(f"node {name} exited unexpectedly (see {self.launcher.logs}/{name}.log)")
             return
-        console = Console(stderr=bool(self.args.json))
-        await run_live(self.config, self.launcher.ledgers, self.stop, duration, console,
-                       footer=f"workdir {self.launcher.workdir} · logs in {self.launcher.logs}")
+        assert self.embedded is not None
+        await self.view(self.embedded, self.stop, duration)
 
     async def _shutdown(self) -> None:
         _say("stopping generators")
@@ -118,6 +158,7 @@ class Demo:
             await self._drain()
         _say("stopping nodes")
         await self.launcher.stop_nodes()
+        await self._stop_embedded()
 
     async def _drain(self) -> None:
         """Let the engines push what is left, until the coordinator holds every ledger artifact."""
@@ -153,8 +194,8 @@ class Demo:
             await asyncio.gather(*(poke(h.url) for h in self.config.hosts_by_role("gpu")))
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    """Entry point of ``ringsync demo``; returns the exit code."""
+def run_demo(args: argparse.Namespace, view: DemoView | None = None) -> int:
+    """Entry point of ``ringsync demo``; returns the exit code. Headless when ``view`` is None."""
     config_path = Path(args.demo_config) if args.demo_config else config_dir() / "local.yaml"
     workdir = Path(args.workdir).expanduser().absolute()
     if args.duration is not None and not args.duration > 0:
@@ -170,7 +211,7 @@ def run_demo(args: argparse.Namespace) -> int:
         if problem:
             print(f"ringsync: error: {problem}", file=sys.stderr)
             return 2
-    demo = Demo(args, config, workdir)
+    demo = Demo(args, config, workdir, view)
     started = time.monotonic()
     try:
         code = asyncio.run(demo.run())

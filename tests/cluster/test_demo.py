@@ -11,20 +11,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support.sshd import free_ports
+from tests.support.demo import demo_env, local_config_on_free_ports
 
 pytestmark = pytest.mark.cluster
 
-REPO = Path(__file__).resolve().parents[2]
 KEYS = {"generated", "verified_on_coordinator", "missing", "bytes_moved", "failed_transfers",
         "duration_seconds", "nodes", "per_node", "events"}
 
 
 def _demo(tmp_path: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("RINGRIFT_CLUSTER_TOKEN", None)
     return subprocess.run([sys.executable, "-m", "ringsync_tui.cli", "demo", *args],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
+                          cwd=tmp_path, env=demo_env(), capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def _alive(pid: int) -> bool:
@@ -42,20 +40,9 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _local_config_on_free_ports(tmp_path: Path) -> Path:
-    """The shipped demo cluster, moved to free ports so the test never collides with a
-    demo (or another test run) already using 8770-8775."""
-    data = yaml.safe_load((REPO / "config" / "local.yaml").read_text())
-    for host, port in zip(data["hosts"].values(), free_ports(len(data["hosts"]))):
-        host["port"] = port
-    path = tmp_path / "local.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
 def test_headless_demo_moves_everything_and_leaves_nothing_running(tmp_path: Path) -> None:
     workdir = tmp_path / "demo"
-    config = _local_config_on_free_ports(tmp_path)
+    config = local_config_on_free_ports(tmp_path)
     result = _demo(tmp_path, "--config", str(config), "--headless", "--duration", "20", "--json",
                    "--workdir", str(workdir), "--fresh")
     assert result.returncode == 0, result.stderr[-3000:]

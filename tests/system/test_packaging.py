@@ -24,7 +24,7 @@ def test_wheel_carries_configs_and_styles_and_the_installed_copy_finds_them(
     (wheel,) = wheels.glob("ringsync-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"engine/_config_files/local.yaml", "engine/_config_files/distributed_hosts.yaml",
-            "engine/manifest/schema.sql", "ringsync_tui/_styles/theme.tcss"} <= names
+            "engine/manifest/schema.sql", "ringsync_tui/_styles/dashboard.tcss", "ringsync_tui/_styles/app.tcss"} <= names
     assert any(n.endswith("entry_points.txt") for n in names)
 
     target = tmp_path / "site"
@@ -43,4 +43,4 @@ def test_wheel_carries_configs_and_styles_and_the_installed_copy_finds_them(
     assert module.startswith(str(target)), "imported the checkout, not the installed copy"
     assert config_dir == str(target / "engine" / "_config_files")
     assert styles_dir == str(target / "ringsync_tui" / "_styles")
-    assert (Path(styles_dir) / "theme.tcss").is_file() and loaded == "loaded"
+    assert (Path(styles_dir) / "dashboard.tcss").is_file() and loaded == "loaded"
