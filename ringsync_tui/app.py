@@ -65,6 +65,10 @@ class RingsyncApp(App[None]):
         """The newest snapshot (None until the first poll answers)."""
         self._pending: collections.deque[EventRow] = collections.deque(maxlen=keep_events)
         self._polling = False
+        self._poll_again = False
+        self._cluster_paused: bool | None = None
+        """What the last ``space`` asked for, until a snapshot shows it (presses in quick
+        succession toggle from the intent, not from a snapshot that has not caught up)."""
         self._unlisten: Any = None
         self.theme = theme
 
@@ -90,15 +94,24 @@ class RingsyncApp(App[None]):
 
     # -- data down --------------------------------------------------------------------------
     def poll(self) -> None:
-        """Refresh the panes from a new snapshot (skipped while the last poll still runs)."""
-        if not self._polling:
-            self._polling = True
-            self.run_worker(self._poll(), group="poll", exit_on_error=False)
+        """Refresh the panes from a new snapshot. One poll runs at a time; a request made
+        while one runs is served right after it (an action's effect never waits a period)."""
+        if self._polling:
+            self._poll_again = True
+            return
+        self._polling = True
+        self.run_worker(self._poll(), group="poll", exit_on_error=False)
 
     async def _poll(self) -> None:
         try:
-            self.snapshot = await self.source.snapshot()
-            self.main.show(self.snapshot, self.source.now())
+            while True:
+                self._poll_again = False
+                self.snapshot = await self.source.snapshot()
+                if self._cluster_paused == self.snapshot.all_paused:
+                    self._cluster_paused = None  # the panes agree with the last space press
+                self.main.show(self.snapshot, self.source.now())
+                if not self._poll_again:
+                    break
         finally:
             self._polling = False
 
@@ -137,7 +150,9 @@ class RingsyncApp(App[None]):
             self._act(self.source.priority_sync(node))
 
     def action_toggle_pause_all(self) -> None:
-        paused = bool(self.snapshot and self.snapshot.all_paused)
+        paused = (self._cluster_paused if self._cluster_paused is not None
+                  else bool(self.snapshot and self.snapshot.all_paused))
+        self._cluster_paused = not paused
         self._act(self.source.set_paused(None, not paused))
 
     def action_toggle_pause_node(self) -> None:

@@ -114,10 +114,13 @@ class SyntheticSource(ClusterSource):
 
     async def _generate(self) -> None:
         """Emit events at ``events_per_second`` in 20 ms batches; move transfers and disks."""
-        tick, carry, names = 0.02, 0.0, list(self.nodes)
+        loop, carry, names = asyncio.get_running_loop(), 0.0, list(self.nodes)
+        last = loop.time()
         while True:
-            await asyncio.sleep(tick)
-            carry += self.events_per_second * tick
+            await asyncio.sleep(0.02)
+            now = loop.time()
+            carry += self.events_per_second * (now - last)  # a late wake-up catches up
+            last = now
             for _ in range(int(carry)):
                 kind, _sev = EVENT_TYPES[self.rng.randrange(len(EVENT_TYPES))]
                 self._emit(kind, names[self.rng.randrange(len(names))])

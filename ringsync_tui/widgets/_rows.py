@@ -13,6 +13,7 @@ from typing import Any
 
 from rich.cells import cell_len
 from rich.text import Text
+from textual.widget import Widget
 from textual.widgets import DataTable
 from textual.widgets.data_table import ColumnKey
 
@@ -160,3 +161,9 @@ class CellCache:
         """Forget everything (the styles changed)."""
         self._cells = {}
         self._next = {}
+
+
+def set_border_title(widget: Widget, title: str) -> None:
+    """Set ``widget``'s border title only when it changes (each set repaints the widget)."""
+    if widget.border_title != title:
+        widget.border_title = title

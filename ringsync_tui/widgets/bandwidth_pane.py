@@ -17,7 +17,8 @@ from textual.widgets import DataTable
 
 from ringsync_tui.format import block_bar, sparkline
 from ringsync_tui.model import BandwidthRow, ClusterSnapshot
-from ringsync_tui.widgets._rows import Cells, KeyedRows, flex_width
+from ringsync_tui.widgets._rows import (CellCache, Cells, KeyedRows, flex_width,
+                                        set_border_title)
 from ringsync_tui.widgets._styles import ComponentStyles
 
 COLUMNS = (("route", "route"), ("rate", "MB/s"), ("history", "history"),
@@ -63,6 +64,7 @@ class BandwidthPane(ComponentStyles, DataTable[object]):
         self._spark_width = MIN_SPARK
         self._fitted = False
         self._rows: KeyedRows | None = None
+        self._cache = CellCache()
 
     def on_mount(self) -> None:
         for key, label in COLUMNS:
@@ -88,7 +90,7 @@ class BandwidthPane(ComponentStyles, DataTable[object]):
             if self._missing[key] >= self.forget_after:
                 del self.history[key], self._missing[key]
         active = sum(row.active_transfers for row in snapshot.bandwidth)
-        self.border_title = f"Bandwidth · {len(snapshot.bandwidth)} routes · {active} active"
+        set_border_title(self, f"Bandwidth · {len(snapshot.bandwidth)} routes · {active} active")
         self._render_rows(snapshot)
 
     def _render_rows(self, snapshot: ClusterSnapshot) -> None:
@@ -97,8 +99,12 @@ class BandwidthPane(ComponentStyles, DataTable[object]):
         width = self._fit_spark()
         remeasure = "history" if width != self._spark_width else None
         self._spark_width = width
-        self._rows.sync(((row.key, self._cells(row)) for row in snapshot.bandwidth),
-                        remeasure=remeasure)
+        generation, cache = self.style_generation, self._cache
+        self._rows.sync(((row.key, cache.cells(
+            row.key, (row, tuple(self.history.get(row.key, ())), width, generation),
+            lambda row=row: self._cells(row))) for row in snapshot.bandwidth),
+            remeasure=remeasure)
+        cache.done()
         if remeasure or not self._fitted:
             self.call_after_refresh(self._refit)
 

@@ -47,11 +47,15 @@ class ClusterHeader(ComponentStyles, Static):
         """The selected node shown last (None: the whole cluster)."""
         self.now: float = 0.0
         """The time shown last (the source's clock)."""
+        self._shown: Text | None = None
 
     def show(self, snapshot: ClusterSnapshot, selected: str | None, now: float) -> None:
         """Show ``snapshot``'s counts, the ``selected`` node and the time ``now``."""
         self.snapshot, self.selected, self.now = snapshot, selected, now
-        self.update(self.line(self.size.width or 10_000), layout=False)
+        line = self.line(self.size.width or 10_000)
+        if line != self._shown:  # an update repaints, even with the same text
+            self._shown = line
+            self.update(line, layout=False)
 
     def line(self, width: int) -> Text:
         """The header as Text: the longest of its forms that fits ``width`` cells.
@@ -116,9 +120,11 @@ class ClusterHeader(ComponentStyles, Static):
 
     def on_resize(self, event: events.Resize) -> None:
         if self.snapshot is not None:
-            self.update(self.line(event.size.width), layout=False)
+            self._shown = self.line(event.size.width)
+            self.update(self._shown, layout=False)
 
     def notify_style_update(self) -> None:
         super().notify_style_update()
         if self.snapshot is not None:
-            self.update(self.line(self.size.width or 10_000), layout=False)
+            self._shown = self.line(self.size.width or 10_000)
+            self.update(self._shown, layout=False)

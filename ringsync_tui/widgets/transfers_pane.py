@@ -18,7 +18,8 @@ from textual.widgets import DataTable
 from ringsync_tui.format import (block_bar, clock, human_bytes, human_duration, human_rate,
                                  truncate_left, truncate_right)
 from ringsync_tui.model import ClusterSnapshot, TransferRow
-from ringsync_tui.widgets._rows import CellCache, Cells, KeyedRows, SlotRows, flex_width
+from ringsync_tui.widgets._rows import (CellCache, Cells, KeyedRows, SlotRows, flex_width,
+                                        set_border_title)
 from ringsync_tui.widgets._styles import ComponentStyles
 
 LIVE_COLUMNS = (("route", "route"), ("artifact", "artifact"), ("transport", "via"),
@@ -104,8 +105,8 @@ class TransfersPane(ComponentStyles, Vertical):
     def show(self, snapshot: ClusterSnapshot, now: float) -> None:
         """Show ``snapshot``'s live and recent transfers; ``now`` dates the elapsed times."""
         self.snapshot, self.now = snapshot, now
-        self.border_title = (f"Transfers · {len(snapshot.live):,} live"
-                             f" · {len(snapshot.recent):,} recent")
+        set_border_title(self, f"Transfers · {len(snapshot.live):,} live"
+                               f" · {len(snapshot.recent):,} recent")
         if self._live is None or self._recent is None:
             return
         width = self._fit_artifact()

@@ -49,11 +49,12 @@ class Tmux:
     def screen(self) -> str:
         return self._run("capture-pane", "-p", "-J", "-S", "-200", "-t", self.name)
 
-    def wait_for(self, text: str, timeout: float = 30.0) -> str:
+    def wait_for(self, text: str, timeout: float = 30.0, *alternatives: str) -> str:
+        """Wait until ``text`` (or one of ``alternatives``) is on screen."""
         deadline = time.monotonic() + timeout
         while True:
             screen = self.screen()
-            if text in screen:
+            if any(t in screen for t in (text, *alternatives)):
                 return screen
             if time.monotonic() > deadline:
                 raise AssertionError(f"{text!r} not on screen after {timeout}s:\n{screen}")
@@ -101,10 +102,20 @@ def test_operator_drives_the_demo_dashboard_in_a_real_terminal(tmux_demo: Tmux) 
     tmux_demo.wait_gone("priority sync of the selected node")
 
     tmux_demo.keys("Space")
-    tmux_demo.wait_for("PAUSED")
+    tmux_demo.wait_for("ALL SYNC PAUSED", 30, "ALL PAUSED")  # the header's long or short form
     tmux_demo.wait_for("SYNC_PAUSED")
     tmux_demo.keys("Space")
+    tmux_demo.wait_gone("ALL PAUSED")
+    tmux_demo.wait_gone("ALL SYNC PAUSED")
+
+    # The resumed nodes' pushes scroll SYNC_RESUMED out of the events pane: filter for it.
+    tmux_demo.keys("/")
+    tmux_demo.keys("-l", "type:resumed")
+    tmux_demo.keys("Enter")
+    tmux_demo.wait_for("filter: type:resumed")
     tmux_demo.wait_for("SYNC_RESUMED")
+    tmux_demo.keys("Escape")
+    time.sleep(0.5)  # a lone ESC needs a pause before the next key (see above)
 
     tmux_demo.keys("Down")  # select the top node, then open its detail screen
     tmux_demo.keys("Enter")
