@@ -72,33 +72,25 @@ class NodesPane(ComponentStyles, DataTable[object]):
     | `nodes-pane--muted` | Values that carry no news (no pending pushes, no data). |
     """
 
-    class Selected(Message):
-        """The selected node changed (None: no node, the actions apply to the cluster)."""
-
+    class _NodeMessage(Message):
         def __init__(self, node: str | None, pane: NodesPane | None = None) -> None:
             super().__init__()
             self.node = node
-            """The newly selected node, or None."""
-            self.pane = pane
-            """The pane the selection is in."""
-
-        @property
-        def control(self) -> NodesPane | None:
-            return self.pane
-
-    class Opened(Message):
-        """The operator asked to open the selected node (enter, or a click on it)."""
-
-        def __init__(self, node: str, pane: NodesPane | None = None) -> None:
-            super().__init__()
-            self.node = node
-            """The node to open."""
+            """The node the message is about (None: no node, the whole cluster)."""
             self.pane = pane
             """The pane the node is in."""
 
         @property
         def control(self) -> NodesPane | None:
             return self.pane
+
+    class Selected(_NodeMessage):
+        """The selected node changed (None: no node, the actions apply to the cluster)."""
+
+    class Opened(_NodeMessage):
+        """The operator asked to open the selected node (enter, or a click on it)."""
+
+        node: str
 
     def __init__(self, *, zebra_stripes: bool = False, name: str | None = None,
                  id: str | None = None, classes: str | None = None) -> None:

@@ -83,3 +83,28 @@ def test_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
         out = ringsync("--engine-only", "--config", str(cfg), "--node", "coord", cwd=tmp_path)
     assert out.returncode == 1 and "cannot start node coord" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("args,where", [
+    (("tui", "--node", "gpu"), "the dashboard runs on the coordinator (coord); gpu is a gpu node"),
+    (("tui", "--node", "ghost"), "'ghost' is not a host"),
+    (("--node", "gpu"), "run it with --engine-only"),
+])
+def test_dashboard_refuses_a_node_that_is_not_the_coordinator(tmp_path: Path, args, where) -> None:
+    cfg = tmp_path / "ok.yaml"
+    cfg.write_text(GOOD.replace("{port}", "9999")
+                   + "  gpu:\n    role: gpu\n    provider: vast\n    port: 9998\n    data_root: g\n")
+    out = ringsync("--config", str(cfg), *args, cwd=tmp_path) if args[0] != "tui" else \
+        ringsync("tui", "--config", str(cfg), *args[1:], cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and where in lines[0] and str(cfg) in lines[0], out.stderr
+    assert not (tmp_path / "nodes").exists() and not (tmp_path / "g").exists()
+
+
+def test_dashboard_with_a_bad_config_is_a_one_line_error(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(GOOD.replace("port: {port}", "port: eighty"))
+    out = ringsync("tui", "--config", str(cfg), cwd=tmp_path)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+    assert ":6: hosts.coord.port" in out.stderr and "Traceback" not in out.stderr
