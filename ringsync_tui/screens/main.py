@@ -25,6 +25,7 @@ class MainScreen(Screen[None]):
 
     AUTO_FOCUS = "NodesPane"
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (32, "-tall")]
 
     class OpenNode(Message):
         """The operator asked for a node's detail screen."""

@@ -194,6 +194,7 @@ async def test_a_stopped_node_goes_down_and_comes_back(slow_cluster: Cluster) ->
     async with dashboard(slow_cluster) as (app, pilot):
         slow_cluster.stop_node("gpu-2")
         await until(lambda: app.snapshot.node("gpu-2").state == "down", 10, "gpu-2 down")
+        assert any(r.type == "NODE_SUSPECT" and "gpu-2" in r.subjects for r in shown_events(app))
         top = app.main.query_one(NodesPane)
         assert top.get_row_at(0)[0].plain.startswith("gpu-2") or "gpu-2" in str(top.get_row_at(0)[0])
         slow_cluster.start_node("gpu-2")
