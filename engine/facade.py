@@ -18,6 +18,7 @@ its answer instead of raising; a call about one unknown node raises FacadeError.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from engine.cluster_feed import ClusterEventFeed
+from engine.config.errors import one_line
 from engine.daemons.recovery import DEFAULT_REASON
 from engine.daemons.verification import VerificationRunning
 from engine.health import HealthCheckResult
@@ -57,7 +59,7 @@ class SyncFacade:
                                                  timeout=aiohttp.ClientTimeout(total=10)) as resp:
                 text = await resp.text()
                 if resp.status >= 400:
-                    raise FacadeError(f"{target} refused {what}: {resp.status} {_one_line(text)}")
+                    raise FacadeError(f"{target} refused {what}: {resp.status} {_error_line(text)}")
                 answer = json.loads(text)
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise FacadeError(f"{target} unreachable for {what}: {exc}") from exc
@@ -177,15 +179,13 @@ class SyncFacade:
         return self.node.cluster_feed
 
 
-def _one_line(text: str, limit: int = 200) -> str:
+def _error_line(body: str, limit: int = 200) -> str:
     """An error body as one short line (JSON ``{"error": ...}`` bodies give their message)."""
-    try:
-        data = json.loads(text)
+    with contextlib.suppress(ValueError):
+        data = json.loads(body)
         if isinstance(data, dict) and isinstance(data.get("error"), str):
-            text = data["error"]
-    except ValueError:
-        pass
-    line = " ".join(text.split())
+            body = data["error"]
+    line = one_line(body)
     return line if len(line) <= limit else line[:limit - 1] + "…"
 
 

@@ -177,7 +177,7 @@ class RingsyncApp(App[None]):
 
     def action_clear_selection(self) -> None:
         if self.screen is self.main:
-            self.main.query_one("NodesPane").action_clear_selection()  # type: ignore[attr-defined]
+            self.main.nodes.action_clear_selection()
 
     def action_toggle_theme(self) -> None:
         self.theme = THEMES[(THEMES.index(self.theme) + 1) % 2] if self.theme in THEMES else THEMES[0]

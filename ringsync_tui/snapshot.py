@@ -6,7 +6,7 @@ Pure functions over plain dicts, so they are unit-tested without a cluster.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from ringsync_tui.model import (BandwidthRow, ClusterSnapshot, NodeRow, Thresholds,
@@ -105,11 +105,3 @@ def sorted_nodes(snapshot: ClusterSnapshot) -> list[NodeRow]:
     """The nodes pane's order: trouble on top."""
     return sorted(snapshot.nodes, key=lambda n: n.sort_key(snapshot.thresholds))
 
-
-def merge_transfers(*groups: Iterable[TransferRow]) -> list[TransferRow]:
-    """Transfers from several lists, each once (by key)."""
-    seen: dict[str, TransferRow] = {}
-    for group in groups:
-        for t in group:
-            seen.setdefault(t.key, t)
-    return list(seen.values())

@@ -15,14 +15,13 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from engine.facade import FacadeError, SyncFacade
 from ringsync_tui.event_text import event_row
 from ringsync_tui.model import ArtifactRow, ClusterSnapshot, EventRow, NodeDetail
 from ringsync_tui.snapshot import build_snapshot, node_row, transfer_row
 
-if TYPE_CHECKING:
-    from engine.facade import SyncFacade
 
 EventListener = Callable[[EventRow], None]
 
@@ -80,7 +79,7 @@ class ClusterSource(ABC):
 class EngineSource(ClusterSource):
     """The embedded coordinator's view, through its SyncFacade."""
 
-    def __init__(self, facade: "SyncFacade", keep_events: int = 5000) -> None:
+    def __init__(self, facade: SyncFacade, keep_events: int = 5000) -> None:
         self.facade = facade
         self.keep_events = keep_events
         self._feed: Any = None
@@ -135,8 +134,6 @@ class EngineSource(ClusterSource):
         return replace(snap, nodes=tuple(nodes))
 
     async def _act(self, call: Any) -> Any:
-        from engine.facade import FacadeError
-
         try:
             return await call
         except FacadeError as exc:

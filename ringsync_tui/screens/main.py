@@ -40,51 +40,58 @@ class MainScreen(Screen[None]):
         """The last snapshot shown."""
         self.now: float = 0.0
         """The time the last snapshot was shown at (the source's clock)."""
+        # The panes are held from construction, so data handed down while the app is
+        # closing (a poll or an event batch in flight) lands in them harmlessly.
+        self.header = ClusterHeader(id="header")
+        self.nodes = NodesPane(id="nodes")
+        self.bandwidth = BandwidthPane(id="bandwidth")
+        self.transfers = TransfersPane(id="transfers")
+        self.events = EventsPane(id="events")
 
     def compose(self) -> ComposeResult:
-        yield ClusterHeader(id="header")
+        yield self.header
         with Horizontal(id="top"):
-            yield NodesPane(id="nodes")
-            yield BandwidthPane(id="bandwidth")
-        yield TransfersPane(id="transfers")
+            yield self.nodes
+            yield self.bandwidth
+        yield self.transfers
         with Vertical(id="event-area"):
             yield EventFilter(id="event-filter")
-            yield EventsPane(id="events")
+            yield self.events
         yield Footer()
 
     # -- data down --------------------------------------------------------------------------
     @property
     def selected(self) -> str | None:
         """The selected node, or None for the whole cluster."""
-        return self.query_one(NodesPane).selected
+        return self.nodes.selected
 
     def show(self, snapshot: ClusterSnapshot, now: float) -> None:
         self.snapshot, self.now = snapshot, now
-        self.query_one(NodesPane).show(snapshot)
-        self.query_one(BandwidthPane).show(snapshot)
-        self.query_one(TransfersPane).show(snapshot, now)
+        self.nodes.show(snapshot)
+        self.bandwidth.show(snapshot)
+        self.transfers.show(snapshot, now)
         self._show_header()
 
     def add_events(self, rows: Iterable[EventRow]) -> None:
-        self.query_one(EventsPane).add(rows)
+        self.events.add(rows)
 
     def _show_header(self) -> None:
         if self.snapshot is not None:
-            self.query_one(ClusterHeader).show(self.snapshot, self.selected, self.now)
+            self.header.show(self.snapshot, self.selected, self.now)
 
     # -- filter -----------------------------------------------------------------------------
     def open_filter(self) -> None:
         box = self.query_one(EventFilter)
         box.add_class("-open")
-        box.value = self.query_one(EventsPane).filter_text
+        box.value = self.events.filter_text
         box.focus()
 
     def on_event_filter_applied(self, message: EventFilter.Applied) -> None:
-        self.query_one(EventsPane).set_filter(message.text)
+        self.events.set_filter(message.text)
 
     def on_event_filter_closed(self, _message: EventFilter.Closed) -> None:
         self.query_one(EventFilter).remove_class("-open")
-        self.query_one(NodesPane).focus()
+        self.nodes.focus()
 
     # -- messages up ------------------------------------------------------------------------
     def on_nodes_pane_selected(self, _message: NodesPane.Selected) -> None:
