@@ -135,6 +135,43 @@ def flex_width(table: DataTable[Any], flex: str, current: int, low: int, high: i
     return max(low, min(high, available))
 
 
+
+class FlexColumn:
+    """A table's one column that takes the width the other columns leave.
+
+    A pane calls ``fit(table)`` before it renders rows (it answers the column's key when the
+    width changed, so the cells get re-measured) and, after the render was laid out,
+    ``settled(table)``: False when the measured columns now call for another width, so the
+    pane renders again. ``pending`` says whether that check is still owed.
+    """
+
+    def __init__(self, key: str, low: int, high: int, essential: Sequence[str] = (),
+                 extra: int = 0) -> None:
+        self.key = key
+        """The flexible column's key."""
+        self.low, self.high, self.essential, self.extra = low, high, tuple(essential), extra
+        self.width = low
+        """The width the cells are rendered at."""
+        self.pending = True
+        """True until the first render has been checked against the laid-out columns."""
+
+    def _measure(self, table: DataTable[Any]) -> int:
+        return flex_width(table, self.key, self.width, self.low, self.high, self.essential,
+                          self.extra)
+
+    def fit(self, table: DataTable[Any]) -> str | None:
+        """Take the width ``table`` leaves; the column key when it changed, else None."""
+        width = self._measure(table)
+        changed, self.width = width != self.width, width
+        if changed:
+            self.pending = True
+        return self.key if changed else None
+
+    def settled(self, table: DataTable[Any]) -> bool:
+        """After a render: True when the width still fits what the columns measure."""
+        self.pending = False
+        return self._measure(table) == self.width
+
 class CellCache:
     """Cells built for the last ``show()``, by row id, reused while their inputs are equal.
 

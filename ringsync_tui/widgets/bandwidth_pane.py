@@ -17,7 +17,7 @@ from textual.widgets import DataTable
 
 from ringsync_tui.format import block_bar, sparkline
 from ringsync_tui.model import BandwidthRow, ClusterSnapshot
-from ringsync_tui.widgets._rows import (CellCache, Cells, KeyedRows, flex_width,
+from ringsync_tui.widgets._rows import (CellCache, Cells, FlexColumn, KeyedRows,
                                         set_border_title)
 from ringsync_tui.widgets._styles import ComponentStyles
 
@@ -61,8 +61,7 @@ class BandwidthPane(ComponentStyles, DataTable[object]):
         self.snapshot: ClusterSnapshot | None = None
         """The snapshot shown last."""
         self._missing: dict[str, int] = {}
-        self._spark_width = MIN_SPARK
-        self._fitted = False
+        self._spark = FlexColumn("history", MIN_SPARK, max(MIN_SPARK, history), ("route", "rate"))
         self._rows: KeyedRows | None = None
         self._cache = CellCache()
 
@@ -96,27 +95,21 @@ class BandwidthPane(ComponentStyles, DataTable[object]):
     def _render_rows(self, snapshot: ClusterSnapshot) -> None:
         if self._rows is None:
             return
-        width = self._fit_spark()
-        remeasure = "history" if width != self._spark_width else None
-        self._spark_width = width
+        remeasure = self._spark.fit(self)
+        width = self._spark.width
         generation, cache = self.style_generation, self._cache
         self._rows.sync(((row.key, cache.cells(
             row.key, (row, tuple(self.history.get(row.key, ())), width, generation),
             lambda row=row: self._cells(row))) for row in snapshot.bandwidth),
             remeasure=remeasure)
         cache.done()
-        if remeasure or not self._fitted:
+        if self._spark.pending:
             self.call_after_refresh(self._refit)
 
     def _refit(self) -> None:
         """Re-render when the columns' measured widths call for another sparkline width."""
-        self._fitted = True
-        if self.snapshot is not None and self._fit_spark() != self._spark_width:
+        if not self._spark.settled(self) and self.snapshot is not None:
             self._render_rows(self.snapshot)
-
-    def _fit_spark(self) -> int:
-        return flex_width(self, "history", self._spark_width, MIN_SPARK,
-                          max(MIN_SPARK, self.history_length), ("route", "rate"))
 
     def _cells(self, row: BandwidthRow) -> Cells:
         style = self.component_style
@@ -135,7 +128,7 @@ class BandwidthPane(ComponentStyles, DataTable[object]):
                     justify="right", end="")
         active = Text(str(row.active_transfers), muted if row.active_transfers == 0 else "",
                       justify="right", end="")
-        spark = Text(sparkline(self.history.get(row.key, ()), row.limit_mbps, self._spark_width),
+        spark = Text(sparkline(self.history.get(row.key, ()), row.limit_mbps, self._spark.width),
                      style("bandwidth-pane--spark"), no_wrap=True, end="")
         return (f"{row.node}→{row.host}", rate, spark, bar, active)
 

@@ -22,7 +22,7 @@ from textual.widgets import DataTable
 from ringsync_tui.format import human_bytes
 from ringsync_tui.model import ClusterSnapshot, NodeRow, Thresholds
 from ringsync_tui.snapshot import sorted_nodes
-from ringsync_tui.widgets._rows import CellCache, Cells, SlotRows, flex_width
+from ringsync_tui.widgets._rows import CellCache, Cells, FlexColumn, SlotRows
 from ringsync_tui.widgets._styles import ComponentStyles
 from ringsync_tui.widgets.disk_gauge import BANDS, LABEL_WIDTH, render_gauge
 
@@ -103,8 +103,7 @@ class NodesPane(ComponentStyles, DataTable[object]):
         """The node shown in each row, top to bottom."""
         self._selected: str | None = None
         self._updating = False
-        self._gauge_width = MIN_GAUGE
-        self._fitted = False
+        self._gauge = FlexColumn("disk", MIN_GAUGE, MAX_GAUGE, ESSENTIAL, extra=LABEL_WIDTH)
         self._rows: SlotRows | None = None
         self._cache = CellCache()
 
@@ -131,9 +130,8 @@ class NodesPane(ComponentStyles, DataTable[object]):
         if self._rows is None:  # not mounted yet: on_mount shows it
             return
         rows = sorted_nodes(snapshot)
-        gauge_width = self._fit_gauge()
-        remeasure = "disk" if gauge_width != self._gauge_width else None
-        self._gauge_width = gauge_width
+        remeasure = self._gauge.fit(self)
+        gauge_width = self._gauge.width
         count_changed = len(self._rows.cells) != len(rows)
         self._updating = True
         try:
@@ -151,19 +149,13 @@ class NodesPane(ComponentStyles, DataTable[object]):
             self._updating = False
         if self._selected is not None and self._selected not in self.names:
             self.action_clear_selection()
-        if remeasure or count_changed or not self._fitted:
+        if count_changed or self._gauge.pending:
             self.call_after_refresh(self._refit)
 
     def _refit(self) -> None:
         """Re-show when the columns' measured widths call for another gauge width."""
-        self._fitted = True
-        if self.snapshot is not None and self._fit_gauge() != self._gauge_width:
+        if not self._gauge.settled(self) and self.snapshot is not None:
             self.show(self.snapshot)
-
-    def _fit_gauge(self) -> int:
-        """The gauge width that fills the pane next to the other columns."""
-        return flex_width(self, "disk", self._gauge_width, MIN_GAUGE, MAX_GAUGE, ESSENTIAL,
-                          extra=LABEL_WIDTH)
 
     def _cells(self, node: NodeRow, thresholds: Thresholds) -> Cells:
         style = self.component_style
@@ -174,7 +166,7 @@ class NodesPane(ComponentStyles, DataTable[object]):
         state = Text(node.state, style("nodes-pane--" + state_class), end="")
         muted = style("nodes-pane--muted")
         if node.total_bytes > 0:
-            disk = render_gauge(node.percent, thresholds, self._gauge_width,
+            disk = render_gauge(node.percent, thresholds, self._gauge.width,
                                 {part: style("nodes-pane--" + part)
                                  for part in (*BANDS, "mark", "empty")})
             free = Text(human_bytes(node.free_bytes), justify="right", end="")

@@ -18,7 +18,7 @@ from textual.widgets import DataTable
 from ringsync_tui.format import (block_bar, clock, human_bytes, human_duration, human_rate,
                                  truncate_left, truncate_right)
 from ringsync_tui.model import ClusterSnapshot, TransferRow
-from ringsync_tui.widgets._rows import (CellCache, Cells, KeyedRows, SlotRows, flex_width,
+from ringsync_tui.widgets._rows import (CellCache, Cells, FlexColumn, KeyedRows, SlotRows,
                                         set_border_title)
 from ringsync_tui.widgets._styles import ComponentStyles
 
@@ -69,8 +69,8 @@ class TransfersPane(ComponentStyles, Vertical):
         """The snapshot shown last."""
         self.now: float = 0.0
         """The time ``snapshot`` was shown at (the source's clock)."""
-        self._artifact_width = MIN_ARTIFACT
-        self._fitted = False
+        self._artifact = FlexColumn("artifact", MIN_ARTIFACT, MAX_ARTIFACT)
+        """The artifact column takes what the live table's other columns leave."""
         self._live: KeyedRows | None = None
         self._recent: SlotRows | None = None
         self._cache = CellCache()
@@ -109,9 +109,8 @@ class TransfersPane(ComponentStyles, Vertical):
                                f" · {len(snapshot.recent):,} recent")
         if self._live is None or self._recent is None:
             return
-        width = self._fit_artifact()
-        remeasure = "artifact" if width != self._artifact_width else None
-        self._artifact_width = width
+        remeasure = self._artifact.fit(self.live_table)
+        width = self._artifact.width
         generation, cache = self.style_generation, self._cache
         self._live.sync(((t.key, cache.cells(
             t.key, (t, width, now if t.eta_seconds is None else None, generation),
@@ -120,19 +119,13 @@ class TransfersPane(ComponentStyles, Vertical):
                                        lambda t=t: self._recent_cells(t))
                            for t in snapshot.recent], remeasure=remeasure)
         cache.done()
-        if remeasure or not self._fitted:
+        if self._artifact.pending:
             self.call_after_refresh(self._refit)
 
     def _refit(self) -> None:
         """Re-show when the columns' measured widths call for another artifact width."""
-        self._fitted = True
-        if self.snapshot is not None and self._fit_artifact() != self._artifact_width:
+        if not self._artifact.settled(self.live_table) and self.snapshot is not None:
             self.show(self.snapshot, self.now)
-
-    def _fit_artifact(self) -> int:
-        """The artifact column's width: what the live table's other columns leave."""
-        return flex_width(self.live_table, "artifact", self._artifact_width, MIN_ARTIFACT,
-                          MAX_ARTIFACT)
 
     def _progress(self, transfer: TransferRow) -> Text:
         done, rest = block_bar(transfer.progress, BAR_WIDTH)
@@ -151,7 +144,7 @@ class TransfersPane(ComponentStyles, Vertical):
         attempt = Text(str(transfer.attempt),
                        style("transfers-pane--retry") if transfer.attempt > 1 else "",
                        justify="right", end="")
-        return (route(transfer), truncate_left(transfer.artifact, self._artifact_width),
+        return (route(transfer), truncate_left(transfer.artifact, self._artifact.width),
                 transfer.transport, self._progress(transfer),
                 Text(human_rate(transfer.rate_bps), justify="right", end=""), eta, attempt)
 
@@ -163,7 +156,7 @@ class TransfersPane(ComponentStyles, Vertical):
         else:
             result = Text("ok", style("transfers-pane--ok"), end="")
         finished = clock(transfer.finished) if transfer.finished is not None else "-"
-        return (finished, route(transfer), truncate_left(transfer.artifact, self._artifact_width),
+        return (finished, route(transfer), truncate_left(transfer.artifact, self._artifact.width),
                 result, Text(human_bytes(transfer.size), justify="right", end=""))
 
     def on_resize(self, _event: events.Resize) -> None:
