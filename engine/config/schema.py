@@ -78,6 +78,19 @@ class PushThresholds(_Model):
     urgent_percent: Percent = 70.0
     cleanup_percent: Percent = 75.0
     min_copies_before_delete: int = Field(default=2, ge=1)
+    """Verified copies on other nodes, each vouched for live, before a source may be deleted."""
+    interval_seconds: Seconds = 10.0
+    """How often SyncPushDaemon measures usage against capacity and acts on it."""
+    batch_files: int = Field(default=16, ge=1)
+    """Artifacts brought towards min_copies per cycle at the push level (oldest first)."""
+    urgent_batch_files: int = Field(default=64, ge=1)
+    """The same at the urgent level and above; urgent pushes also go ahead of normal ones."""
+    vouch_max_age_seconds: Annotated[float, Field(ge=0)] = 60.0
+    """A holder asked to vouch may answer from its own hashing made this recently (and the file
+    unchanged since); otherwise it re-hashes the bytes. 0: always re-hash."""
+    live_snapshot_seconds: Annotated[float, Field(ge=0)] = 0.0
+    """Push a consistent snapshot of each database still being written at most this often,
+    so a vanished node loses at most this much; it never counts as a copy. 0: off."""
 
     @model_validator(mode="after")
     def _ordered(self) -> PushThresholds:
@@ -120,6 +133,9 @@ class Transfer(_Model):
     retry_max_seconds: Seconds = 60.0
     finished_after_seconds: Annotated[float, Field(ge=0)] = 10.0
     """How long a file must go unmodified before it counts as finished (and may be pushed)."""
+    integrity_check_max_bytes: SizeBytes = 64 * 2**20
+    """A received database up to this size gets ``PRAGMA integrity_check``; larger ones
+    ``PRAGMA quick_check``. Either must pass before the copy counts."""
 
     @model_validator(mode="after")
     def _retry_range(self) -> Transfer:

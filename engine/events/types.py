@@ -29,6 +29,9 @@ class EventType(str, enum.Enum):
     PRIORITY_SYNC_REQUESTED = "PRIORITY_SYNC_REQUESTED"
     REPLICAS_VERIFIED = "REPLICAS_VERIFIED"
     REPLICA_QUARANTINED = "REPLICA_QUARANTINED"
+    DISK_PRESSURE_CHANGED = "DISK_PRESSURE_CHANGED"
+    ARTIFACT_DELETED = "ARTIFACT_DELETED"
+    CLEANUP_COMPLETED = "CLEANUP_COMPLETED"
 
 
 class Severity(str, enum.Enum):
@@ -231,6 +234,55 @@ class ReplicaQuarantined(Payload):
     expected_sha256: str
     actual_sha256: str | None
     quarantined_to: str | None
+
+
+@dataclass(frozen=True)
+class DiskPressureChanged(Payload):
+    """``node``'s usage crossed a threshold: ``level`` is ``normal`` (below push_percent),
+    ``push``, ``urgent`` or ``cleanup``; ``percent`` is used/total of its capacity (its quota
+    when one is configured, else its disk)."""
+
+    event_type: ClassVar[EventType] = EventType.DISK_PRESSURE_CHANGED
+    severity: ClassVar[Severity] = Severity.WARNING
+    node: str
+    level: str
+    previous: str
+    percent: float
+    used_bytes: int
+    total_bytes: int
+
+
+@dataclass(frozen=True)
+class ArtifactDeleted(Payload):
+    """``node`` deleted its source of ``artifact`` to free space, after each node in
+    ``vouched_by`` (never ``node`` itself) answered, asked at that moment, that it stores a
+    copy whose SHA-256 is ``sha256``."""
+
+    event_type: ClassVar[EventType] = EventType.ARTIFACT_DELETED
+    node: str
+    artifact: str
+    sha256: str
+    bytes: int
+    vouched_by: list[str]
+    reason: str
+
+
+@dataclass(frozen=True)
+class CleanupCompleted(Payload):
+    """One cleanup run on ``node``: what it deleted and freed, usage before and after, and
+    why the rest stayed (``short_of_copies``: fewer live vouches than ``required``;
+    ``unfinished``: being written or changed since hashed; ``busy``: being pushed)."""
+
+    event_type: ClassVar[EventType] = EventType.CLEANUP_COMPLETED
+    node: str
+    deleted: int
+    freed_bytes: int
+    percent_before: float
+    percent_after: float
+    required: int
+    short_of_copies: int
+    unfinished: int
+    busy: int
 
 
 PAYLOADS: dict[EventType, type[Payload]] = {

@@ -55,6 +55,17 @@ CREATE TABLE IF NOT EXISTS exclusions (
     seq      INTEGER NOT NULL,
     PRIMARY KEY (node, pattern)
 );
+CREATE TABLE IF NOT EXISTS deletions (
+    data_type   TEXT NOT NULL,
+    path        TEXT NOT NULL,
+    node        TEXT NOT NULL,          -- the node that deleted its source (the artifact's origin)
+    sha256      TEXT NOT NULL,          -- the content the vouching holders confirmed
+    size        INTEGER NOT NULL,       -- bytes freed
+    vouched_by  TEXT NOT NULL,          -- JSON list of the holders that vouched, asked live
+    deleted_at  REAL NOT NULL,
+    seq         INTEGER NOT NULL,
+    PRIMARY KEY (data_type, path, node)
+);
 CREATE INDEX IF NOT EXISTS artifacts_seq ON artifacts(seq);
 CREATE INDEX IF NOT EXISTS artifacts_mtime ON artifacts(mtime);  -- newest first (GET /v1/artifacts)
 CREATE INDEX IF NOT EXISTS replicas_node ON replicas(node);       -- what one node holds (verify)
@@ -62,3 +73,4 @@ CREATE INDEX IF NOT EXISTS replicas_seq ON replicas(seq);
 CREATE INDEX IF NOT EXISTS receipts_seq ON receipts(seq);
 CREATE INDEX IF NOT EXISTS capacity_seq ON capacity(seq);
 CREATE INDEX IF NOT EXISTS exclusions_seq ON exclusions(seq);
+CREATE INDEX IF NOT EXISTS deletions_seq ON deletions(seq);

@@ -8,6 +8,7 @@ All calls run on the event loop's thread; each is one short transaction.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 _SCHEMA = (Path(__file__).with_name("schema.sql")).read_text()
+TABLES = ("artifacts", "replicas", "receipts", "capacity", "exclusions", "deletions")
+"""The tables whose rows travel as deltas (``changes_since``)."""
 
 
 @dataclass(frozen=True)
@@ -241,6 +244,32 @@ class ClusterManifest:
         rows = self._db.execute("SELECT * FROM receipts ORDER BY id DESC LIMIT ?", (limit,))
         return [SyncReceipt(**{k: r[k] for k in SyncReceipt.__dataclass_fields__}) for r in rows]
 
+    # -- deletions --------------------------------------------------------------------------
+    def record_deletion(self, art: Artifact, node: str, vouched_by: list[str]) -> int:
+        """``node`` deleted its source of ``art`` after ``vouched_by`` vouched for it live: log
+        it and drop ``node``'s own replica row (its copy is gone); the artifact stays known."""
+        with self._change() as seq:
+            self._db.execute(
+                "INSERT INTO deletions(data_type, path, node, sha256, size, vouched_by, deleted_at,"
+                " seq) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(data_type, path, node) DO UPDATE SET"
+                " sha256=excluded.sha256, size=excluded.size, vouched_by=excluded.vouched_by,"
+                " deleted_at=excluded.deleted_at, seq=excluded.seq",
+                (art.data_type, art.path, node, art.sha256, art.size,
+                 json.dumps(sorted(vouched_by)), time.time(), seq))
+            self._db.execute("UPDATE replicas SET removed=1, seq=? WHERE data_type=? AND path=?"
+                             " AND node=? AND removed=0", (seq, art.data_type, art.path, node))
+        return seq
+
+    def deleted_sources(self, node: str) -> set[tuple[str, str]]:
+        """(data_type, path) of every artifact ``node`` deleted its source of."""
+        rows = self._db.execute("SELECT data_type, path FROM deletions WHERE node=?", (node,))
+        return {(r["data_type"], r["path"]) for r in rows}
+
+    def deletions(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest deletions, with ``vouched_by`` as a list."""
+        rows = self._db.execute("SELECT * FROM deletions ORDER BY seq DESC LIMIT ?", (limit,))
+        return [{**dict(r), "vouched_by": json.loads(r["vouched_by"])} for r in rows]
+
     # -- capacity and exclusions ------------------------------------------------------------
     def set_capacity(self, node: str, used_bytes: int, total_bytes: int) -> None:
         with self._change() as seq:
@@ -275,13 +304,13 @@ class ClusterManifest:
         """
         out: dict[str, Any] = {"node": self.node, "since": since}
         upto = self.seq
-        for table in ("artifacts", "replicas", "receipts", "capacity", "exclusions"):
+        for table in TABLES:
             rows = self._db.execute(f"SELECT * FROM {table} WHERE seq > ? ORDER BY seq LIMIT ?",
                                     (since, limit + 1)).fetchall()
             if len(rows) > limit:
                 upto = min(upto, rows[limit]["seq"] - 1)
             out[table] = [dict(r) for r in rows[:limit]]
-        for table in ("artifacts", "replicas", "receipts", "capacity", "exclusions"):
+        for table in TABLES:
             out[table] = [r for r in out[table] if r["seq"] <= upto]
         out["seq"] = upto
         out["complete"] = upto == self.seq
