@@ -27,7 +27,7 @@ import aiohttp
 
 from engine.cluster_feed import ClusterEventFeed
 from engine.config.errors import one_line
-from engine.daemons.recovery import DEFAULT_REASON
+from engine.daemons.recovery import DEFAULT_REASON, ORPHAN_RECOVERY
 from engine.daemons.verification import VerificationRunning
 from engine.health import HealthCheckResult
 
@@ -79,8 +79,35 @@ class SyncFacade:
 
     async def trigger_priority_sync(self, reason: str, source_node: str | None = None,
                                     config_key: str | None = None) -> dict[str, Any]:
-        """Make ``source_node`` (default: this node) push now, ``config_key`` first."""
-        target = source_node or self.node.name
+        """Make ``source_node`` (default: this node) push now, ``config_key`` first.
+
+        ``reason="orphan_games_recovery"`` also runs a recovery (see ``recover``) on
+        ``source_node`` and on the coordinator, which re-homes the copies it holds of a node
+        that is down or deleted its sources (without ``source_node``: on every node); the
+        answer then carries ``"recovery"``, and an unreachable source node is reported in
+        ``"error"`` rather than raised (it is the usual case for orphans)."""
+        if reason == ORPHAN_RECOVERY:
+            return await self._orphan_recovery(source_node, config_key)
+        return await self._priority_sync(source_node or self.node.name, reason, config_key)
+
+    async def _orphan_recovery(self, source_node: str | None,
+                               config_key: str | None) -> dict[str, Any]:
+        if source_node is None:
+            answer: dict[str, Any] = self.node.request_priority_sync(ORPHAN_RECOVERY, config_key)
+            answer["recovery"] = await self.recover(reason=ORPHAN_RECOVERY)
+            return answer
+        source = self._known(source_node)
+        try:
+            answer = await self._priority_sync(source, ORPHAN_RECOVERY, config_key)
+        except FacadeError as exc:
+            answer = {"node": source, "accepted": False, "reason": ORPHAN_RECOVERY,
+                      "config_key": config_key, "error": str(exc)}
+        answer["recovery"] = await self.recover(
+            [source, self.node.config.coordinator.name], reason=ORPHAN_RECOVERY)
+        return answer
+
+    async def _priority_sync(self, target: str, reason: str,
+                             config_key: str | None) -> dict[str, Any]:
         if target == self.node.name:
             return self.node.request_priority_sync(reason, config_key)
         return await self._control(target, "priority-sync",
@@ -115,10 +142,11 @@ class SyncFacade:
 
         return {"paused": paused, "nodes": await self._each_node(one)}
 
-    async def recover(self, node: str | None = None, reason: str = DEFAULT_REASON,
+    async def recover(self, node: str | list[str] | None = None, reason: str = DEFAULT_REASON,
                       by: str = "facade") -> dict[str, Any]:
-        """Bring under-replicated artifacts up to min_copies verified copies: on ``node``, or
-        (None) on every node at once, coordinator included (it also re-homes orphans).
+        """Bring under-replicated artifacts up to min_copies verified copies: on ``node`` (or
+        each of a list), or (None) on every node at once, coordinator included (it also
+        re-homes orphans).
 
         ``{"nodes": {name: answer | {"error": message}}, "under_replicated": n, "scheduled": n}``
         with each node's answer as ``POST /v1/control/recover`` gives it; the pushes run in
@@ -134,7 +162,9 @@ class SyncFacade:
         if node is None:
             answers = await self._each_node(one)
         else:
-            answers = {self._known(node): await one(node)}
+            names = list(dict.fromkeys([node] if isinstance(node, str) else node))
+            replies = await asyncio.gather(*(one(self._known(n)) for n in names))
+            answers = dict(zip(names, replies))
         return {"nodes": answers,
                 "under_replicated": sum(a.get("under_replicated", 0) for a in answers.values()),
                 "scheduled": sum(a.get("scheduled", 0) for a in answers.values())}

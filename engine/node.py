@@ -24,7 +24,10 @@ from engine.bandwidth import BandwidthCoordinator, set_bandwidth_coordinator
 from engine.cluster_feed import ClusterEventFeed
 from engine.config import ClusterConfig
 from engine.daemons.auto_sync import AutoSyncDaemon
+from engine.daemons.live_snapshots import LiveSnapshotter
+from engine.daemons.manifest_pull import ManifestPuller
 from engine.daemons.membership import MembershipDaemon
+from engine.daemons.push import SyncPushDaemon
 from engine.daemons.verification import ReplicaVerifier
 from engine.events import EventBus, PrioritySyncRequested, SyncPaused, SyncResumed
 from engine.facade import SyncFacade, set_sync_facade
@@ -64,6 +67,8 @@ class Node:
         self.started_at = time.time()
         self._used_bytes = 0
         self._runner: web.AppRunner | None = None
+        self.push: SyncPushDaemon | None = None
+        """Disk-pressure pushes and verified cleanup (every node but the coordinator)."""
         self.cluster_feed: ClusterEventFeed | None = None
         """The cluster-wide event stream, once the facade has opened it (the dashboard)."""
 
@@ -75,9 +80,12 @@ class Node:
         self.bandwidth = BandwidthCoordinator(self.config.bandwidth_limit_mbps)
         set_bandwidth_coordinator(self.bandwidth)
         self.membership = MembershipDaemon(self) if self.host.role == "coordinator" else None
+        self.manifest_pull = ManifestPuller(self) if self.membership else None
         self.router = SyncRouter(self.config, self.name, self.manifest,
-                                 self.membership.is_down if self.membership else lambda _n: False)
+                                 self.membership.is_down if self.membership else self._peer_down)
         self.daemon = AutoSyncDaemon(self, self.config.strategy_for(self.name))
+        self.live = LiveSnapshotter(self)
+        self.push = None if self.host.is_coordinator else SyncPushDaemon(self)
         self.verifier = ReplicaVerifier(self)
         self.metrics = NodeMetrics(self)
         self.facade = SyncFacade(self)
@@ -105,12 +113,22 @@ class Node:
         capacity = asyncio.create_task(self._capacity_loop(), name="capacity")
         if self.membership:
             await self.membership.start()
+        if self.manifest_pull:
+            await self.manifest_pull.start()
         await self.daemon.start()
+        await self.live.start()
+        if self.push:
+            await self.push.start()
         yield
         if self.cluster_feed is not None:
             await self.cluster_feed.stop()
         await self.verifier.stop()
+        if self.push:
+            await self.push.stop()
+        await self.live.stop()
         await self.daemon.stop()
+        if self.manifest_pull:
+            await self.manifest_pull.stop()
         if self.membership:
             await self.membership.stop()
         capacity.cancel()
@@ -151,6 +169,15 @@ class Node:
                 log.info("removed abandoned partial upload %s", part.name)
             self._used_bytes = await asyncio.to_thread(self._measure_used)
 
+    def _peer_down(self, name: str) -> bool:
+        """Off the coordinator: down as the coordinator's membership last told SyncPushDaemon."""
+        return self.push is not None and name in self.push.down_peers
+
+    async def refresh_disk(self) -> dict[str, Any]:
+        """Measure usage now (not at the next refresh) and return ``disk()``."""
+        self._used_bytes = await asyncio.to_thread(self._measure_used)
+        return self.disk()
+
     def disk(self) -> dict[str, Any]:
         """Usage against the node's capacity: its quota when set, else its disk."""
         total = self.host.disk_quota or shutil.disk_usage(self.data.root).total
@@ -168,17 +195,20 @@ class Node:
         self._used_bytes += size
 
     async def local_verification(self, data_type: str, rel: str, file: Path,
-                                 force: bool = False) -> tuple[str, float]:
+                                 force: bool = False,
+                                 max_age: float | None = None) -> tuple[str, float]:
         """SHA-256 of the bytes this node stores, and when it was last hashed.
 
-        Answers from this node's own earlier hashing while the file is unchanged since;
-        otherwise (or when ``force``) hashes the bytes now and records the result.
+        Answers from this node's own earlier hashing while the file is unchanged since (and,
+        with ``max_age``, that hashing is at most ``max_age`` seconds old); otherwise (or when
+        ``force``) hashes the bytes now and records the result.
         """
         st = file.stat()
         own = [r for r in self.manifest.replicas(data_type, rel) if r.node == self.name]
         art = self.manifest.get_artifact(data_type, rel)
         if (not force and own and own[0].verified_at and art and art.size == st.st_size
-                and own[0].sha256 == art.sha256 and st.st_mtime <= own[0].verified_at):
+                and own[0].sha256 == art.sha256 and st.st_mtime <= own[0].verified_at
+                and (max_age is None or time.time() - own[0].verified_at <= max_age)):
             return own[0].sha256, own[0].verified_at
         sha = await asyncio.to_thread(sha256_file, file)
         now = time.time()
@@ -235,10 +265,12 @@ class Node:
             "artifacts": self.manifest.counts_by_type(),
             "transfers": self.transfers.snapshot(),
             "sync": self.daemon.status(),
+            "push": self.push.status() if self.push else None,
             "bandwidth": {h: {k: v[k] for k in ("limit_mbps", "allocated_mbps",
                                                  "active_transfers", "current_mbps")}
                           for h, v in self.bandwidth.status()["hosts"].items()},
             "manifest_seq": self.manifest.seq, "events_seq": self.events.last_seq,
+            **({"manifest_pull": self.manifest_pull.status()} if self.manifest_pull else {}),
         }
 
     def membership_view(self) -> dict[str, Any]:
@@ -250,4 +282,8 @@ class Node:
         parts = {"auto_sync": self.daemon.health_check(), "router": self.router.health_check()}
         if self.membership:
             parts["membership"] = self.membership.health_check()
+        if self.manifest_pull:
+            parts["manifest_pull"] = self.manifest_pull.health_check()
+        if self.push:
+            parts["sync_push"] = self.push.health_check()
         return HealthCheckResult.combine(parts)

@@ -3,6 +3,9 @@
     <data_root>/<data_type>/<path>      the visible tree: only complete, verified files
     <data_root>/.ringsync/              engine state: manifest, events log, incoming, snapshots
     <data_root>/.ringsync/quarantine/   copies that failed re-verification, kept for inspection
+    <data_root>/.ringsync/live/<origin>/<data_type>/<path>
+                                        the newest live snapshot each sender pushed of a database
+                                        it is still writing (never a replica, never counted)
 
 Every path that comes from outside (HTTP, config, peers) goes through
 ``DataRoot.object_path``, which refuses anything that could leave the data type's
@@ -42,6 +45,10 @@ class DataRoot:
         """Consistent SQLite snapshots waiting to be pushed."""
         self.quarantine = self.state / "quarantine"
         """Stored copies whose bytes no longer matched their hash, under their relative path."""
+        self.live = self.state / "live"
+        """Received live snapshots of databases still being written, per sending node."""
+        self.live_snapshots = self.snapshots / "live"
+        """This node's own live snapshots, each kept only while it is being pushed."""
 
     def create(self) -> None:
         for sub in (self.incoming, self.snapshots, *(self.root / t for t in DATA_TYPES)):
@@ -75,9 +82,23 @@ class DataRoot:
             candidate = base.with_name(f"{base.name}.{n}")
         return candidate
 
-    def partial_path(self, data_type: str, rel: str, sha256: str) -> Path:
-        """Where an upload of ``rel`` with declared ``sha256`` accumulates until verified."""
-        name = hashlib.sha256(f"{data_type}/{rel}".encode()).hexdigest()[:32]
+    def live_path(self, origin: str, data_type: str, rel: str) -> Path:
+        """Where the newest live snapshot of ``<data_type>/<rel>`` sent by ``origin`` is kept;
+        raises UnsafePath for a path or origin that is not a plain name."""
+        self.type_dir(data_type)
+        clean = check_relative(rel)
+        if "/" in origin:
+            raise UnsafePath(f"origin {origin!r} is not a node name")
+        check_relative(origin)
+        return self.live.joinpath(origin, data_type, *clean.parts)
+
+    def partial_path(self, data_type: str, rel: str, sha256: str,
+                     live_origin: str | None = None) -> Path:
+        """Where an upload of ``rel`` with declared ``sha256`` accumulates until verified.
+        A live snapshot from ``live_origin`` has a part file of its own (never shared with
+        the finished artifact's upload or another sender's live snapshot)."""
+        key = f"{data_type}/{rel}" if live_origin is None else f"live/{live_origin}/{data_type}/{rel}"
+        name = hashlib.sha256(key.encode()).hexdigest()[:32]
         return self.incoming / f"{name}.{sha256[:16]}.part"
 
     def prune_partials(self, max_age: float, keep: set[Path], now: float) -> list[Path]:
@@ -94,9 +115,16 @@ class DataRoot:
         return removed
 
     def used_bytes(self) -> int:
-        """Bytes stored under the data root (what a disk quota is measured against)."""
+        """Bytes of data stored under the data root: what a disk quota is measured against.
+
+        Everything counts (the data-type trees, snapshots, partial uploads, quarantine) but
+        the engine's bookkeeping files directly in ``.ringsync/`` (manifest, event log),
+        whose size follows activity rather than data held."""
         total = 0
+        state = str(self.state)
         for dirpath, _dirs, files in os.walk(self.root):
+            if dirpath == state:
+                continue
             for name in files:
                 try:
                     total += os.lstat(os.path.join(dirpath, name)).st_size

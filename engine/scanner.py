@@ -12,6 +12,11 @@ made with SQLite's online backup API in one step into ``.ringsync/snapshots/`` (
 source is opened read-only and immutable, so not even a -wal/-shm file appears
 next to it; the source's size and mtime must be the same before and after). The artifact's size and SHA-256
 are the snapshot's; the source's size and mtime are kept to notice later changes.
+
+A database that is not finished yet can still be protected by a live snapshot
+(``live_snapshot_database``, used by ``engine.daemons.live_snapshots``): the same one-step
+backup, but inside one read transaction of a read-only (not immutable) connection, so the
+live writer's locks are respected and the copy is a committed state.
 """
 
 from __future__ import annotations
@@ -21,8 +26,10 @@ import hashlib
 import os
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from engine.hashing import sha256_file
 from engine.manifest import Artifact
@@ -30,6 +37,8 @@ from engine.paths import DATA_TYPES, DataRoot
 
 DB_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 SIDECARS = ("-wal", "-journal")
+LIVE_BUSY_TIMEOUT = 5.0
+"""Seconds a live snapshot waits for a writer's lock before giving up (tried again later)."""
 
 
 class UnreadableArtifact(Exception):
@@ -66,31 +75,54 @@ class Scanner:
         return any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(name, p)
                    for p in self.exclude_patterns)
 
+    def _walk(self, data_type: str) -> Iterator[tuple[str, Path]]:
+        """Every visible, non-excluded file of ``data_type`` but SQLite sidecars: (rel, path)."""
+        base = self.data.root / data_type
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for name in filenames:
+                if name.startswith(".") or name.endswith(SIDECARS) or name.endswith("-shm"):
+                    continue
+                file = Path(dirpath, name)
+                rel = file.relative_to(base).as_posix()
+                if not self.excluded(rel):
+                    yield rel, file
+
+    def _finished(self, file: Path, mtime: float, now: float) -> bool:
+        return now - mtime >= self.finished_after and self._closed(file)
+
     def candidates(self, known: dict[tuple[str, str], tuple[int | None, int | None]],
                    now: float | None = None) -> list[Candidate]:
         """Finished files that are new or changed since ``known`` (key -> source size, mtime)."""
         now = time.time() if now is None else now
         found: list[Candidate] = []
         for data_type in DATA_TYPES:
-            base = self.data.root / data_type
-            for dirpath, dirnames, filenames in os.walk(base):
-                dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-                for name in filenames:
-                    if name.startswith(".") or name.endswith(SIDECARS) or name.endswith("-shm"):
-                        continue
-                    file = Path(dirpath, name)
-                    rel = file.relative_to(base).as_posix()
-                    if self.excluded(rel):
-                        continue
-                    try:
-                        st = file.stat()
-                    except OSError:
-                        continue
-                    if known.get((data_type, rel)) == (st.st_size, st.st_mtime_ns):
-                        continue
-                    if now - st.st_mtime < self.finished_after or not self._closed(file):
-                        continue
-                    found.append(Candidate(data_type, rel, file, st.st_size, st.st_mtime_ns))
+            for rel, file in self._walk(data_type):
+                try:
+                    st = file.stat()
+                except OSError:
+                    continue
+                if known.get((data_type, rel)) == (st.st_size, st.st_mtime_ns):
+                    continue
+                if not self._finished(file, st.st_mtime, now):
+                    continue
+                found.append(Candidate(data_type, rel, file, st.st_size, st.st_mtime_ns))
+        return found
+
+    def live_databases(self, now: float | None = None) -> list[tuple[str, Path]]:
+        """Databases under ``games/`` still being written (not finished by the rule above):
+        (path relative to games/, file). Whose they are is the caller's question."""
+        now = time.time() if now is None else now
+        found = []
+        for rel, file in self._walk("games"):
+            if not is_database(rel):
+                continue
+            try:
+                mtime = file.stat().st_mtime
+            except OSError:
+                continue
+            if not self._finished(file, mtime, now):
+                found.append((rel, file))
         return found
 
     @staticmethod
@@ -191,4 +223,68 @@ def snapshot_database(source: Path, target: Path) -> bool:
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, target)
+    return True
+
+
+def _wal_format(source: Path) -> bool:
+    """True when the database header says WAL mode (file format bytes 18 and 19 are 2)."""
+    with open(source, "rb") as fh:
+        header = fh.read(20)
+    return len(header) == 20 and header[18] == 2 and header[19] == 2
+
+
+def live_snapshot_database(source: Path, target: Path,
+                           busy_timeout: float = LIVE_BUSY_TIMEOUT) -> bool:
+    """A consistent copy of a database a writer may be changing right now, in one backup step.
+
+    The source is opened ``mode=ro`` (not immutable: the writer is live) with a busy timeout;
+    one read transaction (a shared lock, or a WAL read mark) spans the whole
+    ``backup(pages=-1)``, so the copy is one committed state and the writer's locks are
+    respected: waiting for them is bounded by ``busy_timeout``. Nothing is executed on the
+    source but ``BEGIN`` and one read; it is never written, checkpointed, vacuumed nor
+    switched to another journal mode. The copy leaves WAL mode and must pass
+    ``PRAGMA quick_check``; it replaces ``target``. Returns False (leaving no new file)
+    when the copy could not be made or is not sound.
+
+    A WAL database with no -wal/-shm file has no writer now; a read-only connection would
+    create those files next to it, so it is read immutable instead (``snapshot_database``)
+    and must show the same size and mtime before and after.
+    """
+    side = [source.with_name(source.name + s) for s in ("-wal", "-shm")]
+    try:
+        if _wal_format(source) and not all(p.exists() for p in side):
+            before = source.stat()
+            if not snapshot_database(source, target):
+                return False
+            after = source.stat()
+            if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
+                target.unlink(missing_ok=True)
+                return False
+            return True
+    except OSError:
+        return False
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    sound = False
+    try:
+        src = sqlite3.connect(f"file:{quote(str(source))}?mode=ro", uri=True,
+                              timeout=busy_timeout, isolation_level=None)
+        try:
+            src.execute("BEGIN")  # deferred: the read below takes the read lock, no write lock
+            src.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+            dst = sqlite3.connect(tmp)
+            try:
+                src.backup(dst, pages=-1)  # inside our read transaction: no lock to wait for
+                dst.execute("PRAGMA journal_mode=DELETE")
+                sound = dst.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+            finally:
+                dst.close()
+        finally:
+            src.close()  # ends the read transaction
+    except sqlite3.Error:
+        sound = False
+    if not sound:
+        tmp.unlink(missing_ok=True)
+        return False
+    os.replace(tmp, target)  # no fsync: it lives only until it has been pushed
     return True

@@ -62,6 +62,19 @@ FORMATS: dict[str, Callable[[Mapping[str, Any]], str]] = {
            f"hash {p['actual_sha256'][:12]} != {p['expected_sha256'][:12]}")
         + (f", moved to {p['quarantined_to']}" if p.get("quarantined_to") else "")
         + "; it no longer counts as a copy"),
+    "DISK_PRESSURE_CHANGED": lambda p: (
+        f"{p['node']} disk {p['percent']:.0f}%: {p['previous']} → {p['level']}"
+        f" ({_size(p['used_bytes'])} of {_size(p['total_bytes'])})"),
+    "ARTIFACT_DELETED": lambda p: (
+        f"{p['node']} deleted {p['artifact']} ({_size(p['bytes'])}): vouched for live by"
+        f" {', '.join(p['vouched_by'])}"),
+    "CLEANUP_COMPLETED": lambda p: (
+        f"{p['node']} cleanup: {p['deleted']} deleted, {_size(p['freed_bytes'])} freed,"
+        f" disk {p['percent_before']:.0f}% → {p['percent_after']:.0f}%"
+        + (f"; {p['short_of_copies']} short of {p['required']} vouched copies"
+           if p.get("short_of_copies") else "")
+        + (f", {p['unfinished']} unfinished" if p.get("unfinished") else "")
+        + (f", {p['busy']} being pushed" if p.get("busy") else "")),
     "MODEL_PROMOTED": lambda p: f"model {p['path']} promoted ({p['config_key']}, {_size(p['size'])})",
     "MODEL_DISTRIBUTED": lambda p: (
         f"model {p['path']} on {len(p['nodes'])} nodes via {p['transport']}"

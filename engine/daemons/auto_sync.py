@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine.aio import wait_event
+from engine.daemons.limiter import PushLimiter
 from engine.daemons.recovery import Recovery
 from engine.daemons.retry import RetryPolicy, RetryState
 from engine.events import DataSyncCompleted, DataSyncFailed, DataSyncStarted
@@ -75,7 +76,8 @@ class AutoSyncDaemon:
         self._wake = asyncio.Event()
         self._priority: tuple[str, str | None] | None = None
         self._task: asyncio.Task[None] | None = None
-        self._limit = asyncio.Semaphore(cfg.transfer.max_concurrent)
+        self.limiter = PushLimiter(cfg.transfer.max_concurrent)
+        """Bounds concurrent pushes; urgent (disk-pressure) pushes are served first."""
         self.inflight: set[tuple[str, str]] = set()
         """(artifact key, target) pairs a push is under way (or reserved) for, by a cycle or a
         recovery run: neither starts a second push of the same pair."""
@@ -165,8 +167,11 @@ class AutoSyncDaemon:
         """(artifact, target) pairs that still need a push, priority config first."""
         manifest, router = self.node.manifest, self.node.router
         holders = manifest.verified_holders_by_artifact(self.node.name)
+        gone = manifest.deleted_sources(self.node.name)
         work: list[tuple[Artifact, str]] = []
         for art in manifest.artifacts(origin=self.node.name):
+            if (art.data_type, art.path) in gone:
+                continue  # no bytes here any more; holders re-home it (Recovery.orphans)
             held = holders.get((art.data_type, art.path), set())
             for target in router.get_sync_targets(art.data_type, art.config_key, art.path):
                 if target in held or (art.key, target) in self.inflight:
@@ -233,15 +238,17 @@ class AutoSyncDaemon:
         return report
 
     async def _push_one(self, art: Artifact, target: str, reason: str,
-                        source_file: Path | None = None, retry: bool = True) -> bool:
+                        source_file: Path | None = None, retry: bool = True,
+                        urgent: bool = False) -> bool:
         """Push ``art`` to ``target`` and record the receipt; False (and a DATA_SYNC_FAILED)
         on failure. ``source_file`` overrides where the bytes are read (a stored copy);
-        ``retry=False`` for a one-off push nothing will retry (reported with no retry time)."""
+        ``retry=False`` for a one-off push nothing will retry (reported with no retry time);
+        ``urgent`` pushes get a transfer slot before normal ones."""
         key = (art.key, target)
         state = self._retries.get(key)
         attempt = (state.attempts if state else 0) + 1
         source_file = source_file or self.scanner.push_source(art)
-        async with self._limit:
+        async with self.limiter.slot(urgent):
             transfer = self.node.transfers.start(
                 direction="out", source=self.node.name, target=target, artifact=art.key,
                 size=art.size, transport=self.node.transport.name, attempt=attempt)

@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_REASON = "operator_recovery"
+ORPHAN_RECOVERY = "orphan_games_recovery"
+"""The seed's reason for a priority sync that is a recovery of orphaned games."""
 
 
 @dataclass(frozen=True)
@@ -76,23 +78,37 @@ class Recovery:
 
     # -- what is missing --------------------------------------------------------------------
     def shortfalls(self) -> list[Shortfall]:
-        """Own artifacts (and, on the coordinator, orphans) below the required copies."""
+        """Own artifacts (and, on the coordinator, orphans) below the required copies, oldest
+        first. An own artifact whose source this node deleted has no bytes here to push."""
         manifest, me = self.node.manifest, self.node.name
         found: list[Shortfall] = []
         holders = manifest.verified_holders_by_artifact(me)
+        gone = manifest.deleted_sources(me)
         for art in manifest.artifacts(origin=me):
             held = holders.get((art.data_type, art.path), set()) - {me}
-            if len(held) < self.required:
+            if len(held) < self.required and (art.data_type, art.path) not in gone:
                 first = self.node.router.get_sync_targets(art.data_type, art.config_key, art.path)
                 found.append(Shortfall(art, frozenset(held), tuple(first)))
-        membership = self.node.membership
+        return found + self.orphans()
+
+    def orphans(self) -> list[Shortfall]:
+        """On the coordinator: artifacts it holds verified whose origin cannot push them any
+        more (membership reports it down, or it deleted its source) and that have fewer than
+        the required copies besides the origin."""
+        manifest, me, membership = self.node.manifest, self.node.name, self.node.membership
         if membership is None:
-            return found
-        for origin in sorted(n for n in membership.members if membership.is_down(n)):
+            return []
+        found: list[Shortfall] = []
+        for origin in sorted(n for n in self.node.config.hosts if n != me):
+            down = membership.is_down(origin)
+            gone = manifest.deleted_sources(origin)
+            if not down and not gone:
+                continue
             holders = manifest.verified_holders_by_artifact(origin)
             for art in manifest.artifacts(origin=origin):
                 held = holders.get((art.data_type, art.path), set()) - {origin}
-                if me in held and len(held) < self.required:
+                if (me in held and len(held) < self.required
+                        and (down or (art.data_type, art.path) in gone)):
                     found.append(Shortfall(art, frozenset(held), stored_copy=True))
         return found
 
@@ -117,35 +133,54 @@ class Recovery:
         node.events.emit(PrioritySyncRequested(reason=reason, source_node=node.name,
                                                config_key=None))
         found = self.shortfalls()
-        jobs: list[tuple[Shortfall, list[str]]] = []
-        if not daemon.paused:
-            busy: dict[str, set[str]] = {}
-            for key, target in daemon.inflight:
-                busy.setdefault(key, set()).add(target)
-            for shortfall in found:
-                targets = self.plan(shortfall, busy.get(shortfall.artifact.key, set()))
-                if targets:
-                    jobs.append((shortfall, targets))
-                    daemon.inflight.update((shortfall.artifact.key, t) for t in targets)
+        jobs = self._schedule(found)
         scheduled = sum(len(targets) for _, targets in jobs)
         log.info("recovery on %s requested by %s (%s): %d under-replicated, %d pushes%s",
                  node.name, by, reason, len(found), scheduled, " (paused)" if daemon.paused else "")
         if jobs:
-            node.events.emit(DataSyncStarted(
-                source=node.name, targets=sorted({t for _, ts in jobs for t in ts}),
-                files=scheduled, bytes=sum(s.artifact.size * len(ts) for s, ts in jobs),
-                reason=reason, strategy=daemon.strategy))
             task = asyncio.create_task(self._run(jobs, reason), name=f"recovery:{node.name}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return {"node": node.name, "under_replicated": len(found), "scheduled": scheduled,
                 "paused": daemon.paused, "reason": reason}
 
-    async def _run(self, jobs: list[tuple[Shortfall, list[str]]], reason: str) -> None:
+    async def replicate(self, found: list[Shortfall], reason: str, urgency: str = "normal",
+                        limit: int | None = None) -> dict[str, list[Artifact]]:
+        """Push the first ``limit`` of ``found`` (all when None) now and wait for them;
+        returns what arrived, by target. Used by SyncPushDaemon under disk pressure."""
+        jobs = self._schedule(found[:limit] if limit is not None else found)
+        if not jobs:
+            return {}
+        return await self._run(jobs, reason, urgency)
+
+    def _schedule(self, found: list[Shortfall]) -> list[tuple[Shortfall, list[str]]]:
+        """Targets for each shortfall, reserved in the daemon's in-flight set; none while
+        the node is paused. Emits DATA_SYNC_STARTED when anything is scheduled."""
+        daemon = self.daemon
+        if daemon.paused:
+            return []
+        busy: dict[str, set[str]] = {}
+        for key, target in daemon.inflight:
+            busy.setdefault(key, set()).add(target)
+        jobs: list[tuple[Shortfall, list[str]]] = []
+        for shortfall in found:
+            targets = self.plan(shortfall, busy.get(shortfall.artifact.key, set()))
+            if targets:
+                jobs.append((shortfall, targets))
+                daemon.inflight.update((shortfall.artifact.key, t) for t in targets)
+        return jobs
+
+    async def _run(self, jobs: list[tuple[Shortfall, list[str]]], reason: str,
+                   urgency: str = "normal") -> dict[str, list[Artifact]]:
         started = time.monotonic()
+        self.node.events.emit(DataSyncStarted(
+            source=self.node.name, targets=sorted({t for _, ts in jobs for t in ts}),
+            files=sum(len(ts) for _, ts in jobs),
+            bytes=sum(s.artifact.size * len(ts) for s, ts in jobs),
+            reason=reason, urgency=urgency, strategy=self.daemon.strategy))
         arrived: dict[str, list[Artifact]] = {}
         try:
-            await asyncio.gather(*(self._recover(s, targets, reason, arrived)
+            await asyncio.gather(*(self._recover(s, targets, reason, arrived, urgency)
                                    for s, targets in jobs))
         finally:
             for s, targets in jobs:  # whatever was not started stays free
@@ -154,12 +189,13 @@ class Recovery:
             self.node.events.emit(DataSyncCompleted(
                 source=self.node.name, target=target, files=len(arts),
                 bytes=sum(a.size for a in arts), artifacts=[a.key for a in arts[:20]],
-                reason=reason, strategy=self.daemon.strategy,
+                reason=reason, urgency=urgency, strategy=self.daemon.strategy,
                 seconds=round(time.monotonic() - started, 3)))
         self.daemon._drop_finished_snapshots([s.artifact for s, _ in jobs if not s.stored_copy])
+        return arrived
 
     async def _recover(self, shortfall: Shortfall, targets: list[str], reason: str,
-                       arrived: dict[str, list[Artifact]]) -> None:
+                       arrived: dict[str, list[Artifact]], urgency: str = "normal") -> None:
         """Push one artifact to ``targets``; a failed further target is replaced by the next
         candidate until enough copies exist or none is left."""
         art, inflight = shortfall.artifact, self.daemon.inflight
@@ -171,7 +207,8 @@ class Recovery:
             batch = targets
             while batch:
                 results = await asyncio.gather(*(
-                    self._attempt(shortfall, t, source, reason, arrived) for t in batch))
+                    self._attempt(shortfall, t, source, reason, arrived, urgency)
+                    for t in batch))
                 failed = results.count(False)
                 if not failed or self.daemon.paused:
                     return
@@ -184,14 +221,15 @@ class Recovery:
             inflight.difference_update((art.key, t) for t in tried)
 
     async def _attempt(self, shortfall: Shortfall, target: str, source: Path, reason: str,
-                       arrived: dict[str, list[Artifact]]) -> bool | None:
+                       arrived: dict[str, list[Artifact]], urgency: str = "normal") -> bool | None:
         """One push; None when it was not started because the node is paused."""
         art = shortfall.artifact
         try:
             if self.daemon.paused:
                 return None
             ok = await self.daemon._push_one(art, target, reason, source_file=source,
-                                             retry=target in shortfall.first)
+                                             retry=target in shortfall.first,
+                                             urgent=urgency == "urgent")
         finally:
             self.daemon.inflight.discard((art.key, target))
         if ok:

@@ -6,6 +6,10 @@ every node's data root, and every node's events log.
     missing                   entries with no intact copy in ANY data root (must be 0)
     bytes_moved               bytes the senders report pushed (DATA_SYNC_COMPLETED, not "receive")
     failed_transfers          DATA_SYNC_FAILED events, all nodes
+    deleted                   sources deleted under disk pressure (ARTIFACT_DELETED), all nodes
+    min_verified_copies       over the ledger entries deleted at their source: the fewest data
+                              roots still holding an intact copy (None when nothing was deleted)
+    pressure                  per GPU node, the highest disk-pressure level it reached
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import ClusterConfig
+from engine.daemons.push import LEVELS
 from engine.demo.ledger import LedgerEntry, find_intact_copy, is_intact, read_ledger
 
 EVENTS_LOG = Path(".ringsync") / "events.jsonl"
@@ -85,18 +90,29 @@ def compute_summary(config: ClusterConfig, ledgers: Path,
         per_node.setdefault(entry.node, {"generated": 0, "pushed_files": 0, "pushed_bytes": 0})
         per_node[entry.node]["generated"] += 1
     bytes_moved = failed = events = 0
+    deleted: set[tuple[str, str]] = set()
+    pressure: dict[str, str] = {}
     for name, host in config.hosts.items():
         for event in read_events(host.data_root):
             events += 1
             payload = event.get("payload") or {}
             if event.get("type") == "DATA_SYNC_FAILED":
                 failed += 1
+            elif event.get("type") == "ARTIFACT_DELETED":
+                deleted.add((name, str(payload.get("artifact"))))
+            elif event.get("type") == "DISK_PRESSURE_CHANGED":
+                level = str(payload.get("level"))
+                if LEVELS.index(level) > LEVELS.index(pressure.get(name, "normal")):
+                    pressure[name] = level
             elif (event.get("type") == "DATA_SYNC_COMPLETED"
                   and payload.get("strategy") != "receive"):
                 moved = int(payload.get("bytes") or 0)
                 bytes_moved += moved
                 per_node[name]["pushed_files"] += int(payload.get("files") or 0)
                 per_node[name]["pushed_bytes"] += moved
+    deleted_entries = [e for e in entries if (e.node, f"{e.data_type}/{e.path}") in deleted]
+    copies = [sum(1 for root in roots if is_intact(copy_path(root, e), e))
+              for e in deleted_entries]
     return {
         "generated": len(entries),
         "verified_on_coordinator": verified,
@@ -104,6 +120,10 @@ def compute_summary(config: ClusterConfig, ledgers: Path,
         "missing_artifacts": [f"{e.node}:{e.data_type}/{e.path}" for e in missing[:20]],
         "bytes_moved": bytes_moved,
         "failed_transfers": failed,
+        "deleted": len(deleted),
+        "min_verified_copies": min(copies) if copies else None,
+        "pressure": {name: pressure.get(name, "normal") for name, host in config.hosts.items()
+                     if host.role == "gpu"},
         "duration_seconds": round(duration_seconds, 1),
         "nodes": len(config.hosts),
         "per_node": per_node,
@@ -121,6 +141,11 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"  missing (nowhere intact) {summary['missing']}",
         f"  bytes moved              {human_bytes(summary['bytes_moved'])}",
         f"  failed transfers         {summary['failed_transfers']}",
+        f"  deleted under pressure   {summary['deleted']}"
+        + ("" if summary["min_verified_copies"] is None
+           else f" (each still on >= {summary['min_verified_copies']} nodes, intact)"),
+        "  highest pressure         " + ", ".join(f"{n} {lvl}" for n, lvl in
+                                                  summary["pressure"].items()),
         f"  events                   {summary['events']}",
     ]
     for name, row in summary["per_node"].items():

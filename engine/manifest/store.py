@@ -2,13 +2,16 @@
 
 Every mutation takes the node's next sequence number and stamps it on the rows it
 touched; ``changes_since(seq)`` returns exactly those rows, so peers exchange
-deltas. Removals are tombstones (``removed = 1``) so they travel as deltas too.
-All calls run on the event loop's thread; each is one short transaction.
+deltas. Removals are tombstones (``removed = 1``) so they travel as deltas too. A peer's
+deltas are applied with ``merge_peer`` (``engine/manifest/peers.py``: a node is believed only
+about its own rows), which keeps the peer's cursor beside them. All calls run on the event
+loop's thread; each is one short transaction.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -16,6 +19,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from engine.manifest.peers import PeerMerge
 
 _SCHEMA = (Path(__file__).with_name("schema.sql")).read_text()
 TABLES = ("artifacts", "replicas", "receipts", "capacity", "exclusions", "deletions")
@@ -61,7 +66,7 @@ class SyncReceipt:
     transport: str
 
 
-class ClusterManifest:
+class ClusterManifest(PeerMerge):
     """One node's view of the cluster's artifacts, replicas, receipts and capacity."""
 
     def __init__(self, db_path: Path | str, node: str) -> None:
@@ -73,6 +78,22 @@ class ClusterManifest:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('manifest_id', ?)",
+                         (secrets.token_hex(16),))
+
+    @property
+    def manifest_id(self) -> str:
+        """A random id made when this manifest was created: a peer that sees it change knows
+        the sequence numbers started over (a wiped data root) and re-reads from 0."""
+        return str(self._meta("manifest_id"))
+
+    def _meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row["value"] if row else None
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self._db.execute("INSERT INTO meta(key, value) VALUES (?, ?)"
+                         " ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
 
     def close(self) -> None:
         self._db.close()
@@ -81,18 +102,21 @@ class ClusterManifest:
     @property
     def seq(self) -> int:
         """The newest sequence number handed out."""
-        row = self._db.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()
-        return int(row["value"]) if row else 0
+        value = self._meta("seq")
+        return int(value) if value is not None else 0
+
+    def _take_seq(self) -> int:
+        """Hand out the next sequence number (inside a transaction)."""
+        seq = self.seq + 1
+        self._set_meta("seq", str(seq))
+        return seq
 
     @contextmanager
     def _change(self) -> Iterator[int]:
         """One transaction that takes the next sequence number."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            seq = self.seq + 1
-            self._db.execute("INSERT INTO meta(key, value) VALUES ('seq', ?) "
-                             "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (str(seq),))
-            yield seq
+            yield self._take_seq()
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
@@ -301,21 +325,32 @@ class ClusterManifest:
 
         ``seq`` in the answer is where the caller should continue from: the manifest's
         sequence when complete, or the last sequence fully included when truncated.
+        One change (one sequence number) is never split: when a single change alone has more
+        than ``limit`` rows in a table (``merge_peer`` can), that change is sent whole, so a
+        caller paging with any limit always makes progress. ``manifest_id`` tells the caller
+        whether the numbering it continues is still this one.
         """
-        out: dict[str, Any] = {"node": self.node, "since": since}
-        upto = self.seq
+        out: dict[str, Any] = {"node": self.node, "manifest_id": self.manifest_id,
+                               "since": since}
+        newest = upto = self.seq
+        rows: dict[str, list[sqlite3.Row]] = {}
         for table in TABLES:
-            rows = self._db.execute(f"SELECT * FROM {table} WHERE seq > ? ORDER BY seq LIMIT ?",
-                                    (since, limit + 1)).fetchall()
-            if len(rows) > limit:
-                upto = min(upto, rows[limit]["seq"] - 1)
-            out[table] = [dict(r) for r in rows[:limit]]
+            rows[table] = self._db.execute(
+                f"SELECT * FROM {table} WHERE seq > ? ORDER BY seq LIMIT ?",
+                (since, limit + 1)).fetchall()
+            if len(rows[table]) > limit:
+                upto = min(upto, rows[table][limit]["seq"] - 1)
+        if upto <= since < newest:  # the first change alone is over the limit: send it whole
+            upto = min(r[0]["seq"] for r in rows.values() if r)
+            for table in TABLES:
+                rows[table] = self._db.execute(
+                    f"SELECT * FROM {table} WHERE seq > ? AND seq <= ? ORDER BY seq",
+                    (since, upto)).fetchall()
         for table in TABLES:
-            out[table] = [r for r in out[table] if r["seq"] <= upto]
+            out[table] = [dict(r) for r in rows[table] if r["seq"] <= upto]
         out["seq"] = upto
-        out["complete"] = upto == self.seq
+        out["complete"] = upto == newest
         return out
-
 
 def _artifact(row: sqlite3.Row) -> Artifact:
     return Artifact(row["data_type"], row["path"], row["config_key"], row["size"], row["sha256"],

@@ -8,6 +8,7 @@
     GET  /v1/events?since=SEQ         server-sent events
     GET  /v1/cluster                  membership as this node sees it
     GET  /v1/artifacts?limit=N        newest artifacts (by mtime) with their replicas
+    GET  /v1/vouch/{data_type}/{path}?max_age=S   the holder's SHA-256 of its copy, hashed now
     PUT|GET|HEAD /v1/objects/{data_type}/{path}
     POST /v1/control/{priority-sync,pause,resume}   what the SyncFacade asks of a node
     POST /v1/control/recover          push under-replicated artifacts up to min_copies (202)
@@ -26,7 +27,7 @@ from aiohttp import web
 from engine.daemons.recovery import DEFAULT_REASON
 from engine.daemons.verification import VerificationRunning
 from engine.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from engine.server import objects
+from engine.server import objects, vouch
 from engine.server.context import NODE_KEY, node_of
 from engine.server.events_stream import stream_events
 
@@ -174,4 +175,5 @@ def make_app(node: "Node") -> web.Application:
     app.router.add_post("/v1/control/recover", control_recover)
     app.router.add_post("/v1/control/verify", control_verify)
     objects.add_routes(app)
+    vouch.add_routes(app)
     return app

@@ -5,11 +5,18 @@ Upload protocol (one PUT per attempt):
     X-Ringsync-Sha256   SHA-256 of the whole object (hex)
     X-Ringsync-Offset   bytes the sender skips because the receiver already has them
     X-Ringsync-Source / -Origin / -Config-Key / -Mtime / -Reason   provenance
+    X-Ringsync-Live     1: a live snapshot of a database its origin is still writing
 The body streams into ``.ringsync/incoming/<key>.part`` while being hashed; only when
 size and hash match is the part fsynced and linked to its final name (never over an
-existing file). ``HEAD`` tells a sender what is there: 200 with the stored hash, 404
-with ``X-Ringsync-Offset`` = bytes of a partial upload it may resume, or 409 while
-another upload of the same object is still running.
+existing file). A SQLite database must also pass ``PRAGMA integrity_check`` (``quick_check``
+above ``transfer.integrity_check_max_bytes``) first; one that does not is moved to the
+quarantine (REPLICA_QUARANTINED) and answered 422. ``HEAD`` tells a sender what is there:
+200 with the stored hash, 404 with ``X-Ringsync-Offset`` = bytes of a partial upload it
+may resume, or 409 while another upload of the same object is still running.
+
+A live snapshot is checked the same way but never published nor counted: it replaces the
+previous live snapshot of that (origin, path) under ``.ringsync/live/<origin>/`` and is
+deleted when the finished artifact itself arrives.
 """
 
 from __future__ import annotations
@@ -24,11 +31,13 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from engine import diskio
-from engine.events import DataSyncCompleted, DataSyncFailed
+from engine.events import DataSyncCompleted, DataSyncFailed, ReplicaQuarantined
 from engine.hashing import sha256_prefix
 from engine.manifest import Artifact, SyncReceipt
 from engine.paths import UnsafePath
+from engine.scanner import is_database
 from engine.server.context import node_of
+from engine.sqlite_check import check_database_async, quarantine_file
 from engine.transfers import Transfer
 
 if TYPE_CHECKING:
@@ -37,7 +46,7 @@ if TYPE_CHECKING:
 H_SIZE, H_SHA, H_OFFSET = "X-Ringsync-Size", "X-Ringsync-Sha256", "X-Ringsync-Offset"
 H_SOURCE, H_ORIGIN, H_KEY = "X-Ringsync-Source", "X-Ringsync-Origin", "X-Ringsync-Config-Key"
 H_MTIME, H_REASON, H_VERIFIED = "X-Ringsync-Mtime", "X-Ringsync-Reason", "X-Ringsync-Verified-At"
-H_VERIFY = "X-Ringsync-Verify"
+H_VERIFY, H_LIVE = "X-Ringsync-Verify", "X-Ringsync-Live"
 
 _HEX = frozenset("0123456789abcdef")
 
@@ -77,10 +86,22 @@ def _sha_header(request: web.Request) -> str:
     return sha
 
 
+def _live_origin(node: "Node", request: web.Request) -> str | None:
+    """The sending node of a live snapshot (None for an ordinary upload); it must be a host
+    of this cluster, since it names the directory the snapshot is kept in."""
+    if request.headers.get(H_LIVE, "0").lower() not in ("1", "true"):
+        return None
+    origin = request.headers.get(H_ORIGIN) or request.headers.get(H_SOURCE, "")
+    if origin not in node.config.hosts:
+        raise _bad(web.HTTPBadRequest, f"live snapshot from unknown origin {origin!r}")
+    return origin
+
+
 async def head_object(request: web.Request) -> web.Response:
     node = node_of(request)
     data_type, rel, final = _resolve(node, request)
-    if final.is_file():
+    live_origin = _live_origin(node, request)
+    if live_origin is None and final.is_file():
         verify_now = request.headers.get(H_VERIFY) == "now"
         sha, verified_at = await node.local_verification(data_type, rel, final, force=verify_now)
         return web.Response(status=200, headers={
@@ -88,7 +109,7 @@ async def head_object(request: web.Request) -> web.Response:
     headers = {H_OFFSET: "0"}
     sha = request.headers.get(H_SHA, "").lower()
     if sha:
-        part = node.data.partial_path(data_type, rel, sha)
+        part = node.data.partial_path(data_type, rel, sha, live_origin)
         if part in node.uploads_in_progress:  # its size is still moving: ask again later
             return web.Response(status=409)
         if part.exists():
@@ -117,15 +138,17 @@ async def put_object(request: web.Request) -> web.Response:
     size, sha = _int_header(request, H_SIZE), _sha_header(request)
     offset = _int_header(request, H_OFFSET, 0)
     source = request.headers.get(H_SOURCE, "unknown")
+    live_origin = _live_origin(node, request)
     artifact_name = f"{data_type}/{rel}"
     if offset > size:
         raise _bad(web.HTTPBadRequest, f"offset {offset} beyond size {size}")
     if request.content_length is not None and request.content_length != size - offset:
         raise _bad(web.HTTPBadRequest,
                    f"Content-Length {request.content_length} != size - offset ({size - offset})")
-    if final.exists():
+    if live_origin is None and final.exists():
         held, verified_at = await node.local_verification(data_type, rel, final)
         if held == sha:
+            await _drop_live(node, request, data_type, rel)
             return web.json_response({"node": node.name, "data_type": data_type, "path": rel,
                                       "sha256": sha, "size": size, "verified_at": verified_at,
                                       "already_present": True})
@@ -133,69 +156,121 @@ async def put_object(request: web.Request) -> web.Response:
                    "ringsync never overwrites", sha256=held)
     if not node.has_room_for(size - offset):
         raise _bad(web.HTTPInsufficientStorage, f"{node.name} has no room for {size} bytes")
-    part = node.data.partial_path(data_type, rel, sha)
+    part = node.data.partial_path(data_type, rel, sha, live_origin)
     if part in node.uploads_in_progress:
         raise _bad(web.HTTPConflict, f"an upload of {artifact_name} is already in progress")
     have = part.stat().st_size if part.exists() else 0
     if have != offset:
         raise _bad(web.HTTPConflict, f"resume offset {offset} != {have} bytes held", offset=have)
 
-    node.uploads_in_progress.add(part)
+    node.uploads_in_progress.add(part)  # until published or rejected: no second upload meanwhile
     transfer = node.transfers.start(direction="in", source=source, target=node.name,
                                     artifact=artifact_name, size=size, transport="http",
                                     offset=offset)
     try:
-        digest = await _receive(request, part, offset, size, node.config.transfer.chunk_bytes,
-                                transfer)
-    except web.HTTPException as exc:
-        node.transfers.finish(transfer, error=exc.text or exc.reason)
-        raise
-    except BaseException as exc:
-        # The sender went away mid-body: keep the partial for resume; nothing is visible.
-        error = (f"upload interrupted after {offset + transfer.done} of {size} bytes"
-                 f" (partial kept for resume): {type(exc).__name__}")
-        node.transfers.finish(transfer, error=error)
-        _receive_failed(node, source, artifact_name, error)
-        if isinstance(exc, Exception):  # reported above; not a server error worth a traceback
-            raise _bad(web.HTTPBadRequest, error) from None
-        raise
+        try:
+            digest = await _receive(request, part, offset, size,
+                                    node.config.transfer.chunk_bytes, transfer)
+        except web.HTTPException as exc:
+            node.transfers.finish(transfer, error=exc.text or exc.reason)
+            raise
+        except BaseException as exc:
+            # The sender went away mid-body: keep the partial for resume; nothing is visible.
+            error = (f"upload interrupted after {offset + transfer.done} of {size} bytes"
+                     f" (partial kept for resume): {type(exc).__name__}")
+            node.transfers.finish(transfer, error=error)
+            _receive_failed(node, source, artifact_name, error)
+            if isinstance(exc, Exception):  # reported above; not a server error worth a traceback
+                raise _bad(web.HTTPBadRequest, error) from None
+            raise
+
+        received = offset + transfer.done
+        if received != size or digest != sha:
+            part.unlink(missing_ok=True)
+            error = (f"size mismatch: declared {size}, received {received}" if received != size
+                     else f"sha256 mismatch: declared {sha}, received {digest}")
+            node.transfers.finish(transfer, error=error)
+            _receive_failed(node, source, artifact_name, error)
+            raise _bad(web.HTTPUnprocessableEntity, error)
+        if is_database(rel):
+            result = await check_database_async(part, node.config.transfer.integrity_check_max_bytes)
+            if not result.ok:
+                raise await _reject_database(node, source, data_type, rel, part, digest,
+                                             result.describe(), transfer)
+        if live_origin is not None:
+            target = node.data.live_path(live_origin, data_type, rel)
+            await asyncio.to_thread(_replace_live, part, target)
+        else:
+            try:
+                await asyncio.to_thread(_publish, part, final)
+            except FileExistsError:
+                part.unlink(missing_ok=True)
+                node.transfers.finish(transfer, error="lost a race with another upload")
+                raise _bad(web.HTTPConflict,
+                           f"{artifact_name} appeared during the upload") from None
     finally:
         node.uploads_in_progress.discard(part)
+    return await _stored(node, request, data_type, rel, size, sha, transfer, live_origin)
 
-    received = offset + transfer.done
-    if received != size or digest != sha:
-        part.unlink(missing_ok=True)
-        error = (f"size mismatch: declared {size}, received {received}" if received != size
-                 else f"sha256 mismatch: declared {sha}, received {digest}")
-        node.transfers.finish(transfer, error=error)
-        _receive_failed(node, source, artifact_name, error)
-        raise _bad(web.HTTPUnprocessableEntity, error)
 
-    try:
-        await asyncio.to_thread(_publish, part, final)
-    except FileExistsError:
-        part.unlink(missing_ok=True)
-        node.transfers.finish(transfer, error="lost a race with another upload")
-        raise _bad(web.HTTPConflict, f"{artifact_name} appeared during the upload") from None
+async def _stored(node: "Node", request: web.Request, data_type: str, rel: str, size: int,
+                  sha: str, transfer: Transfer, live_origin: str | None) -> web.Response:
+    """Record a verified arrival: a finished artifact is registered as a verified replica
+    (and any live snapshot of it dropped); a live snapshot is only reported."""
+    source = request.headers.get(H_SOURCE, "unknown")
     verified_at = time.time()
     node.transfers.finish(transfer)
     node.note_stored(size)
-    try:
-        mtime = float(request.headers.get(H_MTIME, verified_at))
-    except ValueError:
-        mtime = verified_at
-    node.manifest.register_sync(
-        SyncReceipt(data_type, rel, source, node.name, sha, size, verified_at, "http"),
-        Artifact(data_type, rel, request.headers.get(H_KEY) or None, size, sha, mtime,
-                 request.headers.get(H_ORIGIN, source)))
+    if live_origin is None:
+        try:
+            mtime = float(request.headers.get(H_MTIME, verified_at))
+        except ValueError:
+            mtime = verified_at
+        node.manifest.register_sync(
+            SyncReceipt(data_type, rel, source, node.name, sha, size, verified_at, "http"),
+            Artifact(data_type, rel, request.headers.get(H_KEY) or None, size, sha, mtime,
+                     request.headers.get(H_ORIGIN, source)))
+        await _drop_live(node, request, data_type, rel)
     node.events.emit(DataSyncCompleted(source=source, target=node.name, files=1, bytes=size,
-                                       artifacts=[artifact_name],
+                                       artifacts=[f"{data_type}/{rel}"],
                                        reason=request.headers.get(H_REASON, "push"),
                                        strategy="receive",
                                        seconds=round(time.time() - transfer.started, 3)))
     return web.json_response({"node": node.name, "data_type": data_type, "path": rel,
                               "sha256": sha, "size": size, "verified_at": verified_at,
-                              "already_present": False}, status=201)
+                              "already_present": False, "live": live_origin is not None},
+                             status=201)
+
+
+async def _reject_database(node: "Node", source: str, data_type: str, rel: str, part: Path,
+                           digest: str, error: str, transfer: Transfer) -> web.HTTPException:
+    """A database with the declared hash that SQLite finds unsound: quarantined, never
+    published nor counted; reported as REPLICA_QUARANTINED and DATA_SYNC_FAILED."""
+    artifact_name = f"{data_type}/{rel}"
+    try:
+        moved = await asyncio.to_thread(quarantine_file, node.data, data_type, rel, part, digest)
+        where: str | None = moved.relative_to(node.data.root).as_posix()
+    except OSError:
+        part.unlink(missing_ok=True)
+        where = None
+    node.transfers.finish(transfer, error=error)
+    node.events.emit(ReplicaQuarantined(node=node.name, artifact=artifact_name,
+                                        expected_sha256=digest, actual_sha256=digest,
+                                        quarantined_to=where))
+    _receive_failed(node, source, artifact_name, error)
+    return _bad(web.HTTPUnprocessableEntity, f"{artifact_name}: {error}", quarantined_to=where)
+
+
+async def _drop_live(node: "Node", request: web.Request, data_type: str, rel: str) -> None:
+    """The finished artifact is here: its origin's live snapshot is no longer needed."""
+    origin = request.headers.get(H_ORIGIN) or request.headers.get(H_SOURCE, "")
+    if origin not in node.config.hosts:
+        return
+    try:
+        live = node.data.live_path(origin, data_type, rel)
+    except UnsafePath:
+        return
+    await asyncio.to_thread(live.unlink, missing_ok=True)
 
 
 async def _receive(request: web.Request, part: Path, offset: int, size: int, chunk: int,
@@ -272,6 +347,18 @@ def _publish(part: Path, final: Path) -> None:
     os.link(part, final)  # raises FileExistsError instead of overwriting
     os.unlink(part)
     dir_fd = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _replace_live(part: Path, target: Path) -> None:
+    """Make a verified live snapshot the newest one of its (origin, path). The one place a
+    file is replaced: the path is keyed by the sending node, so no two senders collide."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(part, target)
+    dir_fd = os.open(target.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:

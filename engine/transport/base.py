@@ -28,6 +28,9 @@ class PushRequest:
     """Target node's base URL."""
     reason: str
     urgency: str = "normal"
+    live: bool = False
+    """A live snapshot of a database still being written: the target keeps it apart from
+    its artifacts (never a replica, never counted), replacing the previous one."""
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,12 @@
 One push: ``HEAD`` asks the target what it holds (done if the same hash is there;
 else the offset of a partial upload), then one streaming ``PUT`` of the rest with
 the declared size and SHA-256. The target hashes while writing and answers with its
-verification; a hash that does not match ours is a failure, never a success.
+verification; a hash that does not match ours is a failure, never a success. A live
+snapshot (``PushRequest.live``) carries ``X-Ringsync-Live: 1`` on both requests.
+
+Errors: 400/401/403/409 are not retryable; anything else (5xx, 422 for bytes that did
+not verify or a database that failed the receiver's integrity check, 507) is, and the
+caller backs off.
 """
 
 from __future__ import annotations
@@ -18,8 +23,8 @@ from urllib.parse import quote
 import aiohttp
 
 from engine.bandwidth import BandwidthCoordinator
-from engine.server.objects import (H_KEY, H_MTIME, H_OFFSET, H_ORIGIN, H_REASON, H_SHA, H_SIZE,
-                                   H_SOURCE, H_VERIFIED)
+from engine.server.objects import (H_KEY, H_LIVE, H_MTIME, H_OFFSET, H_ORIGIN, H_REASON, H_SHA,
+                                   H_SIZE, H_SOURCE, H_VERIFIED)
 from engine.transfers import Transfer
 from engine.transport.base import PushRequest, PushResult, TransferError
 
@@ -61,7 +66,10 @@ class HttpTransport:
 
     async def _probe(self, request: PushRequest, url: str) -> int | PushResult:
         art = request.artifact
-        async with self.session.head(url, headers={H_SHA: art.sha256}) as resp:
+        headers = {H_SHA: art.sha256}
+        if request.live:
+            headers.update({H_LIVE: "1", H_ORIGIN: art.origin, H_SOURCE: self.node})
+        async with self.session.head(url, headers=headers) as resp:
             if resp.status == 200:
                 held = resp.headers.get(H_SHA, "")
                 if held != art.sha256:
@@ -87,6 +95,8 @@ class HttpTransport:
         }
         if art.config_key:
             headers[H_KEY] = art.config_key
+        if request.live:
+            headers[H_LIVE] = "1"
         async with self.bandwidth.allocate(request.target, art.key) as alloc:
             body = self._read(request.source_file, offset, art.size, alloc, transfer)
             async with self.session.put(url, data=body, headers=headers) as resp:
@@ -95,6 +105,9 @@ class HttpTransport:
                     if answer.get("sha256") != art.sha256 or answer.get("size") != art.size:
                         raise TransferError(f"{request.target} verified {answer.get('sha256')}"
                                             f" but we sent {art.sha256}")
+                    if request.live and answer.get("live") is not True:
+                        raise TransferError(f"{request.target} did not keep {art.key} apart as"
+                                            " a live snapshot (older ringsync?)", retryable=False)
                     return PushResult(request.target, answer["sha256"], answer["size"],
                                       float(answer["verified_at"]),
                                       bool(answer.get("already_present")), transfer.done)

@@ -16,7 +16,8 @@ from tests.support.demo import demo_env, local_config_on_free_ports
 pytestmark = pytest.mark.cluster
 
 KEYS = {"generated", "verified_on_coordinator", "missing", "bytes_moved", "failed_transfers",
-        "duration_seconds", "nodes", "per_node", "events"}
+        "deleted", "min_verified_copies", "pressure", "duration_seconds", "nodes", "per_node",
+        "events"}
 
 
 def _demo(tmp_path: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -40,11 +41,13 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+@pytest.mark.timeout(240)
 def test_headless_demo_moves_everything_and_leaves_nothing_running(tmp_path: Path) -> None:
+    """Long enough (70 s) for every GPU node to pass 50/70/75 % and delete behind copies."""
     workdir = tmp_path / "demo"
     config = local_config_on_free_ports(tmp_path)
-    result = _demo(tmp_path, "--config", str(config), "--headless", "--duration", "20", "--json",
-                   "--workdir", str(workdir), "--fresh")
+    result = _demo(tmp_path, "--config", str(config), "--headless", "--duration", "70", "--json",
+                   "--workdir", str(workdir), "--fresh", timeout=200)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)  # stdout is exactly one JSON object
     assert KEYS <= set(summary), summary
@@ -52,6 +55,8 @@ def test_headless_demo_moves_everything_and_leaves_nothing_running(tmp_path: Pat
     assert summary["generated"] > 0 and summary["verified_on_coordinator"] > 0, summary
     assert summary["failed_transfers"] >= 0 and summary["bytes_moved"] > 0, summary
     assert summary["nodes"] == 6
+    assert summary["pressure"] == dict.fromkeys(("gpu-1", "gpu-2", "gpu-3", "gpu-4"), "cleanup")
+    assert summary["deleted"] > 0 and summary["min_verified_copies"] >= 2, summary
     gpus = {n for n, row in summary["per_node"].items() if row["generated"]}
     assert gpus == {"gpu-1", "gpu-2", "gpu-3", "gpu-4"}
 

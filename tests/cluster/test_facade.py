@@ -33,9 +33,12 @@ async def test_priority_sync_makes_another_node_push_now(slow_cluster: Cluster) 
         target = slow_cluster.data_root("coord") / "npz" / "hex8_2p" / "orphan.npz"
         await until(target.exists, 10, "the priority push")
         assert target.read_bytes() == artifact.read_bytes()
-        requested = slow_cluster.events("gpu-2", "PRIORITY_SYNC_REQUESTED")
-        assert requested[-1]["payload"]["reason"] == "orphan_games_recovery"
-        assert requested[-1]["payload"]["config_key"] == "hex8_2p"
+        requested = [e["payload"] for e in slow_cluster.events("gpu-2", "PRIORITY_SYNC_REQUESTED")]
+        assert {"reason": "orphan_games_recovery", "source_node": "gpu-2",
+                "config_key": "hex8_2p"} in requested
+        # the orphan reason is also a recovery, on the source node and the coordinator
+        assert set(answer["recovery"]["nodes"]) == {"gpu-2", "coord"}
+        assert answer["recovery"]["nodes"]["coord"]["reason"] == "orphan_games_recovery"
 
 
 async def test_pause_resume_status_and_health_through_the_facade(slow_cluster: Cluster) -> None:

@@ -90,12 +90,12 @@ def test_resume_at_wrong_offset_is_told_the_right_one(one: Cluster) -> None:
 
 def test_existing_object_is_never_overwritten(one: Cluster) -> None:
     first, second = os.urandom(1000), os.urandom(1000)
-    assert put(one, "coord", "games", "k/x.db", first).status == 201
-    again = put(one, "coord", "games", "k/x.db", first)
+    assert put(one, "coord", "games", "k/x.npz", first).status == 201
+    again = put(one, "coord", "games", "k/x.npz", first)
     assert again.status == 200 and again.json()["already_present"]
-    clash = put(one, "coord", "games", "k/x.db", second)
+    clash = put(one, "coord", "games", "k/x.npz", second)
     assert clash.status == 409
-    assert (one.data_root("coord") / "games" / "k" / "x.db").read_bytes() == first
+    assert (one.data_root("coord") / "games" / "k" / "x.npz").read_bytes() == first
 
 
 def test_head_and_range_get(one: Cluster) -> None:

@@ -88,7 +88,8 @@ async def test_verify_quarantines_a_tampered_copy_and_stops_counting_it(make_clu
         # Neither counts any more; the good copy does.
         assert [holds(coord, p) for p in NAMES] == [True, False, False]
         listing = await facade.node_artifacts("coord")
-        replicas = {a["path"]: {r["node"] for r in a["replicas"]} for a in listing["artifacts"]}
+        replicas = {a["path"]: {r["node"] for r in a["replicas"]} - {a["origin"]}
+                    for a in listing["artifacts"]}  # the origin's row for its source: not a copy
         assert replicas == {"k/0big.npz": {"coord"}, "k/a.npz": set(), "k/b.npz": set()}
 
 

@@ -27,6 +27,7 @@ from tests.support.sshd import free_ports
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "test-cluster-token"
+DEFAULT_QUOTA = "8GiB"
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.1,
@@ -111,12 +112,16 @@ class Cluster:
             "bandwidth_limits": {"default_mbps": 1000},
             "membership": {"interval_seconds": 0.5, "suspect_after_misses": 1,
                            "down_after_misses": 3},
+            "push": {"interval_seconds": 0.5},
             "transfer": {"finished_after_seconds": finished_after, "retry_base_seconds": 0.2,
                          "retry_max_seconds": 2.0},
             "hosts": {n.name: {"role": n.role, "provider": "lambda" if n.role == "gpu" else "hetzner",
                                "address": "127.0.0.1", "port": n.port,
                                "data_root": str(n.data_root),
-                               **({"disk_quota": quota} if quota and n.role != "coordinator" else {})}
+                               # a quota keeps disk pressure about the data root, not the
+                               # test machine's disk (a full /tmp must not start cleanups)
+                               **({"disk_quota": quota or DEFAULT_QUOTA}
+                                  if n.role != "coordinator" else {})}
                       for n in self.nodes.values()},
         }
         _merge(self.settings, config or {})

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.events import DataSyncFailed, Event, NodeDown, SyncPaused
+from engine.events import (ArtifactDeleted, CleanupCompleted, DataSyncFailed, DiskPressureChanged, Event,
+                           NodeDown, SyncPaused)
 from ringsync_tui.event_text import event_row
 from ringsync_tui.format import human_bytes, human_duration, human_rate
 from ringsync_tui.model import Thresholds
@@ -91,6 +92,18 @@ def test_event_lines_and_subjects() -> None:
     paused = event_row(Event(2, 1.0, "gpu-1", SyncPaused(node="gpu-1",
                                                           requested_by="dashboard")).to_dict())
     assert paused.text == "sync paused on gpu-1 by dashboard"
+    gone = event_row(Event(3, 1.0, "gpu-1", ArtifactDeleted(
+        node="gpu-1", artifact="games/k/a.db", sha256="ab" * 32, bytes=2048,
+        vouched_by=["coord", "cpu-1"], reason="disk_pressure")).to_dict())
+    assert gone.text == ("gpu-1 deleted games/k/a.db (2.0 KiB): vouched for live by coord, cpu-1")
+    level = event_row(Event(4, 1.0, "gpu-1", DiskPressureChanged(
+        node="gpu-1", level="urgent", previous="push", percent=71.4, used_bytes=714,
+        total_bytes=1000)).to_dict())
+    assert level.severity == "warning" and "disk 71%: push → urgent" in level.text
+    cleanup = event_row(Event(5, 1.0, "gpu-1", CleanupCompleted(
+        node="gpu-1", deleted=0, freed_bytes=0, percent_before=80.0, percent_after=80.0,
+        required=2, short_of_copies=3, unfinished=1, busy=0)).to_dict())
+    assert cleanup.text.endswith("3 short of 2 vouched copies, 1 unfinished")
     future = event_row({"seq": 1, "ts": 1.0, "node": "n", "type": "NEW_KIND",
                         "payload": {"a": 1}})
     assert future.text == "a=1" and future.severity == "info"

@@ -437,3 +437,285 @@ def test_held_by_lists_one_nodes_live_replicas(manifest: ClusterManifest) -> Non
     held = m.held_by("coord")
     assert [(a.path, r.node) for a, r in held] == [("k/a.db", "coord")]
     assert held[0][0] == m.get_artifact("games", "k/a.db")
+
+
+# -- merging a peer's deltas ------------------------------------------------------------------
+
+@pytest.fixture
+def coord(tmp_path: Path) -> Iterator[ClusterManifest]:
+    m = ClusterManifest(tmp_path / "coord.db", "coord")
+    try:
+        yield m
+    finally:
+        m.close()
+
+
+@pytest.fixture
+def cpu(tmp_path: Path) -> Iterator[ClusterManifest]:
+    m = ClusterManifest(tmp_path / "cpu-1.db", "cpu-1")
+    try:
+        yield m
+    finally:
+        m.close()
+
+
+def _live(m: ClusterManifest) -> dict[str, set[tuple]]:
+    """Every row of the merged tables without its seq (what a merge is about)."""
+    return {t: {tuple(v for k, v in sorted(r.items()) if k != "seq") for r in _rows(m, t)}
+            for t in ("artifacts", "replicas", "deletions")}
+
+
+def _pull(into: ClusterManifest, peer: ClusterManifest, limit: int = 5000) -> int:
+    """Page through ``peer``'s deltas from ``into``'s cursor, as the puller does."""
+    changed = 0
+    while True:
+        answer = peer.changes_since(into.peer_cursor(peer.node), limit)
+        changed += into.merge_peer(peer.node, answer)
+        if answer["complete"]:
+            return changed
+
+
+def test_merge_peer_takes_only_the_holders_own_replica_rows(coord: ClusterManifest,
+                                                            cpu: ClusterManifest) -> None:
+    a = art(origin="gpu-1")
+    # cpu-1 received gpu-1's artifact (its own verified replica), then pushed it to gpu-2 and
+    # recorded gpu-2's answer: a second-hand row.
+    cpu.register_sync(receipt(target="cpu-1", verified_at=50.0), a)
+    cpu.register_sync(SyncReceipt("games", a.path, "cpu-1", "gpu-2", SHA_A, 100, 60.0, "http"))
+    cpu.set_capacity("gpu-2", 1, 2)
+    cpu.add_exclusion("gpu-2", "*.tmp", "tmp")
+    before = coord.seq
+    assert coord.merge_peer("cpu-1", cpu.changes_since(0)) == 1
+    assert coord.replicas("games", a.path) == [Replica("games", a.path, "cpu-1", SHA_A, 50.0)]
+    assert coord.get_artifact("games", a.path) is None  # gpu-1's artifact: only gpu-1 says it
+    assert coord.receipts() == [] and coord.capacity() == {} and coord.exclusions() == []
+    assert coord.seq == before + 1
+    assert [(r["node"], r["seq"]) for r in coord.changes_since(before)["replicas"]] == [
+        ("cpu-1", before + 1)]  # the coordinator's own deltas carry what it learned
+
+
+def test_merge_peer_takes_artifacts_only_from_their_origin(coord: ClusterManifest,
+                                                           manifest: ClusterManifest) -> None:
+    gpu = manifest  # node gpu-1
+    coord.upsert_artifact(art("k/coords.db", origin="coord"))
+    coord.register_sync(receipt("k/clash.db", target="coord"), art("k/clash.db", origin="gpu-2"))
+    gpu.upsert_artifact(art("k/own.db"))
+    gpu.upsert_artifact(art("k/clash.db", sha=SHA_B))     # gpu-1 claims a path gpu-2 produced
+    gpu.upsert_artifact(art("k/coords.db", sha=SHA_B))    # and one of the coordinator's
+    gpu.register_sync(receipt("k/relayed.db", target="gpu-1"), art("k/relayed.db", origin="gpu-7"))
+    assert coord.merge_peer("gpu-1", gpu.changes_since(0)) == 2  # k/own.db + gpu-1's replica
+    assert coord.get_artifact("games", "k/own.db") == art("k/own.db")
+    assert coord.get_artifact("games", "k/clash.db").origin == "gpu-2"  # type: ignore[union-attr]
+    assert coord.get_artifact("games", "k/clash.db").sha256 == SHA_A  # type: ignore[union-attr]
+    assert coord.get_artifact("games", "k/coords.db") == art("k/coords.db", origin="coord")
+    assert coord.get_artifact("games", "k/relayed.db") is None
+
+    # an update by the origin is taken; so is its tombstone
+    seen = gpu.seq
+    gpu.upsert_artifact(art("k/own.db", sha=SHA_B, size=7))
+    assert coord.merge_peer("gpu-1", gpu.changes_since(seen)) == 1
+    assert coord.get_artifact("games", "k/own.db") == art("k/own.db", sha=SHA_B, size=7)
+    gpu.remove_artifact("games", "k/own.db")
+    assert coord.merge_peer("gpu-1", gpu.changes_since(coord.peer_cursor("gpu-1"))) == 1
+    assert coord.get_artifact("games", "k/own.db") is None
+    assert coord.peer_cursor("gpu-1") == gpu.seq
+
+
+def test_an_artifact_received_from_its_origin_is_completed_not_duplicated(
+        coord: ClusterManifest, manifest: ClusterManifest) -> None:
+    a = art()
+    manifest.upsert_artifact(a)
+    coord.register_sync(receipt(target="coord"), a)  # the receiver's row lacks source_*
+    assert coord.merge_peer("gpu-1", manifest.changes_since(0)) == 1
+    assert coord.get_artifact("games", a.path) == a
+    assert len(_rows(coord, "artifacts")) == 1
+
+
+def test_merge_peer_takes_one_seq_and_a_second_time_changes_nothing(
+        coord: ClusterManifest, manifest: ClusterManifest) -> None:
+    gpu = manifest
+    for i in range(4):
+        a = art(f"k/{i}.npz", data_type="npz")
+        gpu.upsert_artifact(a)
+        gpu.set_replica(Replica("npz", a.path, "gpu-1", SHA_A, 10.0 + i))
+    answer = gpu.changes_since(0)
+    coord.set_capacity("gpu-1", 1, 2)
+    before = coord.seq
+    assert coord.merge_peer("gpu-1", answer) == 8
+    assert coord.seq == before + 1
+    assert {r["seq"] for t in ("artifacts", "replicas") for r in _rows(coord, t)} == {before + 1}
+    assert coord.peer_cursor("gpu-1") == gpu.seq == answer["seq"]
+    state = _live(coord)
+    assert coord.merge_peer("gpu-1", answer) == 0  # idempotent: no change, no seq
+    assert coord.merge_peer("gpu-1", gpu.changes_since(gpu.seq)) == 0  # a quiet round
+    assert coord.seq == before + 1 and _live(coord) == state
+    assert coord.peer_cursor("gpu-1") == gpu.seq
+
+
+def test_merge_peer_follows_tombstones_and_deletions(coord: ClusterManifest,
+                                                     manifest: ClusterManifest,
+                                                     cpu: ClusterManifest) -> None:
+    gpu, a = manifest, art()
+    gpu.upsert_artifact(a)
+    gpu.set_replica(Replica("games", a.path, "gpu-1", SHA_A, 5.0))
+    cpu.register_sync(receipt(target="cpu-1", verified_at=50.0), a)
+    _pull(coord, gpu)
+    _pull(coord, cpu)
+    assert coord.verified_holders(a) == {"gpu-1", "cpu-1"}
+
+    # cpu-1's copy is quarantined (re-hashed, then its row removed): its tombstone travels
+    cpu.set_replica(Replica("games", a.path, "cpu-1", SHA_B, 70.0))
+    cpu.remove_replica("games", a.path, "cpu-1")
+    assert _pull(coord, cpu) == 1
+    assert coord.verified_holders(a) == {"gpu-1"}
+    assert [r["removed"] for r in _rows(coord, "replicas") if r["node"] == "cpu-1"] == [1]
+
+    # gpu-1 deletes its source: the deletion row arrives and its replica row goes
+    gpu.record_deletion(a, "gpu-1", ["coord", "cpu-1"])
+    assert _pull(coord, gpu) == 2
+    (row,) = coord.deletions()
+    assert (row["node"], row["vouched_by"]) == ("gpu-1", ["coord", "cpu-1"])
+    assert coord.replicas("games", a.path) == []
+    assert coord.deleted_sources("gpu-1") == {("games", a.path)}
+
+
+def test_a_deletion_alone_marks_the_deleting_nodes_replica_removed(
+        coord: ClusterManifest, manifest: ClusterManifest) -> None:
+    gpu, a, b = manifest, art("k/a.db"), art("k/b.db")
+    for x in (a, b):
+        gpu.upsert_artifact(x)
+        gpu.set_replica(Replica("games", x.path, "gpu-1", SHA_A, 5.0))
+    _pull(coord, gpu)
+    seen = gpu.seq
+    gpu.record_deletion(a, "gpu-1", ["coord"])
+    gpu.record_deletion(b, "gpu-1", ["coord"])
+    gpu.set_replica(Replica("games", b.path, "gpu-1", SHA_A, 9.0))  # b is back on gpu-1 since
+    answer = gpu.changes_since(seen)
+    answer["replicas"] = [r for r in answer["replicas"] if r["path"] == b.path]  # no a row
+    assert coord.merge_peer("gpu-1", answer) == 4  # 2 deletions, a's replica, b's new row
+    assert {r.node for r in coord.replicas("games", a.path)} == set()
+    assert coord.replicas("games", b.path) == [Replica("games", b.path, "gpu-1", SHA_A, 9.0)]
+
+
+def test_merge_peer_never_takes_rows_about_this_node(coord: ClusterManifest,
+                                                     manifest: ClusterManifest) -> None:
+    gpu, a = manifest, art()
+    gpu.upsert_artifact(a)
+    gpu.register_sync(receipt(target="coord", verified_at=42.0))  # gpu-1's row about coord
+    gpu.record_deletion(art("k/x.db", origin="coord"), "coord", ["gpu-1"])  # claims about coord
+    coord.merge_peer("gpu-1", gpu.changes_since(0))
+    assert coord.replicas("games", a.path) == []
+    assert coord.deletions() == []
+    with pytest.raises(ValueError, match="own manifest"):
+        coord.merge_peer("coord", coord.changes_since(0))
+    with pytest.raises(ValueError, match="not 'cpu-1'"):
+        coord.merge_peer("cpu-1", gpu.changes_since(0))
+    assert coord.peer_cursor("cpu-1") == 0
+
+
+def test_a_holders_later_answer_seen_first_is_kept(coord: ClusterManifest,
+                                                   cpu: ClusterManifest) -> None:
+    a = art()
+    cpu.register_sync(receipt(target="cpu-1", verified_at=50.0), a)
+    cpu.remove_replica("games", a.path, "cpu-1")
+    stale = cpu.changes_since(0)  # fetched before cpu-1 got a new copy
+    coord.register_sync(receipt(target="cpu-1", verified_at=80.0), a)  # coord's push's answer
+    assert coord.merge_peer("cpu-1", stale) == 0
+    assert coord.replicas("games", a.path) == [Replica("games", a.path, "cpu-1", SHA_A, 80.0)]
+
+
+def test_paged_merge_equals_one_answer_and_ends_at_the_peers_seq(
+        tmp_path: Path, manifest: ClusterManifest) -> None:
+    gpu = manifest
+    for i in range(7):
+        a = art(f"k/{i}.npz", data_type="npz")
+        gpu.upsert_artifact(a)
+        gpu.set_replica(Replica("npz", a.path, "gpu-1", SHA_A, float(i)))
+    gpu.remove_replica("npz", "k/3.npz", "gpu-1")
+    gpu.remove_artifact("npz", "k/5.npz")
+    gpu.upsert_artifact(art("k/1.npz", data_type="npz", sha=SHA_B))
+    whole, paged = (ClusterManifest(tmp_path / f"{n}.db", "coord") for n in ("whole", "paged"))
+    try:
+        whole.merge_peer("gpu-1", gpu.changes_since(0))
+        _pull(paged, gpu, limit=2)
+        assert paged.peer_cursor("gpu-1") == whole.peer_cursor("gpu-1") == gpu.seq
+        assert _live(paged) == _live(whole)
+        assert paged.seq > whole.seq == 1  # one seq per answer merged
+    finally:
+        whole.close()
+        paged.close()
+
+
+def test_a_big_merge_is_one_change_yet_pages_with_any_limit(coord: ClusterManifest,
+                                                            manifest: ClusterManifest) -> None:
+    for i in range(6):
+        manifest.upsert_artifact(art(f"k/{i}.db"))
+    coord.set_capacity("gpu-1", 1, 2)
+    coord.merge_peer("gpu-1", manifest.changes_since(0))  # 6 rows, one seq
+    d = coord.changes_since(1, limit=2)  # the change is not split, and the pager progresses
+    assert d["seq"] == 2 and d["complete"] is True and len(d["artifacts"]) == 6
+    d = coord.changes_since(0, limit=2)
+    assert (d["seq"], d["complete"], len(d["capacity"]), d["artifacts"]) == (1, False, 1, [])
+    since, pages = 0, 0
+    while True:
+        d = coord.changes_since(since, limit=2)
+        pages += 1
+        assert d["seq"] > since or d["complete"], "paging does not progress"
+        since = d["seq"]
+        if d["complete"] or pages > 5:
+            break
+    assert (since, pages) == (coord.seq, 2)
+
+
+def test_manifest_id_is_random_persistent_and_in_every_answer(tmp_path: Path) -> None:
+    one = ClusterManifest(tmp_path / "one.db", "gpu-1")
+    two = ClusterManifest(tmp_path / "two.db", "gpu-1")
+    ident = one.manifest_id
+    assert len(ident) >= 16 and ident != two.manifest_id
+    assert one.changes_since(0)["manifest_id"] == ident
+    one.close()
+    two.close()
+    again = ClusterManifest(tmp_path / "one.db", "gpu-1")
+    try:
+        assert again.manifest_id == ident
+    finally:
+        again.close()
+
+
+def test_a_peer_that_started_over_is_read_again_from_zero(tmp_path: Path,
+                                                          coord: ClusterManifest) -> None:
+    old = ClusterManifest(tmp_path / "old.db", "gpu-1")
+    for i in range(5):
+        old.upsert_artifact(art(f"k/old{i}.db"))
+    _pull(coord, old)
+    assert coord.peer_cursor("gpu-1") == 5
+    old.close()
+    new = ClusterManifest(tmp_path / "new.db", "gpu-1")  # gpu-1's data root was wiped
+    try:
+        new.upsert_artifact(art("k/new0.db"))
+        new.upsert_artifact(art("k/new1.db"))
+        answer = new.changes_since(coord.peer_cursor("gpu-1"))  # since=5: sees nothing of 1..2
+        assert answer["seq"] == 2 and answer["artifacts"] == []
+        assert coord.merge_peer("gpu-1", answer) == 0
+        assert coord.peer_cursor("gpu-1") == 0  # start that peer over
+        assert _pull(coord, new) == 2
+        assert coord.peer_cursor("gpu-1") == 2
+        assert {a.path for a in coord.artifacts()} == {f"k/old{i}.db" for i in range(5)} | {
+            "k/new0.db", "k/new1.db"}  # nothing dropped
+    finally:
+        new.close()
+
+
+def test_an_answer_older_than_the_cursor_is_ignored(coord: ClusterManifest,
+                                                    manifest: ClusterManifest) -> None:
+    gpu, a = manifest, art()
+    gpu.upsert_artifact(a)
+    gpu.set_replica(Replica("games", a.path, "gpu-1", SHA_A, 5.0))
+    early = gpu.changes_since(0)
+    gpu.remove_replica("games", a.path, "gpu-1")
+    _pull(coord, gpu)
+    assert coord.replicas("games", a.path) == []
+    seq = coord.seq
+    assert coord.merge_peer("gpu-1", early) == 0  # would revive the replica
+    assert coord.replicas("games", a.path) == [] and coord.seq == seq
+    assert coord.peer_cursor("gpu-1") == gpu.seq

@@ -183,6 +183,9 @@ def test_used_bytes_counts_files_under_root(data: DataRoot) -> None:
     (data.root / "npz" / "sub" / "b.npz").write_bytes(b"y" * 50)
     data.partial_path("games", "c.db", "0" * 64).write_bytes(b"z" * 25)
     assert data.used_bytes() == 175
+    (data.state / "manifest.db").write_bytes(b"m" * 1000)  # bookkeeping: not data held
+    (data.snapshots / "s.db").write_bytes(b"s" * 10)        # a snapshot is data
+    assert data.used_bytes() == 185
 
 
 def test_prune_partials_removes_only_old_idle_parts(tmp_path: Path) -> None:

@@ -12,7 +12,8 @@ import pytest
 
 from engine.manifest import Artifact
 from engine.paths import DataRoot
-from engine.scanner import Candidate, Scanner, UnreadableArtifact, is_database, snapshot_database
+from engine.scanner import (Candidate, Scanner, UnreadableArtifact, is_database,
+                            live_snapshot_database, snapshot_database)
 
 pytestmark = pytest.mark.unit
 
@@ -362,3 +363,91 @@ def test_a_dropped_snapshot_is_remade_byte_identical_unless_the_source_changed(
     assert not s.restore_snapshot(art) and not snap.exists()
     source.unlink()
     assert not s.restore_snapshot(art)
+
+
+# -- live snapshots of databases still being written ------------------------------------------
+
+def rows_in(path: Path) -> int:
+    c = sqlite3.connect(f"{path.as_uri()}?mode=ro&immutable=1", uri=True)
+    try:
+        assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        return c.execute("SELECT COUNT(*) FROM games").fetchone()[0]
+    finally:
+        c.close()
+
+
+def file_bytes(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in directory.iterdir() if not p.name.endswith("-shm")}
+
+
+@pytest.mark.parametrize("wal", [True, False], ids=["wal", "rollback"])
+def test_live_snapshot_is_the_committed_state_and_leaves_the_writer_alone(
+        data: DataRoot, wal: bool) -> None:
+    src = data.root / "games" / "hex8_2p" / "live.db"
+    make_db(src, rows=120, wal=wal)
+    writer = sqlite3.connect(src, isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")  # a write under way: RESERVED lock, -wal or -journal
+        writer.executemany("INSERT INTO games (moves) VALUES (?)", [("x" * 300,)] * 80)
+        before = file_bytes(src.parent)
+        target = data.live_snapshots / "live.db"
+        target.parent.mkdir(parents=True)
+        assert live_snapshot_database(src, target, busy_timeout=1.0)
+        assert rows_in(target) == 120  # the uncommitted 80 rows are not in it
+        assert target.read_bytes()[18:20] == b"\x01\x01"  # the copy left WAL mode
+        assert file_bytes(src.parent) == before  # source and its journal untouched
+        writer.execute("COMMIT")
+        assert live_snapshot_database(src, target, busy_timeout=1.0)
+        assert rows_in(target) == 200
+        assert [p.name for p in target.parent.iterdir()] == ["live.db"]  # no temp left
+        mode = writer.execute("PRAGMA journal_mode").fetchone()[0]
+        assert mode == ("wal" if wal else "delete")
+    finally:
+        writer.close()
+
+
+def test_live_snapshot_gives_up_on_a_lock_held_too_long(data: DataRoot) -> None:
+    src = data.root / "games" / "busy.db"
+    make_db(src, rows=10, wal=False)
+    writer = sqlite3.connect(src, isolation_level=None)
+    try:
+        writer.execute("BEGIN EXCLUSIVE")  # not even readers get in
+        target = data.live_snapshots / "busy.db"
+        target.parent.mkdir(parents=True)
+        began = time.monotonic()
+        assert live_snapshot_database(src, target, busy_timeout=0.2) is False
+        assert time.monotonic() - began < 2.0
+        assert list(target.parent.iterdir()) == []
+    finally:
+        writer.close()
+
+
+def test_live_snapshot_of_a_closed_wal_database_creates_no_sidecars(data: DataRoot) -> None:
+    src = data.root / "games" / "closed.db"
+    make_db(src, rows=30, wal=True)  # writer closed: no -wal, no -shm
+    assert src.read_bytes()[18:20] == b"\x02\x02"
+    before = listing(src.parent)
+    target = data.live_snapshots / "closed.db"
+    target.parent.mkdir(parents=True)
+    assert live_snapshot_database(src, target)
+    assert listing(src.parent) == before
+    assert rows_in(target) == 30
+
+
+def test_live_databases_are_the_unfinished_ones_under_games(data: DataRoot) -> None:
+    now = time.time()
+    make_db(data.root / "games" / "k" / "fresh.db", rows=1, wal=False)       # just written
+    old = data.root / "games" / "k" / "old.db"
+    make_db(old, rows=1, wal=False)
+    os.utime(old, (now - 100, now - 100))                                    # finished
+    held = data.root / "games" / "k" / "held.sqlite"
+    make_db(held, rows=1, wal=False)
+    os.utime(held, (now - 100, now - 100))
+    held.with_name("held.sqlite-journal").write_bytes(b"j")                  # open writer
+    write(data, "games", "k/.hidden.db")
+    write(data, "games", "k/skip.db.tmp")
+    write(data, "games", "k/notes.txt")
+    write(data, "npz", "k/fresh.db")                                         # not games/
+    found = scanner(data).live_databases(now=now)
+    assert sorted(rel for rel, _ in found) == ["k/fresh.db", "k/held.sqlite"]
+    assert dict(found)["k/fresh.db"] == data.root / "games" / "k" / "fresh.db"

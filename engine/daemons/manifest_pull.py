@@ -1,0 +1,167 @@
+"""ManifestPuller: the coordinator learns every node's replicas by deltas.
+
+Coordinator only. Every ``membership.interval_seconds`` it asks each node that membership
+does not report down for ``GET /v1/manifest?since=<cursor>&limit=2000`` and applies the
+answer with ``ClusterManifest.merge_peer`` (which keeps the cursor and decides what a node is
+believed about: only its own replicas, artifacts and deletions). While an answer says
+``complete: false`` it asks again from the new cursor, up to ``MAX_PAGES`` answers a round.
+Never a full-state exchange: a quiet node answers with no rows.
+
+Bounded: at most one pull per node at a time (a slow node does not hold up the others; its
+next pull starts in the first round after the last one ended). A node that does not answer
+is logged at debug and asked again next round; membership reports it down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from engine.health import HealthCheckResult
+from engine.manifest.store import TABLES
+
+if TYPE_CHECKING:
+    from engine.node import Node
+
+log = logging.getLogger(__name__)
+
+PAGE_LIMIT = 2000
+"""Rows per table in one answer."""
+MAX_PAGES = 25
+"""Answers taken from one node in one round; the rest comes next round."""
+REQUEST_TIMEOUT_SECONDS = 30.0
+
+
+class PullError(Exception):
+    """A node's answer could not be had (unreachable, not 200, not JSON)."""
+
+
+@dataclass
+class PeerPull:
+    """What the puller knows about one node's manifest."""
+
+    name: str
+    requests: int = 0
+    """Answers asked for (failed ones included)."""
+    rows_received: int = 0
+    """Rows in the answers (every table, also those not merged)."""
+    rows_merged: int = 0
+    """Local rows the answers changed."""
+    last_pull_at: float | None = None
+    """When the last pull ended without an error."""
+    last_error: str | None = None
+    """The last pull's error; None once a pull succeeds."""
+    merge_error: bool = False
+    """The last error was this node's manifest failing to apply an answer (not the network)."""
+
+    def to_dict(self, cursor: int, in_flight: bool) -> dict[str, Any]:
+        return {"cursor": cursor, "requests": self.requests, "rows_received": self.rows_received,
+                "rows_merged": self.rows_merged, "last_pull_at": self.last_pull_at,
+                "last_error": self.last_error, "in_flight": in_flight}
+
+
+class ManifestPuller:
+    """Runs on the coordinator next to membership; started and stopped by the Node."""
+
+    def __init__(self, node: "Node") -> None:
+        self.node = node
+        self.interval = node.config.membership.interval_seconds
+        self.peers: dict[str, PeerPull] = {
+            name: PeerPull(name) for name in node.config.hosts if name != node.name}
+        self.rounds = 0
+        self._task: asyncio.Task[None] | None = None
+        self._pulls: dict[str, asyncio.Task[None]] = {}
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="manifest-pull")
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._task, *self._pulls.values()) if t is not None]
+        self._task = None
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._pulls.clear()
+
+    async def _run(self) -> None:
+        while True:
+            started = time.monotonic()
+            self.round()
+            await asyncio.sleep(max(0.05, self.interval - (time.monotonic() - started)))
+
+    def round(self) -> None:
+        """Start a pull of every node that is not down and has none running."""
+        self.rounds += 1
+        membership = self.node.membership
+        for name, peer in self.peers.items():
+            if name in self._pulls or (membership is not None and membership.is_down(name)):
+                continue
+            task = asyncio.create_task(self.pull(peer), name=f"manifest-pull:{name}")
+            self._pulls[name] = task
+            task.add_done_callback(lambda _t, n=name: self._pulls.pop(n, None))
+
+    async def pull(self, peer: PeerPull) -> None:
+        """Ask one node for what changed since its cursor until it has nothing more."""
+        manifest = self.node.manifest
+        url = f"{self.node.config.host(peer.name).url}/v1/manifest"
+        timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS)
+        for _page in range(MAX_PAGES):
+            since = manifest.peer_cursor(peer.name)
+            peer.requests += 1
+            try:
+                answer = await self._fetch(url, since, timeout)
+            except PullError as exc:
+                peer.last_error, peer.merge_error = str(exc), False
+                log.debug("manifest pull from %s failed: %s", peer.name, exc)
+                return
+            try:
+                changed = manifest.merge_peer(peer.name, answer)
+            except Exception as exc:  # a bad answer or a local database error: keep going
+                peer.last_error = f"merge: {type(exc).__name__}: {exc}"
+                peer.merge_error = True
+                log.warning("cannot merge %s's manifest delta: %s", peer.name, peer.last_error)
+                return
+            peer.rows_received += sum(len(answer.get(t) or ()) for t in TABLES)
+            peer.rows_merged += changed
+            peer.last_error, peer.merge_error = None, False
+            peer.last_pull_at = time.time()
+            cursor = manifest.peer_cursor(peer.name)
+            if cursor == since or (answer.get("complete") and cursor == answer.get("seq")):
+                return  # up to date (or no progress to be made now)
+
+    async def _fetch(self, url: str, since: int, timeout: aiohttp.ClientTimeout) -> dict[str, Any]:
+        params = {"since": str(since), "limit": str(PAGE_LIMIT)}
+        try:
+            async with self.node.session.get(url, params=params, timeout=timeout) as resp:
+                if resp.status != 200:
+                    raise PullError(f"/v1/manifest answered {resp.status}")
+                answer = await resp.json()
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            raise PullError(f"{type(exc).__name__}: {exc}".strip(": ")) from exc
+        if not isinstance(answer, dict) or not isinstance(answer.get("seq"), int):
+            raise PullError("/v1/manifest answered without a seq")
+        return answer
+
+    def status(self) -> dict[str, Any]:
+        manifest = self.node.manifest
+        return {"interval": self.interval, "rounds": self.rounds,
+                "peers": {name: peer.to_dict(manifest.peer_cursor(name), name in self._pulls)
+                          for name, peer in self.peers.items()}}
+
+    def health_check(self) -> HealthCheckResult:
+        failing = sorted(n for n, p in self.peers.items() if p.last_error)
+        broken = sorted(n for n, p in self.peers.items() if p.merge_error)
+        if broken:
+            message = f"cannot merge the manifest of {', '.join(broken)}"
+        elif failing:
+            message = f"{len(failing)} node(s) not answering: {', '.join(failing)}"
+        else:
+            message = "pulling every node's manifest deltas"
+        return HealthCheckResult(not broken, message, {
+            "failing": failing, "merge_errors": broken, "rounds": self.rounds,
+            "interval": self.interval})

@@ -1,0 +1,208 @@
+"""SyncPushDaemon: disk pressure on a producing node, handled without losing data.
+
+Every ``push.interval_seconds`` it measures usage against the node's capacity (its quota
+when one is configured, else its disk) and acts on the level it finds:
+
+    below push_percent (50)    normal: routine sync only (AutoSyncDaemon -> coordinator)
+    >= push_percent            push: bring the oldest finished artifacts, ``batch_files`` per
+                               cycle, up to ``min_copies_before_delete`` verified copies on
+                               other nodes: the router's targets (the coordinator) first,
+                               then ``SyncRouter.replica_targets`` by free space
+    >= urgent_percent (70)     urgent: the same with ``urgent_batch_files`` per cycle, and each
+                               push takes a transfer slot ahead of normal pushes
+    >= cleanup_percent (75)    cleanup: also delete own sources that enough other nodes vouch
+                               for, asked live (``engine.daemons.cleanup``), oldest first,
+                               until usage is under cleanup_percent again
+
+A level change is a DISK_PRESSURE_CHANGED event. Pushes are the one push path
+(``Recovery.replicate`` -> ``AutoSyncDaemon._push_one``), with reason ``disk_pressure`` and
+the urgency on DATA_SYNC_STARTED / DATA_SYNC_COMPLETED. A paused node neither pushes nor
+deletes. It runs on every node but the coordinator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from engine.aio import wait_event
+from engine.config.schema import PushThresholds
+from engine.daemons.cleanup import Cleaner, CleanupReport
+from engine.events import DiskPressureChanged
+from engine.health import HealthCheckResult
+
+if TYPE_CHECKING:
+    from engine.node import Node
+
+log = logging.getLogger(__name__)
+
+LEVELS = ("normal", "push", "urgent", "cleanup")
+REASON = "disk_pressure"
+
+
+HYSTERESIS_PERCENT = 2.0
+"""A level is left downwards only this far below its threshold, so usage hovering around a
+threshold does not flap between levels (and events)."""
+
+
+def pressure_level(percent: float, thresholds: PushThresholds, current: str = "normal") -> str:
+    """The level for ``percent`` used: normal, push, urgent or cleanup. Coming from ``current``,
+    a lower level needs usage ``HYSTERESIS_PERCENT`` below ``current``'s threshold."""
+    bounds = {"push": thresholds.push_percent, "urgent": thresholds.urgent_percent,
+              "cleanup": thresholds.cleanup_percent}
+    level = "normal"
+    for name in ("push", "urgent", "cleanup"):
+        if percent >= bounds[name]:
+            level = name
+    if LEVELS.index(level) < LEVELS.index(current) and \
+            percent >= bounds[current] - HYSTERESIS_PERCENT:
+        return current
+    return level
+
+
+class SyncPushDaemon:
+    """Pushes under disk pressure and cleans up behind verified copies, for one node."""
+
+    def __init__(self, node: "Node") -> None:
+        self.node = node
+        self.thresholds = node.config.push
+        """push/urgent/cleanup percentages and min_copies_before_delete."""
+        self.level = "normal"
+        """The level found by the last cycle."""
+        self.percent = 0.0
+        """Usage found by the last cycle, in percent of capacity."""
+        self.cleaner = Cleaner(node)
+        """Deletes sources behind live-vouched copies at the cleanup level."""
+        self.last_cleanup: CleanupReport | None = None
+        self.totals = {"cycles": 0, "pushed_files": 0, "pushed_bytes": 0}
+        """Running counts since start (pushes made because of disk pressure)."""
+        self.last_error: str | None = None
+        self.down_peers: frozenset[str] = frozenset()
+        """Nodes the coordinator's membership reported down at the last cycle under pressure
+        (replica targets skip them)."""
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._batch: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"sync-push:{self.node.name}")
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._task, self._batch) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._task = self._batch = None
+
+    def wake(self) -> None:
+        """Measure and act now instead of at the next interval."""
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.run_cycle()
+            except Exception as exc:  # keep the daemon alive; the failure is visible
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("push cycle failed on %s", self.node.name)
+            await wait_event(self._wake, self.thresholds.interval_seconds)
+            self._wake.clear()
+
+    async def run_cycle(self) -> None:
+        """Measure, set the level, clean up at the cleanup level, and start the next batch
+        of pressure pushes unless one is still running (pushes never delay measuring)."""
+        node = self.node
+        disk = await node.refresh_disk()
+        self._set_level(pressure_level(disk["percent"], self.thresholds, self.level), disk)
+        self.totals["cycles"] += 1
+        if self.level == "normal" or node.daemon.paused:
+            return
+        if self.level == "cleanup":
+            self.last_cleanup = await self.cleaner.run(REASON)
+        if self._batch is None or self._batch.done():
+            await self._learn_cluster()
+            urgent = self.level in ("urgent", "cleanup")
+            self._batch = asyncio.create_task(self._push_batch(urgent),
+                                              name=f"sync-push-batch:{node.name}")
+
+    async def _push_batch(self, urgent: bool) -> None:
+        """Bring the oldest under-replicated own artifacts towards min_copies; wakes the daemon
+        at once when a full batch went out and more is waiting."""
+        batch = self.thresholds.urgent_batch_files if urgent else self.thresholds.batch_files
+        recovery = self.node.daemon.recovery
+        try:
+            found = [s for s in recovery.shortfalls() if not s.stored_copy]
+            arrived = await recovery.replicate(found, REASON, "urgent" if urgent else "normal",
+                                               batch)
+        except Exception as exc:  # the next cycle starts another batch
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.exception("pressure pushes failed on %s", self.node.name)
+            return
+        for arts in arrived.values():
+            self.totals["pushed_files"] += len(arts)
+            self.totals["pushed_bytes"] += sum(a.size for a in arts)
+        if arrived and len(found) > batch:
+            self._wake.set()
+
+    async def _learn_cluster(self) -> None:
+        """Take the coordinator's membership view: which nodes are down, and every node's
+        used/total bytes (so replica targets are chosen by free space). Best effort: without
+        an answer the last view stands."""
+        node = self.node
+        url = f"{node.config.coordinator.url}/v1/cluster"
+        try:
+            async with node.session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                view = await resp.json() if resp.status == 200 else {}
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            log.debug("no cluster view from the coordinator: %s", exc)
+            return
+        members = view.get("members") if isinstance(view, dict) else None
+        if not isinstance(members, dict):
+            return
+        down = set()
+        for name, member in members.items():
+            if name not in node.config.hosts or not isinstance(member, dict):
+                continue
+            if member.get("state") == "down":
+                down.add(name)
+            disk = (member.get("status") or {}).get("disk") or {}
+            if isinstance(disk.get("used_bytes"), int) and isinstance(disk.get("total_bytes"), int):
+                node.manifest.set_capacity(name, disk["used_bytes"], disk["total_bytes"])
+        self.down_peers = frozenset(down)
+
+    def _set_level(self, level: str, disk: dict[str, Any]) -> None:
+        self.percent = disk["percent"]
+        if level == self.level:
+            return
+        previous, self.level = self.level, level
+        log.info("%s disk pressure %s -> %s at %.1f%%", self.node.name, previous, level,
+                 disk["percent"])
+        self.node.events.emit(DiskPressureChanged(
+            node=self.node.name, level=level, previous=previous, percent=disk["percent"],
+            used_bytes=disk["used_bytes"], total_bytes=disk["total_bytes"]))
+
+    # -- reporting --------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        last = self.last_cleanup
+        return {"level": self.level, "percent": self.percent,
+                "interval_seconds": self.thresholds.interval_seconds, **self.totals,
+                "cleanup": {**self.cleaner.totals, "last": None if last is None else {
+                    "deleted": len(last.deleted), "freed_bytes": last.freed_bytes,
+                    "percent_before": last.percent_before, "percent_after": last.percent_after,
+                    "short_of_copies": last.short_of_copies, "unfinished": last.unfinished,
+                    "busy": last.busy}},
+                "last_error": self.last_error, "time": time.time()}
+
+    def health_check(self) -> HealthCheckResult:
+        details = {"level": self.level, "percent": self.percent}
+        last = self.last_cleanup
+        if self.level == "cleanup" and last is not None and last.percent_after >= \
+                self.thresholds.cleanup_percent:
+            return HealthCheckResult(False, f"disk at {self.percent:.1f}%: cleanup is short of "
+                                     f"verified copies for {last.short_of_copies} artifacts",
+                                     details)
+        return HealthCheckResult(True, f"disk pressure {self.level}", details)

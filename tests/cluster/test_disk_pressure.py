@@ -1,0 +1,206 @@
+"""Disk pressure on a real cluster: push at 50 %, urgent at 70 %, clean at 75 %, lose nothing.
+
+Every node is its own process; the GPU node's quota is small so a test writer (this test
+process, not ringsync) fills it. A source may be deleted only when min_copies (2) other
+nodes vouch for it when asked at that moment, so each test checks what is on disk
+afterwards, and the negative cases (a tampered copy, a holder that is down, a file held
+open) would delete data if the engine trusted its memory.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.config.schema import PushThresholds
+from engine.daemons.push import pressure_level
+from tests.support.cluster import Cluster, wait_for
+from tests.support.files import sha_of, write
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
+
+KIB = 1024
+
+
+def game_db(cluster: Cluster, node: str, rel: str, games: int, blob: int) -> dict[str, bytes]:
+    """A finished games database (written, committed, closed); returns its rows."""
+    path = cluster.data_root(node) / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = {f"{path.stem}-g{i}": os.urandom(blob) for i in range(games)}
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE games(game_id TEXT PRIMARY KEY, moves BLOB)")
+    db.executemany("INSERT INTO games VALUES (?, ?)", rows.items())
+    db.commit()
+    db.close()
+    return rows
+
+
+def db_rows(path: Path) -> dict[str, bytes] | None:
+    """The rows of an intact database copy, or None when it is missing or unsound."""
+    if not path.exists():
+        return None
+    db = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
+    try:
+        if db.execute("PRAGMA integrity_check").fetchone()[0] != "ok":
+            return None
+        return dict(db.execute("SELECT game_id, moves FROM games"))
+    finally:
+        db.close()
+
+
+def levels(cluster: Cluster, node: str) -> list[str]:
+    return [e["payload"]["level"] for e in cluster.events(node, "DISK_PRESSURE_CHANGED")]
+
+
+def deleted(cluster: Cluster, node: str) -> dict[str, list[str]]:
+    """artifact -> vouching holders, from the node's ARTIFACT_DELETED events."""
+    return {e["payload"]["artifact"]: e["payload"]["vouched_by"]
+            for e in cluster.events(node, "ARTIFACT_DELETED")}
+
+
+def holders(cluster: Cluster, node: str, path: str) -> set[str]:
+    for art in cluster.get_json(node, "/v1/artifacts?limit=5000")["artifacts"]:
+        if art["path"] == path:
+            return {r["node"] for r in art["replicas"]
+                    if r["verified_at"] and r["sha256"] == art["sha256"] and r["node"] != node}
+    return set()
+
+
+def test_a_filling_gpu_node_pushes_goes_urgent_cleans_and_loses_no_game(make_cluster) -> None:
+    cluster = make_cluster(gpus=2, cpus=1, quota="64MiB", config={
+        "hosts": {"gpu-1": {"disk_quota": "2MiB"}},
+        "push": {"interval_seconds": 0.3, "batch_files": 2, "urgent_batch_files": 8}})
+    gpu = cluster.data_root("gpu-1")
+    npz: dict[str, str] = {}
+    dbs: dict[str, dict[str, bytes]] = {}
+    # A finished file some process still holds open: pushed, never deleted.
+    held = write(cluster, "gpu-1", "npz/hex8_2p/held-open.npz", os.urandom(60 * KIB))
+    npz["npz/hex8_2p/held-open.npz"] = sha_of(held)
+    with open(held, "rb"):
+        for i in range(36):  # ~3.6 MiB into a 2 MiB quota, ~0.1 MiB at a time
+            if i % 3 == 0:
+                dbs[f"games/hex8_2p/d{i:02d}.db"] = game_db(cluster, "gpu-1",
+                                                            f"games/hex8_2p/d{i:02d}.db", 8, 12 * KIB)
+            else:
+                rel = f"npz/hex8_2p/f{i:02d}.npz"
+                npz[rel] = sha_of(write(cluster, "gpu-1", rel, os.urandom(100 * KIB)))
+            time.sleep(0.25)
+        wait_for(lambda: "cleanup" in levels(cluster, "gpu-1"), 30, what="the cleanup level")
+        wait_for(lambda: cluster.status("gpu-1")["push"]["percent"] < 75, 60,
+                 what="usage back under 75 %")
+        assert held.exists(), "a file held open by a process was deleted"
+
+    # push first; urgent and cleanup reached (a big write may go from push straight to
+    # cleanup, and urgent then comes on the way down); every change at the right percentage
+    changes = [e["payload"] for e in cluster.events("gpu-1", "DISK_PRESSURE_CHANGED")]
+    assert changes[0]["level"] == "push" and changes[0]["previous"] == "normal", changes
+    assert {c["level"] for c in changes} >= {"push", "urgent", "cleanup"}, changes
+    thresholds = PushThresholds()
+    for change in changes:
+        assert pressure_level(change["percent"], thresholds, change["previous"]) == \
+            change["level"], change
+
+    gone = deleted(cluster, "gpu-1")
+    assert len(gone) >= 10, gone
+    for artifact, vouched in gone.items():
+        assert len(set(vouched)) >= 2 and "gpu-1" not in vouched, (artifact, vouched)
+        assert not (gpu / artifact).exists()
+    roots = {name: cluster.data_root(name) for name in cluster.nodes}
+
+    def short() -> list[tuple[str, set[str]]]:
+        """Files not present and intact on at least 2 nodes (gpu-1's own copy included)."""
+        out = []
+        for rel, sha in npz.items():
+            intact = {n for n, root in roots.items()
+                      if (root / rel).exists() and sha_of(root / rel) == sha}
+            out += [(rel, intact)] if len(intact) < 2 else []
+        for rel, rows in dbs.items():
+            intact = {n for n, root in roots.items() if db_rows(root / rel) == rows}
+            out += [(rel, intact)] if len(intact) < 2 else []
+        return out
+
+    # the newest files may still be on their way to a second node
+    wait_for(lambda: not short(), 30, what=f"every file intact on 2 nodes: {short()}")
+    for rel in dbs:
+        shas = {sha_of(root / rel) for n, root in roots.items()
+                if n != "gpu-1" and (root / rel).exists()}
+        assert len(shas) == 1, (rel, shas)  # every replica is the same snapshot
+
+    pushed = [e["payload"] for e in cluster.events("gpu-1", "DATA_SYNC_COMPLETED")
+              if e["payload"]["reason"] == "disk_pressure"]
+    assert {p["urgency"] for p in pushed} >= {"normal", "urgent"}, pushed
+    started = [e["payload"] for e in cluster.events("gpu-1", "DATA_SYNC_STARTED")
+               if e["payload"]["reason"] == "disk_pressure"]
+    assert started and all(p["files"] >= 1 for p in started)
+    runs = [e["payload"] for e in cluster.events("gpu-1", "CLEANUP_COMPLETED")]
+    assert sum(r["deleted"] for r in runs) == len(gone) and all(r["required"] == 2 for r in runs)
+    assert any(r["unfinished"] >= 1 for r in runs)  # the held-open file was looked at, and left
+    # the manifest logs each deletion with its vouching holders, and travels as a delta
+    rows = cluster.get_json("gpu-1", "/v1/manifest?since=0")["deletions"]
+    assert {f"{r['data_type']}/{r['path']}": sorted(__import__("json").loads(r["vouched_by"]))
+            for r in rows} == {a: sorted(v) for a, v in gone.items()}
+
+
+def _tamper_in_place(path: Path) -> None:
+    """Flip bytes in the middle of a file, keeping its size and mtime (like bit rot)."""
+    st = path.stat()
+    with open(path, "r+b") as fh:
+        fh.seek(st.st_size // 2)
+        data = fh.read(16)
+        fh.seek(st.st_size // 2)
+        fh.write(bytes(b ^ 0xFF for b in data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _cleanups(cluster: Cluster, node: str) -> list[dict[str, Any]]:
+    return [e["payload"] for e in cluster.events(node, "CLEANUP_COMPLETED")]
+
+
+def test_only_live_vouches_count_a_tampered_copy_and_a_down_holder_do_not(make_cluster) -> None:
+    cluster = make_cluster(gpus=1, cpus=1, quota="64MiB", config={
+        "hosts": {"gpu-1": {"disk_quota": "1MiB"}},
+        "push": {"interval_seconds": 0.3, "vouch_max_age_seconds": 0}})
+    size = 200 * KIB
+    a = write(cluster, "gpu-1", "npz/k/a.npz", os.urandom(size))
+    time.sleep(0.3)
+    b = write(cluster, "gpu-1", "npz/k/b.npz", os.urandom(2 * size))  # 60 %: push level
+    for path in ("k/a.npz", "k/b.npz"):
+        wait_for(lambda p=path: holders(cluster, "gpu-1", p) == {"coord", "cpu-1"}, 20,
+                 what=f"{path} on coord and cpu-1")
+
+    # 1. cpu-1's copy of a rots (same size, same mtime): the manifest still says verified.
+    _tamper_in_place(cluster.data_root("cpu-1") / "npz/k/a.npz")
+    c = write(cluster, "gpu-1", "npz/k/c.npz", os.urandom(size + 100 * KIB))  # ~90 %: cleanup
+    wait_for(lambda: "npz/k/b.npz" in deleted(cluster, "gpu-1"), 20, what="b deleted")
+    assert a.exists(), "a was deleted on the manifest's word while cpu-1's copy no longer matches"
+    assert sorted(deleted(cluster, "gpu-1")["npz/k/b.npz"]) == ["coord", "cpu-1"]
+    assert "npz/k/a.npz" not in deleted(cluster, "gpu-1")
+    assert not b.exists()
+
+    # 2. cpu-1 goes down (a + c = 49 %): nothing it would have to vouch for is deleted.
+    cluster.stop_node("cpu-1")
+    runs_before = len(_cleanups(cluster, "gpu-1"))
+    d = write(cluster, "gpu-1", "npz/k/d.npz", os.urandom(2 * size))  # ~88 %
+    wait_for(lambda: len(_cleanups(cluster, "gpu-1")) >= runs_before + 5, 20,
+             what="cleanup runs while cpu-1 is down")
+    assert set(deleted(cluster, "gpu-1")) == {"npz/k/b.npz"}
+    assert a.exists() and c.exists() and d.exists()
+    assert all(r["short_of_copies"] >= 1 for r in _cleanups(cluster, "gpu-1")[runs_before:])
+    health = cluster.request("gpu-1", "GET", "/health")  # over 75 % and stuck: says so
+    assert health.status == 503 and "short of verified copies" in health.json()["details"][
+        "sync_push"]["message"]
+
+    # 3. cpu-1 is back: c reaches it, coord and cpu-1 vouch, c goes (59 %); a never does.
+    cluster.start_node("cpu-1")
+    wait_for(lambda: "npz/k/c.npz" in deleted(cluster, "gpu-1"), 30,
+             what="c deleted once cpu-1 vouches again")
+    wait_for(lambda: cluster.status("gpu-1")["push"]["percent"] < 75, 30, what="under 75 %")
+    assert a.exists()
+    for artifact, vouched in deleted(cluster, "gpu-1").items():
+        assert sorted(vouched) == ["coord", "cpu-1"], (artifact, vouched)
