@@ -1,9 +1,11 @@
-"""Writing received bytes with little CPU: positional writes, block reservation, early writeback."""
+"""Writing received bytes with little CPU (positional writes, block reservation, early
+writeback), and putting a verified file in place durably (link, replace, directory fsync)."""
 
 from __future__ import annotations
 
 import ctypes
 import os
+from pathlib import Path
 
 _FALLOC_FL_KEEP_SIZE = 1
 try:
@@ -33,3 +35,29 @@ def write_at(fd: int, pieces: list[bytes], position: int) -> int:
     if hasattr(os, "posix_fadvise"):
         os.posix_fadvise(fd, start, position - start, os.POSIX_FADV_DONTNEED)
     return position
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename, link or unlink in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def publish(part: Path, final: Path) -> None:
+    """Give a verified part its final name without ever replacing an existing file
+    (raises FileExistsError instead)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.link(part, final)
+    os.unlink(part)
+    fsync_dir(final.parent)
+
+
+def replace_live(part: Path, target: Path) -> None:
+    """Make a verified live snapshot the newest one of its (origin, path). The one place a
+    file is replaced: the path is keyed by the sending node, so no two senders collide."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(part, target)
+    fsync_dir(target.parent)

@@ -34,6 +34,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from engine.diskio import fsync_dir
 from engine.events import ArtifactDeleted, CleanupCompleted
 from engine.manifest import Artifact
 from engine.openfiles import open_inodes
@@ -189,7 +190,7 @@ class Cleaner:
             _put_back(trash, source)
             return None
         os.unlink(trash)
-        _fsync_dir(source.parent)
+        fsync_dir(source.parent)
         freed = after.st_size
         snapshot = self.node.daemon.scanner.snapshot_path(art.data_type, art.path)
         if is_database(art.path) and snapshot.exists():
@@ -222,11 +223,3 @@ def _put_back(trash: Path, source: Path) -> None:
                   source, trash)
         return
     os.unlink(trash)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

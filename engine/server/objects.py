@@ -22,8 +22,6 @@ deleted when the finished artifact itself arrives.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,10 +30,10 @@ from aiohttp import web
 
 from engine import diskio
 from engine.events import DataSyncCompleted, DataSyncFailed, ReplicaQuarantined
-from engine.hashing import sha256_prefix
 from engine.manifest import Artifact, SyncReceipt
 from engine.paths import UnsafePath
 from engine.scanner import is_database
+from engine.server.body import receive_body
 from engine.server.context import node_of
 from engine.sqlite_check import check_database_async, quarantine_file
 from engine.transfers import Transfer
@@ -169,7 +167,7 @@ async def put_object(request: web.Request) -> web.Response:
                                     offset=offset)
     try:
         try:
-            digest = await _receive(request, part, offset, size,
+            digest = await receive_body(request, part, offset, size,
                                     node.config.transfer.chunk_bytes, transfer)
         except web.HTTPException as exc:
             node.transfers.finish(transfer, error=exc.text or exc.reason)
@@ -199,10 +197,10 @@ async def put_object(request: web.Request) -> web.Response:
                                              result.describe(), transfer)
         if live_origin is not None:
             target = node.data.live_path(live_origin, data_type, rel)
-            await asyncio.to_thread(_replace_live, part, target)
+            await asyncio.to_thread(diskio.replace_live, part, target)
         else:
             try:
-                await asyncio.to_thread(_publish, part, final)
+                await asyncio.to_thread(diskio.publish, part, final)
             except FileExistsError:
                 part.unlink(missing_ok=True)
                 node.transfers.finish(transfer, error="lost a race with another upload")
@@ -271,98 +269,6 @@ async def _drop_live(node: "Node", request: web.Request, data_type: str, rel: st
     except UnsafePath:
         return
     await asyncio.to_thread(live.unlink, missing_ok=True)
-
-
-async def _receive(request: web.Request, part: Path, offset: int, size: int, chunk: int,
-                   transfer: Transfer) -> str:
-    """Append the body to ``part`` while hashing; returns the hex digest of the whole object.
-
-    The body's pieces are taken as aiohttp parsed them (``readchunk``: no joining, no
-    copying) in batches of about ``chunk`` bytes. Each batch is written and hashed in a
-    worker thread (both release the GIL) while the loop reads the next batch, so
-    receive, write and hash overlap; aiohttp buffers up to two chunks meanwhile, so
-    about four chunks are in memory at most. If the sender goes away, every byte that
-    was handed over is still written, so a resume loses nothing.
-    """
-    hasher = hashlib.sha256()
-    if offset:
-        await asyncio.to_thread(sha256_prefix, part, offset, hasher)
-    loop = asyncio.get_running_loop()
-    content = request.content
-    set_chunk = getattr(content, "set_read_chunk_size", None)  # aiohttp >= 3.14
-    if set_chunk is not None:
-        set_chunk(chunk)
-    pending: asyncio.Future[None] | None = None
-    batch: list[bytes] = []
-    batched, position = 0, offset
-    # Opened without leaving the loop: a hang-up is not processed before the bytes
-    # already buffered are taken.
-    fd = os.open(part, os.O_WRONLY | os.O_CREAT | (0 if offset else os.O_TRUNC), 0o644)
-    diskio.reserve(fd, offset, size - offset)
-
-    async def hand_off() -> None:
-        nonlocal pending, batch, batched, position
-        pieces, n = batch, batched
-        batch, batched = [], 0
-        if pending is not None:
-            await pending
-        pending = loop.run_in_executor(None, _write_and_hash, fd, hasher, pieces, position)
-        position += n
-        transfer.done += n
-
-    try:
-        try:
-            while True:
-                data, _ = await content.readchunk()
-                if not data:
-                    if content.at_eof():
-                        break
-                    continue
-                if transfer.offset + transfer.done + batched + len(data) > size:
-                    raise _bad(web.HTTPBadRequest, "body longer than declared size")
-                batch.append(data)
-                batched += len(data)
-                if batched >= chunk:
-                    await hand_off()
-        finally:  # also when the sender went away: keep every byte that arrived
-            if batch:
-                await hand_off()
-            if pending is not None:
-                await pending
-        await asyncio.to_thread(os.fsync, fd)
-    finally:
-        os.close(fd)
-    return hasher.hexdigest()
-
-
-def _write_and_hash(fd: int, hasher: "hashlib._Hash", pieces: list[bytes], position: int) -> None:
-    diskio.write_at(fd, pieces, position)
-    for data in pieces:
-        hasher.update(data)
-
-
-def _publish(part: Path, final: Path) -> None:
-    """Give the verified part its final name without ever replacing an existing file."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    os.link(part, final)  # raises FileExistsError instead of overwriting
-    os.unlink(part)
-    dir_fd = os.open(final.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def _replace_live(part: Path, target: Path) -> None:
-    """Make a verified live snapshot the newest one of its (origin, path). The one place a
-    file is replaced: the path is keyed by the sending node, so no two senders collide."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(part, target)
-    dir_fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def add_routes(app: web.Application) -> None:
