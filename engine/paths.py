@@ -18,6 +18,8 @@ import hashlib
 import os
 from pathlib import Path, PurePosixPath
 
+from engine.hashing import sha256_file
+
 DATA_TYPES = ("games", "npz", "models")
 """The artifact kinds a node stores, one directory each under the data root."""
 
@@ -81,6 +83,27 @@ class DataRoot:
             n += 1
             candidate = base.with_name(f"{base.name}.{n}")
         return candidate
+
+    def quarantine_file(self, data_type: str, rel: str, file: Path,
+                        sha256: str | None = None) -> Path:
+        """Move ``file``, a bad copy of ``<data_type>/<rel>``, under the quarantine (same
+        filesystem: an atomic rename) and return where it now is. Given its ``sha256``, an
+        earlier quarantined copy with the same bytes is kept instead and ``file`` dropped, so
+        a sender retrying the same bad bytes cannot fill the disk."""
+        if sha256 is not None:
+            size = file.stat().st_size
+            base = self.quarantine.joinpath(data_type, *check_relative(rel).parts)
+            earlier, n = base, 0
+            while earlier.exists():
+                if earlier.stat().st_size == size and sha256_file(earlier) == sha256:
+                    file.unlink()
+                    return earlier
+                n += 1
+                earlier = base.with_name(f"{base.name}.{n}")
+        target = self.quarantine_path(data_type, rel)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(file, target)
+        return target
 
     def live_path(self, origin: str, data_type: str, rel: str) -> Path:
         """Where the newest live snapshot of ``<data_type>/<rel>`` sent by ``origin`` is kept;

@@ -3,25 +3,19 @@
 ``check_database`` opens the file read-only and immutable (``file:…?mode=ro&immutable=1``:
 no locks taken, no -wal/-shm file created next to it) and runs ``PRAGMA integrity_check``
 on a file of at most ``integrity_max_bytes``, else the cheaper ``PRAGMA quick_check``. Only
-the single answer ``ok`` passes; a file SQLite cannot read as a database fails too.
-
-``quarantine_file`` moves a copy that failed under ``.ringsync/quarantine/`` (kept for
-inspection, never published), keeping one file per distinct content so that a sender
-retrying the same bad bytes does not fill the disk.
+the single answer ``ok`` passes; a file SQLite cannot read as a database fails too. A copy
+that fails goes to ``DataRoot.quarantine_file``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from engine.hashing import sha256_file
-from engine.paths import DataRoot, check_relative
 
 PROGRESS_OPS = 10_000
 """SQLite VM steps between looks at the cancel flag."""
@@ -78,25 +72,3 @@ async def check_database_async(path: Path, integrity_max_bytes: int) -> CheckRes
     except asyncio.CancelledError:
         cancel.set()
         raise
-
-
-def quarantine_file(data: DataRoot, data_type: str, rel: str, file: Path, sha256: str) -> Path:
-    """Move ``file`` (a rejected copy of ``<data_type>/<rel>`` whose SHA-256 is ``sha256``)
-    under the quarantine directory and return where it is. When the same bytes were
-    quarantined before, ``file`` is dropped and the earlier copy's path returned."""
-    size = file.stat().st_size
-    base = data.quarantine.joinpath(data_type, *check_relative(rel).parts)
-    earlier, n = base, 0
-    while earlier.exists():
-        try:
-            if earlier.stat().st_size == size and sha256_file(earlier) == sha256:
-                file.unlink()
-                return earlier
-        except OSError:
-            pass
-        n += 1
-        earlier = base.with_name(f"{base.name}.{n}")
-    target = data.quarantine_path(data_type, rel)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.rename(file, target)  # both under the data root's state: same filesystem, atomic
-    return target

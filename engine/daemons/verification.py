@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -104,9 +103,7 @@ class ReplicaVerifier:
 
     def _quarantine(self, art: Artifact, file: Path) -> str:
         """Move a bad copy under the quarantine directory; returns its path under the data root."""
-        target = self.node.data.quarantine_path(art.data_type, art.path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(file, target)  # same filesystem (both under the data root): atomic
+        target = self.node.data.quarantine_file(art.data_type, art.path, file)
         return target.relative_to(self.node.data.root).as_posix()
 
     def _stop_counting(self, art: Artifact, actual: str | None, moved: str | None) -> None:

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine.demo.ledger import sha256_file, append_ledger, read_ledger
+from engine.diskio import fsync_dir
 
 if TYPE_CHECKING:
     import numpy as np
@@ -58,14 +59,6 @@ CREATE TABLE IF NOT EXISTS games(game_id TEXT PRIMARY KEY, config_key TEXT, boar
 CREATE TABLE IF NOT EXISTS moves(game_id TEXT, move_no INTEGER, player INTEGER, move TEXT,
     PRIMARY KEY(game_id, move_no));
 """
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _players(config_key: str) -> int:
@@ -160,7 +153,7 @@ class SelfPlayGenerator:
             return
         self._conn.close()
         self._conn = None
-        _fsync_dir(self._db_path.parent)
+        fsync_dir(self._db_path.parent)
         games, key, seq = self._games, self._db_key, self._db_seq
         append_ledger(self.ledger, {
             "node": self.node, "data_type": "games", "path": f"{key}/{self._db_path.name}",
@@ -194,7 +187,7 @@ class SelfPlayGenerator:
             os.fsync(fh.fileno())
         digest, size = sha256_file(tmp), tmp.stat().st_size
         os.replace(tmp, final)
-        _fsync_dir(out_dir)
+        fsync_dir(out_dir)
         append_ledger(self.ledger, {"node": self.node, "data_type": "npz", "path": f"{key}/{name}",
                                     "sha256": digest, "size": size, "finished_at": time.time()})
         self.npz_written += 1

@@ -35,7 +35,7 @@ from engine.paths import UnsafePath
 from engine.scanner import is_database
 from engine.server.body import receive_body
 from engine.server.context import node_of
-from engine.sqlite_check import check_database_async, quarantine_file
+from engine.sqlite_check import check_database_async
 from engine.transfers import Transfer
 
 if TYPE_CHECKING:
@@ -246,7 +246,7 @@ async def _reject_database(node: "Node", source: str, data_type: str, rel: str, 
     published nor counted; reported as REPLICA_QUARANTINED and DATA_SYNC_FAILED."""
     artifact_name = f"{data_type}/{rel}"
     try:
-        moved = await asyncio.to_thread(quarantine_file, node.data, data_type, rel, part, digest)
+        moved = await asyncio.to_thread(node.data.quarantine_file, data_type, rel, part, digest)
         where: str | None = moved.relative_to(node.data.root).as_posix()
     except OSError:
         part.unlink(missing_ok=True)

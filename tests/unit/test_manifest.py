@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -29,12 +29,22 @@ def receipt(path: str = "hex8_2p/g1.db", sha: str = SHA_A, target: str = "coord"
 
 
 @pytest.fixture
-def manifest(tmp_path: Path) -> Iterator[ClusterManifest]:
-    m = ClusterManifest(tmp_path / "manifest.db", "gpu-1")
-    try:
-        yield m
-    finally:
+def open_manifest(tmp_path: Path) -> Iterator[Callable[[str], ClusterManifest]]:
+    """``open_manifest(node)``: a fresh manifest of ``node``, closed after the test."""
+    opened: list[ClusterManifest] = []
+
+    def open_(node: str) -> ClusterManifest:
+        opened.append(ClusterManifest(tmp_path / f"{node}.db", node))
+        return opened[-1]
+
+    yield open_
+    for m in opened:
         m.close()
+
+
+@pytest.fixture
+def manifest(open_manifest: Callable[[str], ClusterManifest]) -> ClusterManifest:
+    return open_manifest("gpu-1")
 
 
 def _rows(m: ClusterManifest, table: str) -> list[dict]:
@@ -442,21 +452,13 @@ def test_held_by_lists_one_nodes_live_replicas(manifest: ClusterManifest) -> Non
 # -- merging a peer's deltas ------------------------------------------------------------------
 
 @pytest.fixture
-def coord(tmp_path: Path) -> Iterator[ClusterManifest]:
-    m = ClusterManifest(tmp_path / "coord.db", "coord")
-    try:
-        yield m
-    finally:
-        m.close()
+def coord(open_manifest: Callable[[str], ClusterManifest]) -> ClusterManifest:
+    return open_manifest("coord")
 
 
 @pytest.fixture
-def cpu(tmp_path: Path) -> Iterator[ClusterManifest]:
-    m = ClusterManifest(tmp_path / "cpu-1.db", "cpu-1")
-    try:
-        yield m
-    finally:
-        m.close()
+def cpu(open_manifest: Callable[[str], ClusterManifest]) -> ClusterManifest:
+    return open_manifest("cpu-1")
 
 
 def _live(m: ClusterManifest) -> dict[str, set[tuple]]:
