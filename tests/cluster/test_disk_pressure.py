@@ -204,3 +204,46 @@ def test_only_live_vouches_count_a_tampered_copy_and_a_down_holder_do_not(make_c
     assert a.exists()
     for artifact, vouched in deleted(cluster, "gpu-1").items():
         assert sorted(vouched) == ["coord", "cpu-1"], (artifact, vouched)
+
+
+def test_the_coordinator_rehomes_a_deleted_source_whose_copy_was_lost(make_cluster) -> None:
+    """After gpu-1 deleted a behind two vouched copies, one copy is lost: the coordinator
+    (which learned the deletion and the loss by manifest deltas) pushes its own copy on."""
+    cluster = make_cluster(gpus=2, cpus=1, quota="64MiB", config={
+        "hosts": {"gpu-1": {"disk_quota": "1MiB"}}, "push": {"interval_seconds": 0.3}})
+    body = os.urandom(200 * KIB)
+    a = write(cluster, "gpu-1", "npz/k/a.npz", body)
+    time.sleep(0.3)
+    write(cluster, "gpu-1", "npz/k/b.npz", os.urandom(400 * KIB))            # 59 %: push
+    wait_for(lambda: len(holders(cluster, "gpu-1", "k/a.npz")) >= 2, 20, what="a twice")
+    write(cluster, "gpu-1", "npz/k/c.npz", os.urandom(200 * KIB))            # 78 %: cleanup
+    wait_for(lambda: "npz/k/a.npz" in deleted(cluster, "gpu-1"), 20, what="a deleted")
+    assert not a.exists()
+    other = next(n for n in deleted(cluster, "gpu-1")["npz/k/a.npz"] if n != "coord")
+
+    (cluster.data_root(other) / "npz/k/a.npz").unlink()  # a disk loses the copy
+    verified = cluster.request(other, "POST", "/v1/control/verify", body=b"{}")
+    assert verified.status == 202
+    wait_for(lambda: other not in {r["node"] for r in _coord_replicas(cluster, "k/a.npz")}, 15,
+             what="the coordinator learning the loss")
+    resp = cluster.request("coord", "POST", "/v1/control/recover",
+                           body=b'{"reason": "orphan_games_recovery"}')
+    assert resp.status == 202 and resp.json()["scheduled"] == 1, resp.json()
+
+    def copies() -> set[str]:
+        return {n for n in cluster.nodes if n != "gpu-1"
+                and (cluster.data_root(n) / "npz/k/a.npz").exists()
+                and (cluster.data_root(n) / "npz/k/a.npz").read_bytes() == body}
+
+    wait_for(lambda: len(copies()) >= 2, 15, what="a second copy again")
+    assert "coord" in copies()
+    done = [e["payload"] for e in cluster.events("coord", "DATA_SYNC_COMPLETED")
+            if e["payload"]["reason"] == "orphan_games_recovery"]
+    assert done and done[0]["artifacts"] == ["npz/k/a.npz"]
+
+
+def _coord_replicas(cluster: Cluster, path: str) -> list[dict[str, Any]]:
+    for art in cluster.get_json("coord", "/v1/artifacts?limit=5000")["artifacts"]:
+        if art["path"] == path:
+            return art["replicas"]
+    return []
