@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from engine.daemons.push import LEVELS
 from engine.events import Event
 
 if TYPE_CHECKING:
@@ -72,12 +73,31 @@ class NodeCollector:
         for event_type, count in sorted(self.events.items()):
             events.add_metric([node.name, event_type], count)
         yield events
+        if node.push is not None:
+            yield from self._pressure(node)
         if node.membership is not None:
             states = GaugeMetricFamily("ringsync_member_up", "1 when a node answers status checks",
                                        labels=["node", "member"])
             for name, member in node.membership.members.items():
                 states.add_metric([node.name, name], 1.0 if member.state == "up" else 0.0)
             yield states
+
+
+    @staticmethod
+    def _pressure(node: "Node") -> Iterator[Metric]:
+        push, labels = node.push, ["node"]
+        assert push is not None
+        level = GaugeMetricFamily("ringsync_disk_pressure_level",
+                                  "0 normal, 1 push (50 %), 2 urgent (70 %), 3 cleanup (75 %)",
+                                  labels=labels)
+        level.add_metric([node.name], LEVELS.index(push.level))
+        deleted = CounterMetricFamily("ringsync_cleanup_deleted", "Sources deleted behind live-"
+                                      "vouched copies", labels=labels)
+        deleted.add_metric([node.name], push.cleaner.totals["deleted"])
+        freed = CounterMetricFamily("ringsync_cleanup_freed_bytes", "Bytes freed by cleanup",
+                                    labels=labels)
+        freed.add_metric([node.name], push.cleaner.totals["freed_bytes"])
+        yield from (level, deleted, freed)
 
 
 class NodeMetrics:

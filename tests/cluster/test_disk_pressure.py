@@ -141,6 +141,9 @@ def test_a_filling_gpu_node_pushes_goes_urgent_cleans_and_loses_no_game(make_clu
     runs = [e["payload"] for e in cluster.events("gpu-1", "CLEANUP_COMPLETED")]
     assert sum(r["deleted"] for r in runs) == len(gone) and all(r["required"] == 2 for r in runs)
     assert any(r["unfinished"] >= 1 for r in runs)  # the held-open file was looked at, and left
+    metrics = cluster.request("gpu-1", "GET", "/metrics").body.decode()
+    assert f'ringsync_cleanup_deleted_total{{node="gpu-1"}} {float(len(gone))}' in metrics
+    assert 'ringsync_disk_pressure_level{node="gpu-1"}' in metrics
     # the manifest logs each deletion with its vouching holders, and travels as a delta
     rows = cluster.get_json("gpu-1", "/v1/manifest?since=0")["deletions"]
     assert {f"{r['data_type']}/{r['path']}": sorted(__import__("json").loads(r["vouched_by"]))
