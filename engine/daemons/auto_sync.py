@@ -133,10 +133,16 @@ class AutoSyncDaemon:
                                     else None)
             for a in manifest.artifacts()}
         candidates = await asyncio.to_thread(self.scanner.candidates, known)
+        gone = manifest.deleted_sources(self.node.name)
         registered = 0
         for cand in candidates:
             if known.get((cand.data_type, cand.path), ()) is None:
                 continue  # someone else's artifact stored here: not ours to announce
+            if (cand.data_type, cand.path) in gone:
+                self._unreadable(cand, UnreadableArtifact(
+                    "this name was deleted here after its copies were vouched for; a new file"
+                    " under a used name is not synced (generators write new names)"))
+                continue
             try:
                 art = await asyncio.to_thread(self.scanner.prepare, cand)
             except (UnreadableArtifact, OSError) as exc:

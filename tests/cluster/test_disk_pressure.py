@@ -223,6 +223,9 @@ def test_the_coordinator_rehomes_a_deleted_source_whose_copy_was_lost(make_clust
     wait_for(lambda: "npz/k/a.npz" in deleted(cluster, "gpu-1"), 20, what="a deleted")
     assert not a.exists()
     other = next(n for n in deleted(cluster, "gpu-1")["npz/k/a.npz"] if n != "coord")
+    wait_for(lambda: other in {r["node"] for r in _coord_replicas(cluster, "k/a.npz")}
+             and cluster.get_json("coord", "/v1/manifest?since=0")["deletions"], 15,
+             what="the coordinator learning the deletion and the other copy by deltas")
 
     (cluster.data_root(other) / "npz/k/a.npz").unlink()  # a disk loses the copy
     verified = cluster.request(other, "POST", "/v1/control/verify", body=b"{}")
@@ -243,6 +246,14 @@ def test_the_coordinator_rehomes_a_deleted_source_whose_copy_was_lost(make_clust
     done = [e["payload"] for e in cluster.events("coord", "DATA_SYNC_COMPLETED")
             if e["payload"]["reason"] == "orphan_games_recovery"]
     assert done and done[0]["artifacts"] == ["npz/k/a.npz"]
+
+    # a new file under the deleted name is reported, not pushed over the vouched copies
+    write(cluster, "gpu-1", "npz/k/a.npz", os.urandom(100 * KIB))
+    reused = wait_for(lambda: [e["payload"] for e in cluster.events("gpu-1", "DATA_SYNC_FAILED")
+                               if e["payload"]["reason"] == "scan"], 10, what="the report")
+    assert reused[0]["artifact"] == "npz/k/a.npz" and "used name" in reused[0]["error"]
+    time.sleep(1.0)
+    assert all((cluster.data_root(n) / "npz/k/a.npz").read_bytes() == body for n in copies())
 
 
 def _coord_replicas(cluster: Cluster, path: str) -> list[dict[str, Any]]:
