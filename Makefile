@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.stamp
 
 PYTEST_ARGS ?=
 
-.PHONY: venv test demo bench bench-tui system-deps clean
+.PHONY: venv test demo bench bench-tui bench-cleanup system-deps clean
 
 venv: $(STAMP)
 
@@ -37,6 +37,10 @@ bench: venv system-deps
 # The dashboard under 64 nodes, 200 transfers and 1,000 events/s for 10 minutes.
 bench-tui: venv
 	$(PY) bench/tui_load.py
+
+# A GPU node over its cleanup threshold: deletions/s behind live vouches, re-hashing vs not.
+bench-cleanup: venv
+	$(PY) bench/cleanup.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist *.egg-info bench/out snapshot_report.html

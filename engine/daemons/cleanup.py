@@ -6,7 +6,7 @@ A run deletes this node's own artifacts, oldest first, until usage is back under
 * **finished and unchanged**: its source has the size and mtime it had when it was hashed
   and registered, has been idle for ``transfer.finished_after_seconds``, a database has no
   ``-wal``/``-journal``/``-shm`` sidecar at all, and no process has the file open
-  (``engine.openfiles``);
+  (``engine.openfiles``: a write lease, else ``/proc``);
 * **not busy**: no push of it is under way;
 * **vouched for**: at least ``push.min_copies_before_delete`` distinct other nodes, asked now
   over HTTP (``GET /v1/vouch/...``, see ``engine.server.vouch``), answer in their own name
@@ -16,6 +16,7 @@ A run deletes this node's own artifacts, oldest first, until usage is back under
 
 The delete itself renames the source into ``.ringsync/deleting/``, checks the renamed file
 is still the same unopened, unchanged inode, and only then unlinks it (else it is put back).
+A run only starts at or above ``push.cleanup_percent``.
 Each deletion is logged in the manifest (``deletions``: holders that vouched) and emitted as
 ARTIFACT_DELETED; each run ends with one CLEANUP_COMPLETED.
 """
@@ -37,7 +38,7 @@ import aiohttp
 from engine.diskio import fsync_dir
 from engine.events import ArtifactDeleted, CleanupCompleted
 from engine.manifest import Artifact
-from engine.openfiles import open_inodes
+from engine.openfiles import opened_elsewhere
 from engine.scanner import is_database
 
 if TYPE_CHECKING:
@@ -81,7 +82,6 @@ class Cleaner:
         total, used = disk["total_bytes"], disk["used_bytes"]
         gone = node.manifest.deleted_sources(node.name)
         busy = {key for key, _target in node.daemon.inflight}
-        opened = await asyncio.to_thread(open_inodes)
         for art in node.manifest.artifacts(origin=node.name):
             if not total or 100.0 * used / total < push.cleanup_percent:
                 break
@@ -90,7 +90,7 @@ class Cleaner:
             if art.key in busy:
                 report.busy += 1
                 continue
-            if not await asyncio.to_thread(self._deletable, art, opened):
+            if not await asyncio.to_thread(self._deletable, art):
                 report.unfinished += 1
                 continue
             vouched = await self.vouches(art)
@@ -155,7 +155,7 @@ class Cleaner:
         return False
 
     # -- the local source -------------------------------------------------------------------
-    def _deletable(self, art: Artifact, opened: set[tuple[int, int]]) -> bool:
+    def _deletable(self, art: Artifact) -> bool:
         """The source is finished and is exactly what was hashed (blocking)."""
         try:
             source = self.node.data.object_path(art.data_type, art.path)
@@ -168,7 +168,10 @@ class Cleaner:
             return False
         if is_database(art.path) and _has_sidecar(source):
             return False
-        return (st.st_dev, st.st_ino) not in opened
+        try:
+            return not opened_elsewhere(source)
+        except OSError:
+            return False
 
     def _delete(self, art: Artifact) -> int | None:
         """Delete the source (and its snapshot); the bytes freed, or None when it was put back
@@ -185,7 +188,7 @@ class Cleaner:
         after = os.stat(trash)
         same = ((after.st_ino, after.st_size, after.st_mtime_ns)
                 == (before.st_ino, art.source_size, art.source_mtime_ns))
-        if (not same or (after.st_dev, after.st_ino) in open_inodes()
+        if (not same or opened_elsewhere(trash)
                 or (is_database(art.path) and _has_sidecar(source))):
             _put_back(trash, source)
             return None

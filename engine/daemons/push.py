@@ -121,8 +121,8 @@ class SyncPushDaemon:
         self.totals["cycles"] += 1
         if self.level == "normal" or node.daemon.paused:
             return
-        if self.level == "cleanup":
-            self.last_cleanup = await self.cleaner.run(REASON)
+        if disk["percent"] >= self.thresholds.cleanup_percent:  # not just the level's
+            self.last_cleanup = await self.cleaner.run(REASON)  # hysteresis band
         if self._batch is None or self._batch.done():
             await self._learn_cluster()
             urgent = self.level in ("urgent", "cleanup")

@@ -15,7 +15,7 @@ import pytest
 
 from engine.daemons.cleanup import Cleaner
 from engine.manifest import Artifact
-from engine.openfiles import open_inodes
+from engine.openfiles import open_inodes, opened_elsewhere
 from engine.paths import DataRoot
 from engine.scanner import Scanner
 
@@ -47,7 +47,7 @@ def _artifact(cleaner: Cleaner, rel: str, data: bytes | None = None) -> tuple[Pa
 
 def test_an_unchanged_closed_file_is_deletable_and_goes(cleaner: Cleaner) -> None:
     file, art = _artifact(cleaner, "npz/k/a.npz", b"x" * 1000)
-    assert cleaner._deletable(art, open_inodes())
+    assert cleaner._deletable(art)
     assert cleaner._delete(art) == 1000
     assert not file.exists()
     assert list((cleaner.node.data.state / "deleting").iterdir()) == []
@@ -56,12 +56,12 @@ def test_an_unchanged_closed_file_is_deletable_and_goes(cleaner: Cleaner) -> Non
 def test_a_file_changed_since_it_was_hashed_is_not_deletable(cleaner: Cleaner) -> None:
     file, art = _artifact(cleaner, "npz/k/a.npz", b"x" * 1000)
     file.write_bytes(b"y" * 1000)  # same size, new mtime
-    assert not cleaner._deletable(art, open_inodes())
+    assert not cleaner._deletable(art)
 
 
 def test_a_file_changed_during_the_delete_is_put_back(cleaner: Cleaner) -> None:
     file, art = _artifact(cleaner, "npz/k/a.npz", b"x" * 1000)
-    assert cleaner._deletable(art, open_inodes())
+    assert cleaner._deletable(art)
     with open(file, "ab") as fh:  # a writer gets in between the check and the delete
         fh.write(b"more")
     assert cleaner._delete(art) is None
@@ -72,10 +72,10 @@ def test_a_file_changed_during_the_delete_is_put_back(cleaner: Cleaner) -> None:
 def test_a_file_any_process_holds_open_is_not_deleted(cleaner: Cleaner) -> None:
     file, art = _artifact(cleaner, "npz/k/a.npz", b"x" * 1000)
     with open(file, "rb"):
-        assert not cleaner._deletable(art, open_inodes())
+        assert not cleaner._deletable(art)
         assert cleaner._delete(art) is None  # and the delete re-checks after its rename
         assert file.exists()
-    assert cleaner._deletable(art, open_inodes())
+    assert cleaner._deletable(art)
 
 
 def test_a_database_with_any_sidecar_is_not_deletable(cleaner: Cleaner) -> None:
@@ -86,15 +86,26 @@ def test_a_database_with_any_sidecar_is_not_deletable(cleaner: Cleaner) -> None:
     db.commit()
     db.close()
     file, art = _artifact(cleaner, "games/k/g.db")
-    assert cleaner._deletable(art, open_inodes())
+    assert cleaner._deletable(art)
     for suffix in ("-wal", "-journal", "-shm"):
         side = file.with_name(file.name + suffix)
         side.write_bytes(b"")  # even an empty one: a connection may still be open
-        assert not cleaner._deletable(art, open_inodes()), suffix
+        assert not cleaner._deletable(art), suffix
         side.unlink()
 
 
 def test_a_recent_file_is_not_deletable(cleaner: Cleaner) -> None:
     file, art = _artifact(cleaner, "npz/k/a.npz", b"x" * 10)
     cleaner.node.config.transfer.finished_after_seconds = 60.0
-    assert not cleaner._deletable(art, open_inodes())
+    assert not cleaner._deletable(art)
+
+
+def test_opened_elsewhere_by_lease_and_by_proc(tmp_path: Path) -> None:
+    file = tmp_path / "f"
+    file.write_bytes(b"x")
+    assert not opened_elsewhere(file)
+    with open(file, "rb"):
+        assert opened_elsewhere(file)
+        st = file.stat()
+        assert (st.st_dev, st.st_ino) in open_inodes()  # the fallback sees it too
+    assert not opened_elsewhere(file)
