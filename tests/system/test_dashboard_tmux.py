@@ -110,6 +110,7 @@ def test_operator_drives_the_demo_dashboard_in_a_real_terminal(tmux_demo: Tmux) 
 
     # The resumed nodes' pushes scroll SYNC_RESUMED out of the events pane: filter for it.
     tmux_demo.keys("/")
+    tmux_demo.wait_for("filter events:")  # the box is open: what is typed now goes into it
     tmux_demo.keys("-l", "type:resumed")
     tmux_demo.keys("Enter")
     tmux_demo.wait_for("filter: type:resumed")
