@@ -533,13 +533,18 @@ def test_an_artifact_received_from_its_origin_is_completed_not_duplicated(
     assert len(_rows(coord, "artifacts")) == 1
 
 
+def _own_npz(m: ClusterManifest, count: int, first_verified_at: float = 0.0) -> None:
+    """``count`` npz artifacts k/0.npz… of ``m``'s node, each with its own verified row."""
+    for i in range(count):
+        a = art(f"k/{i}.npz", data_type="npz")
+        m.upsert_artifact(a)
+        m.set_replica(Replica("npz", a.path, m.node, SHA_A, first_verified_at + i))
+
+
 def test_merge_peer_takes_one_seq_and_a_second_time_changes_nothing(
         coord: ClusterManifest, manifest: ClusterManifest) -> None:
     gpu = manifest
-    for i in range(4):
-        a = art(f"k/{i}.npz", data_type="npz")
-        gpu.upsert_artifact(a)
-        gpu.set_replica(Replica("npz", a.path, "gpu-1", SHA_A, 10.0 + i))
+    _own_npz(gpu, 4, first_verified_at=10.0)
     answer = gpu.changes_since(0)
     coord.set_capacity("gpu-1", 1, 2)
     before = coord.seq
@@ -629,10 +634,7 @@ def test_a_holders_later_answer_seen_first_is_kept(coord: ClusterManifest,
 def test_paged_merge_equals_one_answer_and_ends_at_the_peers_seq(
         tmp_path: Path, manifest: ClusterManifest) -> None:
     gpu = manifest
-    for i in range(7):
-        a = art(f"k/{i}.npz", data_type="npz")
-        gpu.upsert_artifact(a)
-        gpu.set_replica(Replica("npz", a.path, "gpu-1", SHA_A, float(i)))
+    _own_npz(gpu, 7)
     gpu.remove_replica("npz", "k/3.npz", "gpu-1")
     gpu.remove_artifact("npz", "k/5.npz")
     gpu.upsert_artifact(art("k/1.npz", data_type="npz", sha=SHA_B))
