@@ -266,7 +266,7 @@ class Node:
             "transfers": self.transfers.snapshot(),
             "sync": self.daemon.status(),
             "push": self.push.status() if self.push else None,
-            "live_snapshots": {"interval_seconds": self.live.interval, **self.live.totals},
+            "live_snapshots": self.live.status(),
             "bandwidth": {h: {k: v[k] for k in ("limit_mbps", "allocated_mbps",
                                                  "active_transfers", "current_mbps")}
                           for h, v in self.bandwidth.status()["hosts"].items()},

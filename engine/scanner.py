@@ -198,30 +198,39 @@ def snapshot_database(source: Path, target: Path) -> bool:
     mtime before and after, and the copy must pass ``PRAGMA quick_check``.
     Returns False (and leaves no file) when the copy is not sound.
     """
+    try:
+        src = sqlite3.connect(f"file:{quote(str(source))}?mode=ro&immutable=1", uri=True)
+    except sqlite3.Error:
+        return False
+    try:
+        return _copy_out(src, target, durable=True)
+    finally:
+        src.close()
+
+
+def _copy_out(src: sqlite3.Connection, target: Path, durable: bool) -> bool:
+    """Back ``src`` up into ``target`` in one step, through a temp file beside it. Our own
+    copy (never the source) leaves WAL mode, so readers of the replica never create -wal/-shm
+    files next to it, and must pass ``PRAGMA quick_check``. ``durable`` fsyncs it before the
+    rename. False, leaving no new file, when the copy could not be made or is not sound."""
     tmp = target.with_name(f".{target.name}.tmp")
     tmp.unlink(missing_ok=True)
-    sound = False
     try:
-        src = sqlite3.connect(f"file:{source}?mode=ro&immutable=1", uri=True)
+        dst = sqlite3.connect(tmp)
         try:
-            dst = sqlite3.connect(tmp)
-            try:
-                src.backup(dst, pages=-1)
-                # Our own copy (not the source) leaves WAL mode, so readers of the
-                # replica never create -wal/-shm files next to it.
-                dst.execute("PRAGMA journal_mode=DELETE")
-                sound = dst.execute("PRAGMA quick_check").fetchone()[0] == "ok"
-            finally:
-                dst.close()
+            src.backup(dst, pages=-1)
+            dst.execute("PRAGMA journal_mode=DELETE")
+            sound = dst.execute("PRAGMA quick_check").fetchone()[0] == "ok"
         finally:
-            src.close()
-    except sqlite3.DatabaseError:
+            dst.close()
+    except sqlite3.Error:
         sound = False
     if not sound:
         tmp.unlink(missing_ok=True)
         return False
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
+    if durable:
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
     os.replace(tmp, target)
     return True
 
@@ -263,28 +272,16 @@ def live_snapshot_database(source: Path, target: Path,
             return True
     except OSError:
         return False
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    sound = False
     try:
         src = sqlite3.connect(f"file:{quote(str(source))}?mode=ro", uri=True,
                               timeout=busy_timeout, isolation_level=None)
         try:
             src.execute("BEGIN")  # deferred: the read below takes the read lock, no write lock
             src.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
-            dst = sqlite3.connect(tmp)
-            try:
-                src.backup(dst, pages=-1)  # inside our read transaction: no lock to wait for
-                dst.execute("PRAGMA journal_mode=DELETE")
-                sound = dst.execute("PRAGMA quick_check").fetchone()[0] == "ok"
-            finally:
-                dst.close()
+            # inside our read transaction: one committed state, no lock to wait for; no fsync,
+            # the copy lives only until it has been pushed
+            return _copy_out(src, target, durable=False)
         finally:
             src.close()  # ends the read transaction
     except sqlite3.Error:
-        sound = False
-    if not sound:
-        tmp.unlink(missing_ok=True)
         return False
-    os.replace(tmp, target)  # no fsync: it lives only until it has been pushed
-    return True

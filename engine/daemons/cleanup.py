@@ -30,7 +30,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import aiohttp
@@ -75,9 +75,11 @@ class Cleaner:
         self.totals = {"runs": 0, "deleted": 0, "freed_bytes": 0}
         """Running counts since start."""
 
-    async def run(self, reason: str = "disk_pressure") -> CleanupReport:
+    async def run(self, reason: str = "disk_pressure",
+                  disk: dict[str, Any] | None = None) -> CleanupReport:
+        """One run; ``disk`` is a measurement just made (``Node.refresh_disk``), else one is."""
         node, push = self.node, self.node.config.push
-        disk = await node.refresh_disk()
+        disk = disk or await node.refresh_disk()
         report = CleanupReport(percent_before=disk["percent"], percent_after=disk["percent"])
         total, used = disk["total_bytes"], disk["used_bytes"]
         gone = node.manifest.deleted_sources(node.name)

@@ -152,17 +152,20 @@ class LiveSnapshotter:
     async def _push(self, art: Artifact, snap: Path, target: str) -> int:
         node = self.node
         state = self._retries.get(art.key)
-        transfer = node.transfers.start(
-            direction="out", source=node.name, target=target, artifact=art.key, size=art.size,
-            transport=node.transport.name, attempt=(state.attempts if state else 0) + 1)
         started = time.monotonic()
-        try:
-            await node.transport.push(PushRequest(art, snap, target, node.config.host(target).url,
-                                                  LIVE_REASON, live=True), transfer)
-        except TransferError as exc:
-            node.transfers.finish(transfer, error=str(exc))
-            self._failed(art.key, target, str(exc))
-            return 0
+        async with node.daemon.limiter.slot():  # within the node's bound on pushes
+            transfer = node.transfers.start(
+                direction="out", source=node.name, target=target, artifact=art.key,
+                size=art.size, transport=node.transport.name,
+                attempt=(state.attempts if state else 0) + 1)
+            try:
+                await node.transport.push(PushRequest(art, snap, target,
+                                                      node.config.host(target).url,
+                                                      LIVE_REASON, live=True), transfer)
+            except TransferError as exc:
+                node.transfers.finish(transfer, error=str(exc))
+                self._failed(art.key, target, str(exc))
+                return 0
         node.transfers.finish(transfer)
         self._sent[(art.key, target)] = art.sha256
         self._retries.pop(art.key, None)

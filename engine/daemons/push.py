@@ -122,7 +122,7 @@ class SyncPushDaemon:
         if self.level == "normal" or node.daemon.paused:
             return
         if disk["percent"] >= self.thresholds.cleanup_percent:  # not just the level's
-            self.last_cleanup = await self.cleaner.run(REASON)  # hysteresis band
+            self.last_cleanup = await self.cleaner.run(REASON, disk)  # hysteresis band
         if self._batch is None or self._batch.done():
             await self._learn_cluster()
             urgent = self.level in ("urgent", "cleanup")
