@@ -34,6 +34,7 @@ from urllib.parse import quote
 from engine.hashing import sha256_file
 from engine.manifest import Artifact
 from engine.paths import DATA_TYPES, DataRoot
+from engine.sqlite_check import readonly_uri
 
 DB_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 SIDECARS = ("-wal", "-journal")
@@ -199,7 +200,7 @@ def snapshot_database(source: Path, target: Path) -> bool:
     Returns False (and leaves no file) when the copy is not sound.
     """
     try:
-        src = sqlite3.connect(f"file:{quote(str(source))}?mode=ro&immutable=1", uri=True)
+        src = sqlite3.connect(readonly_uri(source), uri=True)
     except sqlite3.Error:
         return False
     try:
