@@ -24,10 +24,14 @@ def test_generator_output_reaches_the_coordinator_verified(cluster: Cluster) -> 
         target = cluster.data_root("coord") / rel
         wait_for(target.exists, 15, what=f"{rel} on the coordinator")
         assert target.read_bytes() == body
-    # The sender recorded the receiver's verification as a receipt and a verified replica.
-    manifest = cluster.get_json("gpu-1", "/v1/manifest?since=0")
-    verified = {(r["path"], r["node"]) for r in manifest["replicas"] if r["verified_at"]}
-    assert {(rel.split("/", 1)[1], "coord") for rel in data} <= verified
+    # The sender records the receiver's verification as a receipt and a verified replica
+    # (when the receiver's answer reaches it, a moment after the file is visible there).
+    def verified() -> set[tuple[str, str]]:
+        manifest = cluster.get_json("gpu-1", "/v1/manifest?since=0")
+        return {(r["path"], r["node"]) for r in manifest["replicas"] if r["verified_at"]}
+
+    wait_for(lambda: {(rel.split("/", 1)[1], "coord") for rel in data} <= verified(), 10,
+             what="the sender's receipts")
     # The coordinator registered each arrival.
     coord = cluster.get_json("coord", "/v1/manifest?since=0")
     assert {a["path"] for a in coord["artifacts"]} >= {r.split("/", 1)[1] for r in data}
