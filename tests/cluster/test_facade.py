@@ -10,6 +10,7 @@ import pytest
 
 from engine.facade import FacadeError, get_sync_facade
 from tests.support.cluster import Cluster, embedded_node, until
+from tests.support.files import write
 
 pytestmark = pytest.mark.cluster
 
@@ -23,9 +24,7 @@ def slow_cluster(make_cluster) -> Cluster:
 async def test_priority_sync_makes_another_node_push_now(slow_cluster: Cluster) -> None:
     async with embedded_node(slow_cluster, "coord"):
         facade = get_sync_facade()
-        artifact = slow_cluster.data_root("gpu-2") / "npz" / "hex8_2p" / "orphan.npz"
-        artifact.parent.mkdir(parents=True)
-        artifact.write_bytes(os.urandom(64_000))
+        artifact = write(slow_cluster, "gpu-2", "npz/hex8_2p/orphan.npz", os.urandom(64_000))
         await asyncio.sleep(0.6)  # let it become finished (idle 0.3 s)
         answer = await facade.trigger_priority_sync(
             reason="orphan_games_recovery", source_node="gpu-2", config_key="hex8_2p")
@@ -91,9 +90,7 @@ async def test_pause_and_resume_the_whole_cluster(make_cluster) -> None:
 async def test_node_artifacts_verify_and_recover_name_their_node(slow_cluster: Cluster) -> None:
     async with embedded_node(slow_cluster, "coord"):
         facade = get_sync_facade()
-        source = slow_cluster.data_root("gpu-1") / "npz" / "k" / "listed.npz"
-        source.parent.mkdir(parents=True)
-        source.write_bytes(os.urandom(20_000))
+        source = write(slow_cluster, "gpu-1", "npz/k/listed.npz", os.urandom(20_000))
         await asyncio.sleep(0.6)  # finished (idle 0.3 s)
         await facade.trigger_priority_sync("test", source_node="gpu-1")
         stored = slow_cluster.data_root("coord") / "npz" / "k" / "listed.npz"
