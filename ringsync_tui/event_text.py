@@ -75,6 +75,18 @@ FORMATS: dict[str, Callable[[Mapping[str, Any]], str]] = {
            if p.get("short_of_copies") else "")
         + (f", {p['unfinished']} unfinished" if p.get("unfinished") else "")
         + (f", {p['busy']} being pushed" if p.get("busy") else "")),
+    "ARTIFACT_SAFE": lambda p: (
+        f"{p['node']}: {p['artifact']} safe on {', '.join(p['durable_on'])}"
+        f" after {p['queued_seconds']:.1f}s queued"),
+    "CIRCUIT_BREAKER_CHANGED": lambda p: (
+        f"{p['node']} → {p['target']}: breaker {p['previous']} → {p['state']}"
+        + (f" after {p['failures']} failures" if p['state'] == "open" else "")
+        + (f", probe in {p['retry_in_seconds']:.0f}s" if p.get('retry_in_seconds') else "")),
+    "HOOK_FAILED": lambda p: (
+        f"{p['node']}: hook {p['hook']} on {p['event']}"
+        + (f" for {p['artifact']}" if p.get("artifact") else "")
+        + (f" exited {p['exit_code']}" if p.get("exit_code") is not None else " did not finish")
+        + f": {p['error']}"),
     "MODEL_PROMOTED": lambda p: f"model {p['path']} promoted ({p['config_key']}, {_size(p['size'])})",
     "MODEL_DISTRIBUTED": lambda p: (
         f"model {p['path']} on {len(p['nodes'])} nodes via {p['transport']}"

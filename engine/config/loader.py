@@ -26,7 +26,8 @@ __all__ = ["load_config", "load_config_text"]
 
 KeyPath = tuple[str | int, ...]
 _MERGE_TAG = "tag:yaml.org,2002:merge"
-_SECTIONS = ("sync_routing", "auto_sync", "bandwidth_limits", "push", "membership", "transfer", "hosts")
+_SECTIONS = ("sync_routing", "auto_sync", "bandwidth_limits", "push", "membership", "transfer",
+             "hosts")
 
 
 def load_config(

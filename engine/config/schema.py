@@ -13,12 +13,16 @@ from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from engine.events.types import EventType
+from engine.paths import DATA_TYPES
+
 from .errors import FieldProblem, UnknownHostError
 from .units import parse_size
 
 __all__ = [
-    "AutoSync", "BandwidthLimits", "ClusterConfig", "HostConfig", "Membership", "PushThresholds",
-    "Role", "STRATEGIES", "SshConfig", "Strategy", "SyncRouting", "Transfer", "parse_size",
+    "AutoSync", "BandwidthLimits", "ClusterConfig", "DataTypePolicy", "Hook", "HostConfig",
+    "Membership", "PushThresholds", "Role", "STRATEGIES", "SshConfig", "Strategy", "SyncRouting",
+    "Transfer", "parse_size",
 ]
 
 Strategy = Literal["push_from_generator", "gossip", "broadcast", "ephemeral"]
@@ -41,17 +45,71 @@ class _Model(BaseModel):
 
 
 # ------------------------------------------------------------------------------------- sections
+class DataTypePolicy(_Model):
+    """Which nodes may hold copies of one data type, and how many gossip keeps."""
+
+    roles: list[Role] = Field(default_factory=lambda: ["gpu", "cpu"])
+    """Roles whose nodes may receive this type by gossip or broadcast. The coordinator is a
+    gossip/broadcast target only when listed here (or under ``hosts``)."""
+    hosts: list[str] = Field(default_factory=list)
+    """Further hosts allowed by name, whatever their role."""
+    exclude_hosts: list[str] = Field(default_factory=list)
+    """Hosts that never receive this type by any strategy."""
+    replication_target: int | Literal["all"] | None = None
+    """Copies gossip keeps besides the origin (default: sync_routing.replication_target);
+    ``all``: every eligible node."""
+    broadcast: bool = False
+    """Nodes with the broadcast strategy push this type to every eligible node."""
+
+    @field_validator("replication_target", mode="after")
+    @classmethod
+    def _positive(cls, value: int | str | None) -> int | str | None:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("replication_target must be at least 1 (or 'all')")
+        return value
+
+
+def _default_policies() -> dict[str, DataTypePolicy]:
+    return {"models": DataTypePolicy(broadcast=True)}
+
+
 class SyncRouting(_Model):
     max_disk_usage_percent: Percent = 70.0
+    """No data is routed to a node above this usage; a node above it announces backpressure."""
     priority_hosts: list[str] = Field(default_factory=list)
     exclude_patterns: list[str] = Field(default_factory=lambda: ["*.tmp", ".rsync-partial/*"])
     replication_target: int = Field(default=2, ge=1)
+    policies: dict[str, DataTypePolicy] = Field(default_factory=_default_policies)
+    """Per data type (games, npz, models): who may hold it; replaces the default table."""
+    capacity_refresh_seconds: Annotated[float, Field(gt=0, le=30)] = 10.0
+    """How often a node refreshes what it knows of the others (up/down, free space,
+    backpressure) from the coordinator; at most 30 s."""
+    max_inbound_queue: int = Field(default=32, ge=1)
+    """Uploads a node accepts at once before it announces backpressure (queue)."""
+
+    @field_validator("policies", mode="after")
+    @classmethod
+    def _known_types(cls, value: dict[str, DataTypePolicy]) -> dict[str, DataTypePolicy]:
+        for name in value:
+            if name not in DATA_TYPES:
+                raise ValueError(f"unknown data type {name!r} (expected one of {', '.join(DATA_TYPES)})")
+        return value
+
+    def policy(self, data_type: str) -> DataTypePolicy:
+        """The policy of ``data_type`` (the defaults when none is configured)."""
+        return self.policies.get(data_type) or DataTypePolicy()
 
 
 class AutoSync(_Model):
     enabled: bool = True
     interval_seconds: Seconds = 60.0
     strategy: Strategy = "push_from_generator"
+    gossip_fanout: int = Field(default=3, ge=1, le=64)
+    """Peers a gossip node exchanges manifest deltas with each interval."""
+    ephemeral_interval_seconds: Seconds = 5.0
+    """Cycle interval of the ephemeral strategy (never longer than interval_seconds)."""
+    final_push_seconds: Annotated[float, Field(ge=0)] = 20.0
+    """On SIGTERM an ephemeral node spends at most this long pushing what is not yet safe."""
 
 
 def _default_providers() -> dict[str, float]:
@@ -136,6 +194,11 @@ class Transfer(_Model):
     integrity_check_max_bytes: SizeBytes = 64 * 2**20
     """A received database up to this size gets ``PRAGMA integrity_check``; larger ones
     ``PRAGMA quick_check``. Either must pass before the copy counts."""
+    breaker_failures: int = Field(default=5, ge=1)
+    """Consecutive failed transfers to one node that open its circuit breaker."""
+    breaker_reset_seconds: Seconds = 30.0
+    """How long an open breaker waits before letting one probe through (doubling, up to
+    8x, while probes keep failing)."""
 
     @model_validator(mode="after")
     def _retry_range(self) -> Transfer:
@@ -146,6 +209,28 @@ class Transfer(_Model):
                 f"({self.retry_base_seconds:g})",
             )
         return self
+
+
+class Hook(_Model):
+    """A command run when an event of type ``event`` is emitted on this node."""
+
+    event: str
+    """An event type, e.g. DATA_SYNC_COMPLETED."""
+    command: list[str] = Field(min_length=1)
+    """argv; ``{path}``, ``{data_type}``, ``{config_key}``, ``{node}`` and ``{event}`` are
+    filled in (artifact events run once per artifact stored on this node)."""
+    data_types: list[str] = Field(default_factory=list)
+    """Run only for artifacts of these types (empty: every type; other events: always)."""
+    timeout_seconds: Seconds = 300.0
+    """A hook still running after this is killed (a HOOK_FAILED event)."""
+
+    @field_validator("event", mode="after")
+    @classmethod
+    def _known_event(cls, value: str) -> str:
+        names = [e.value for e in EventType]
+        if value not in names:
+            raise ValueError(f"unknown event type {value!r} (expected one of {', '.join(names)})")
+        return value
 
 
 # ----------------------------------------------------------------------------------------- hosts
@@ -216,6 +301,8 @@ class ClusterConfig(_Model):
     push: PushThresholds = Field(default_factory=PushThresholds)
     membership: Membership = Field(default_factory=Membership)
     transfer: Transfer = Field(default_factory=Transfer)
+    hooks: list[Hook] = Field(default_factory=list)
+    """Commands attached to event types (e.g. NPZ export on DATA_SYNC_COMPLETED)."""
     hosts: dict[str, HostConfig] = Field(default_factory=dict)
     source: Path | None = Field(default=None, exclude=True, repr=False)
     """The config file this was loaded from (set by the loader; not a YAML key)."""
@@ -259,6 +346,12 @@ class ClusterConfig(_Model):
                 raise FieldProblem(
                     [("sync_routing", "priority_hosts", index)], f"unknown host {name!r} (not under `hosts:`)"
                 )
+        for data_type, policy in self.sync_routing.policies.items():
+            for key in ("hosts", "exclude_hosts"):
+                for index, name in enumerate(getattr(policy, key)):
+                    if name not in self.hosts:
+                        raise FieldProblem([("sync_routing", "policies", data_type, key, index)],
+                                           f"unknown host {name!r} (not under `hosts:`)")
         endpoints: dict[tuple[str, int], str] = {}
         roots: dict[str, list[tuple[Path, str]]] = {}
         for name, host in self.hosts.items():

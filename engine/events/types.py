@@ -32,6 +32,9 @@ class EventType(str, enum.Enum):
     DISK_PRESSURE_CHANGED = "DISK_PRESSURE_CHANGED"
     ARTIFACT_DELETED = "ARTIFACT_DELETED"
     CLEANUP_COMPLETED = "CLEANUP_COMPLETED"
+    ARTIFACT_SAFE = "ARTIFACT_SAFE"
+    CIRCUIT_BREAKER_CHANGED = "CIRCUIT_BREAKER_CHANGED"
+    HOOK_FAILED = "HOOK_FAILED"
 
 
 class Severity(str, enum.Enum):
@@ -283,6 +286,55 @@ class CleanupCompleted(Payload):
     short_of_copies: int
     unfinished: int
     busy: int
+
+
+@dataclass(frozen=True)
+class ArtifactSafe(Payload):
+    """An ephemeral ``node``'s artifact is verified on the durable (non-ephemeral) nodes
+    ``durable_on``: losing ``node`` now loses nothing of it. ``queued_seconds`` is how long it
+    waited in the write-through queue."""
+
+    event_type: ClassVar[EventType] = EventType.ARTIFACT_SAFE
+    node: str
+    artifact: str
+    sha256: str
+    bytes: int
+    durable_on: list[str]
+    queued_seconds: float
+
+
+@dataclass(frozen=True)
+class CircuitBreakerChanged(Payload):
+    """``node``'s breaker for transfers to ``target`` went from ``previous`` to ``state``
+    (``closed``, ``open``, ``half_open``) after ``failures`` consecutive failures;
+    ``retry_in_seconds`` is when an open breaker lets a probe through."""
+
+    event_type: ClassVar[EventType] = EventType.CIRCUIT_BREAKER_CHANGED
+    severity: ClassVar[Severity] = Severity.WARNING
+    node: str
+    target: str
+    state: str
+    previous: str
+    failures: int
+    retry_in_seconds: float | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class HookFailed(Payload):
+    """The hook ``hook`` (its command's first word) run for ``event`` (and ``artifact``,
+    when it is about one) failed: exit ``exit_code`` (None: it could not start or was killed
+    after its timeout), with the end of its stderr in ``error``."""
+
+    event_type: ClassVar[EventType] = EventType.HOOK_FAILED
+    severity: ClassVar[Severity] = Severity.ERROR
+    node: str
+    hook: str
+    event: str
+    artifact: str | None
+    exit_code: int | None
+    error: str
+    seconds: float
 
 
 PAYLOADS: dict[EventType, type[Payload]] = {

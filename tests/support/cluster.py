@@ -28,6 +28,8 @@ from tests.support.sshd import free_ports
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "test-cluster-token"
 DEFAULT_QUOTA = "8GiB"
+COORDINATOR_QUOTA = "64GiB"
+"""The coordinator gets a quota too, so its usage (and backpressure) is about its data root."""
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.1,
@@ -120,8 +122,8 @@ class Cluster:
                                "data_root": str(n.data_root),
                                # a quota keeps disk pressure about the data root, not the
                                # test machine's disk (a full /tmp must not start cleanups)
-                               **({"disk_quota": quota or DEFAULT_QUOTA}
-                                  if n.role != "coordinator" else {})}
+                               "disk_quota": (quota or DEFAULT_QUOTA) if n.role != "coordinator"
+                               else COORDINATOR_QUOTA}
                       for n in self.nodes.values()},
         }
         _merge(self.settings, config or {})
