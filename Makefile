@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.stamp
 
 PYTEST_ARGS ?=
 
-.PHONY: venv test demo bench bench-tui bench-cleanup system-deps clean
+.PHONY: venv test demo bench bench-tui bench-cleanup bench-gossip system-deps clean
 
 venv: $(STAMP)
 
@@ -41,6 +41,11 @@ bench-tui: venv
 # A GPU node over its cleanup threshold: deletions/s behind live vouches, re-hashing vs not.
 bench-cleanup: venv
 	$(PY) bench/cleanup.py
+
+# Gossip spread in simulation (the engine's protocol, real manifests): rounds until every
+# node knows a new artifact at N = 32 and 256, fanout 3 and 1; bytes of an idle exchange.
+bench-gossip: venv
+	$(PY) bench/gossip_sim.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist *.egg-info bench/out snapshot_report.html

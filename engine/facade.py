@@ -30,6 +30,7 @@ from engine.config.errors import one_line
 from engine.daemons.recovery import DEFAULT_REASON, ORPHAN_RECOVERY
 from engine.daemons.verification import VerificationRunning
 from engine.health import HealthCheckResult
+from engine.sync_status import cluster_figures, node_figures
 
 if TYPE_CHECKING:
     from engine.node import Node
@@ -189,13 +190,24 @@ class SyncFacade:
                                 params={"limit": str(limit)})
 
     async def get_sync_status(self) -> dict[str, Any]:
-        """This node's status; on the coordinator also every node's last known status."""
-        status: dict[str, Any] = {"node": self.node.status()}
+        """This node's status (``node``), sync figures per node and for the cluster
+        (``sync``: pending, in flight, done, failed, bytes, per strategy — see
+        ``engine.sync_status``) and, on the coordinator, every node's last known status
+        (``cluster``, membership's view). Off the coordinator ``sync`` covers this node."""
+        own = self.node.status()
+        status: dict[str, Any] = {"node": own}
+        nodes = {self.node.name: node_figures(own)}
         if self.node.membership is not None:
-            status["cluster"] = self.node.membership.view()
+            view = self.node.membership.view()
+            status["cluster"] = view
+            for name, member in view.items():
+                nodes[name] = node_figures(member.get("status") or {}, member["state"])
+        status["sync"] = {"cluster": cluster_figures(nodes), "nodes": nodes}
         return status
 
     def health_check(self) -> HealthCheckResult:
+        """Every component of this node (each daemon, the router, each transport, hooks),
+        combined: healthy only when all are. ``GET /health`` answers the same."""
         return self.node.health_check()
 
     async def cluster_events(self, keep: int = 5000) -> ClusterEventFeed:

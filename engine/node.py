@@ -2,8 +2,9 @@
 
 Lifecycle follows aiohttp's: ``start()`` sets up an AppRunner whose ``cleanup_ctx``
 starts the daemons, then binds the site; ``stop()`` runs the runner's cleanup, which
-stops accepting, ends event streams, lets handlers finish (bounded), then stops the
-daemons and closes the session, the event log and the manifest, in that order.
+stops accepting, ends event streams, lets handlers finish (bounded), lets an ephemeral
+node make its final push (bounded), then stops the daemons and closes the session, the
+event log and the manifest, in that order.
 ``run()`` waits on an injectable shutdown event, so tests stop a node without signals.
 """
 
@@ -23,13 +24,18 @@ from aiohttp import web
 from engine.bandwidth import BandwidthCoordinator, set_bandwidth_coordinator
 from engine.cluster_feed import ClusterEventFeed
 from engine.config import ClusterConfig
+from engine.cluster_view import ClusterView, ClusterViewRefresher
 from engine.daemons.auto_sync import AutoSyncDaemon
+from engine.daemons.backpressure import BackpressureMonitor
+from engine.daemons.breaker import Breakers
+from engine.daemons.gossip import GossipDaemon
 from engine.daemons.live_snapshots import LiveSnapshotter
 from engine.daemons.manifest_pull import ManifestPuller
 from engine.daemons.membership import MembershipDaemon
 from engine.daemons.push import SyncPushDaemon
 from engine.daemons.verification import ReplicaVerifier
-from engine.events import EventBus, PrioritySyncRequested, SyncPaused, SyncResumed
+from engine.events import EventBus, EventType, PrioritySyncRequested, SyncPaused, SyncResumed
+from engine.events.hooks import HookRunner
 from engine.facade import SyncFacade, set_sync_facade
 from engine.hashing import sha256_file
 from engine.health import HealthCheckResult
@@ -77,13 +83,29 @@ class Node:
         self.data.create()
         self.manifest = ClusterManifest(self.data.state / "manifest.db", self.name)
         self.events = EventBus(self.name, self.data.state / "events.jsonl")
+        self.hooks = HookRunner(self.config.hooks, self.name, self.events, self.data,
+                                self.manifest)
+        """Runs the configured ``hooks:`` commands off the bus (never blocking it)."""
+        self.breakers = Breakers(self.name, self.events, self.config.transfer.breaker_failures,
+                                 self.config.transfer.breaker_reset_seconds)
+        """One circuit breaker per target node, shared by every outbound transfer."""
         self.bandwidth = BandwidthCoordinator(self.config.bandwidth_limit_mbps)
         set_bandwidth_coordinator(self.bandwidth)
         self.membership = MembershipDaemon(self) if self.host.role == "coordinator" else None
         self.manifest_pull = ManifestPuller(self) if self.membership else None
-        self.router = SyncRouter(self.config, self.name, self.manifest,
-                                 self.membership.is_down if self.membership else self._peer_down)
+        self.view = ClusterView(self.membership.is_down if self.membership else None)
+        """What this node knows of the others: down nodes, backpressure (capacity: manifest)."""
+        self.view_refresher = ClusterViewRefresher(self)
+        self.router = SyncRouter(self.config, self.name, self.manifest, self.view, self.breakers,
+                                 lambda: self.disk()["percent"], self._wake_sync)
+        for kind in (EventType.NODE_RECOVERED, EventType.BACKPRESSURE_ACTIVATED,
+                     EventType.BACKPRESSURE_RELEASED):
+            self.events.listen(self.router.on_event, kind)
+        self.backpressure = BackpressureMonitor(self)
+        """Announces and enforces backpressure when this node should not take normal syncs."""
         self.daemon = AutoSyncDaemon(self, self.config.strategy_for(self.name))
+        self.gossip = GossipDaemon(self) if self.daemon.strategy == "gossip" else None
+        """Manifest deltas peer to peer, then pulls (the gossip strategy only)."""
         self.live = LiveSnapshotter(self)
         self.push = None if self.host.is_coordinator else SyncPushDaemon(self)
         self.verifier = ReplicaVerifier(self)
@@ -111,29 +133,40 @@ class Node:
                                        self.config.transfer.chunk_bytes)
         self._used_bytes = await asyncio.to_thread(self._measure_used)
         capacity = asyncio.create_task(self._capacity_loop(), name="capacity")
+        await self.view_refresher.start()
         if self.membership:
             await self.membership.start()
         if self.manifest_pull:
             await self.manifest_pull.start()
+        await self.hooks.start()
         await self.daemon.start()
+        if self.gossip:
+            await self.gossip.start()
         await self.live.start()
         if self.push:
             await self.push.start()
         yield
+        # an ephemeral node (SIGTERM on a spot host) pushes what is not safe yet, while the
+        # daemons and the session still run; a no-op for other strategies
+        await self.daemon.final_push(self.config.auto_sync.final_push_seconds)
         if self.cluster_feed is not None:
             await self.cluster_feed.stop()
         await self.verifier.stop()
         if self.push:
             await self.push.stop()
         await self.live.stop()
+        if self.gossip:
+            await self.gossip.stop()
         await self.daemon.stop()
         if self.manifest_pull:
             await self.manifest_pull.stop()
         if self.membership:
             await self.membership.stop()
+        await self.view_refresher.stop()
         capacity.cancel()
         await asyncio.gather(capacity, return_exceptions=True)
         await self.session.close()
+        await self.hooks.stop()
         self.events.close()
         self.manifest.close()
 
@@ -168,10 +201,12 @@ class Node:
             for part in removed:
                 log.info("removed abandoned partial upload %s", part.name)
             self._used_bytes = await asyncio.to_thread(self._measure_used)
+            self.backpressure.check()
 
-    def _peer_down(self, name: str) -> bool:
-        """Off the coordinator: down as the coordinator's membership last told SyncPushDaemon."""
-        return self.push is not None and name in self.push.down_peers
+    def _wake_sync(self, reason: str) -> None:
+        """A target came back or released backpressure (``reason`` is ``<why>:<node>``): a
+        cycle now, whatever the backoff."""
+        self.daemon.sync_now(reason.partition(":")[0])
 
     async def refresh_disk(self) -> dict[str, Any]:
         """Measure usage now (not at the next refresh) and return ``disk()``."""
@@ -265,7 +300,11 @@ class Node:
             "artifacts": self.manifest.counts_by_type(),
             "transfers": self.transfers.snapshot(),
             "sync": self.daemon.status(),
+            "gossip": self.gossip.status() if self.gossip else None,
             "push": self.push.status() if self.push else None,
+            "hooks": self.hooks.status(),
+            "backpressure": self.backpressure.status(),
+            "routing": self.router.status(),
             "live_snapshots": self.live.status(),
             "bandwidth": {h: {k: v[k] for k in ("limit_mbps", "allocated_mbps",
                                                  "active_transfers", "current_mbps")}
@@ -277,14 +316,24 @@ class Node:
     def membership_view(self) -> dict[str, Any]:
         if self.membership is None:
             return {"coordinator": self.config.coordinator.name, "members": {}}
-        return {"coordinator": self.name, "members": self.membership.view()}
+        return {"coordinator": self.name, "members": self.membership.view(),
+                "self": {"name": self.name, "state": "up",
+                         "status": {"disk": self.disk(),
+                                    "backpressure": self.backpressure.status()}}}
 
     def health_check(self) -> HealthCheckResult:
-        parts = {"auto_sync": self.daemon.health_check(), "router": self.router.health_check()}
+        parts = {"auto_sync": self.daemon.health_check(), "router": self.router.health_check(),
+                 "backpressure": self.backpressure.health_check(),
+                 "live_snapshots": self.live.health_check(),
+                 "verification": self.verifier.health_check(),
+                 f"transport:{self.transport.name}": self.transport.health_check()}
         if self.membership:
             parts["membership"] = self.membership.health_check()
         if self.manifest_pull:
             parts["manifest_pull"] = self.manifest_pull.health_check()
+        if self.gossip:
+            parts["gossip"] = self.gossip.health_check()
         if self.push:
             parts["sync_push"] = self.push.health_check()
+        parts["hooks"] = self.hooks.health_check()
         return HealthCheckResult.combine(parts)

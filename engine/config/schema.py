@@ -87,14 +87,6 @@ class SyncRouting(_Model):
     max_inbound_queue: int = Field(default=32, ge=1)
     """Uploads a node accepts at once before it announces backpressure (queue)."""
 
-    @field_validator("policies", mode="after")
-    @classmethod
-    def _known_types(cls, value: dict[str, DataTypePolicy]) -> dict[str, DataTypePolicy]:
-        for name in value:
-            if name not in DATA_TYPES:
-                raise ValueError(f"unknown data type {name!r} (expected one of {', '.join(DATA_TYPES)})")
-        return value
-
     def policy(self, data_type: str) -> DataTypePolicy:
         """The policy of ``data_type`` (the defaults when none is configured)."""
         return self.policies.get(data_type) or DataTypePolicy()
@@ -347,6 +339,10 @@ class ClusterConfig(_Model):
                     [("sync_routing", "priority_hosts", index)], f"unknown host {name!r} (not under `hosts:`)"
                 )
         for data_type, policy in self.sync_routing.policies.items():
+            if data_type not in DATA_TYPES:
+                raise FieldProblem([("sync_routing", "policies", data_type)],
+                                   f"unknown data type {data_type!r} (expected one of"
+                                   f" {', '.join(DATA_TYPES)})")
             for key in ("hosts", "exclude_hosts"):
                 for index, name in enumerate(getattr(policy, key)):
                     if name not in self.hosts:

@@ -6,8 +6,11 @@ that already hold a verified copy -> push the rest with bounded concurrency ->
 record each target's verification as a receipt. Failures back off exponentially
 with jitter per (artifact, target); every failure is a DATA_SYNC_FAILED event.
 
-Strategies: ``push_from_generator`` (the default) and ``ephemeral`` (the same push,
-on a 5 s interval, for termination-prone hosts).
+Strategies (the router decides targets per strategy, ``engine.router``):
+``push_from_generator`` (the default: to the coordinator), ``broadcast`` (its data types to
+every eligible node), ``ephemeral`` (write-through to a durable node on a 5 s interval) and
+``gossip`` (nothing pushed: peers pull, ``engine.daemons.gossip``). Every push passes the
+target's circuit breaker (``engine.daemons.breaker``).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from engine.aio import wait_event
 from engine.daemons.limiter import PushLimiter
 from engine.daemons.recovery import Recovery
 from engine.daemons.retry import RetryPolicy, RetryState
+from engine.daemons.write_through import WriteThrough, final_candidates
 from engine.events import DataSyncCompleted, DataSyncFailed, DataSyncStarted
 from engine.health import HealthCheckResult
 from engine.manifest import Artifact, Replica, SyncReceipt
@@ -34,8 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_STRATEGIES = ("push_from_generator", "ephemeral")
-EPHEMERAL_INTERVAL = 5.0
+SUPPORTED_STRATEGIES = ("push_from_generator", "gossip", "broadcast", "ephemeral")
 
 
 @dataclass
@@ -61,7 +64,7 @@ class AutoSyncDaemon:
         self.strategy = strategy
         """The configured strategy name."""
         cfg = node.config
-        self.interval = (min(cfg.auto_sync.interval_seconds, EPHEMERAL_INTERVAL)
+        self.interval = (min(cfg.auto_sync.interval_seconds, cfg.auto_sync.ephemeral_interval_seconds)
                          if strategy == "ephemeral" else cfg.auto_sync.interval_seconds)
         """Seconds between cycles when nothing wakes the daemon earlier."""
         self.enabled = cfg.auto_sync.enabled
@@ -83,6 +86,8 @@ class AutoSyncDaemon:
         recovery run: neither starts a second push of the same pair."""
         self.recovery = Recovery(self)
         """Operator-requested runs that bring artifacts up to min_copies verified copies."""
+        self.write_through = WriteThrough(self) if strategy == "ephemeral" else None
+        """The ephemeral strategy's durable queue and safety check (None for the others)."""
         self.totals = {"cycles": 0, "pushed_files": 0, "pushed_bytes": 0, "failed": 0}
         """Running counts since start."""
         self.last_cycle_at: float | None = None
@@ -101,6 +106,20 @@ class AutoSyncDaemon:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        if self.write_through is not None:
+            self.write_through.close()
+
+    async def final_push(self, deadline: float) -> None:
+        """Graceful stop (SIGTERM) of an ephemeral node: no more interval cycles; push what is
+        not safe yet for at most ``deadline`` seconds (``WriteThrough.final_push``). Other
+        strategies: nothing."""
+        if self.write_through is None:
+            return
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        await self.write_through.final_push(deadline)
 
     def sync_now(self, reason: str, config_key: str | None = None) -> None:
         """Run a cycle now; artifacts of ``config_key`` go first and skip their backoff."""
@@ -108,6 +127,8 @@ class AutoSyncDaemon:
         self._wake.set()
 
     async def _run(self) -> None:
+        if self.write_through is not None:  # what was queued before a restart goes first
+            await self.write_through.drain()
         while True:
             priority, self._priority = self._priority, None
             if self.enabled or priority:
@@ -125,14 +146,18 @@ class AutoSyncDaemon:
         return max(0.05, min([self.interval, *waits]))
 
     # -- one cycle --------------------------------------------------------------------------
-    async def scan(self) -> int:
-        """Register finished artifacts that are new or changed; returns how many."""
+    async def scan(self, final: bool = False) -> int:
+        """Register finished artifacts that are new or changed; returns how many. ``final``
+        (an ephemeral node stopping): a file no process holds open counts as finished now."""
         manifest = self.node.manifest
         known: dict[tuple[str, str], tuple[int | None, int | None] | None] = {
             (a.data_type, a.path): ((a.source_size, a.source_mtime_ns) if a.origin == self.node.name
                                     else None)
             for a in manifest.artifacts()}
-        candidates = await asyncio.to_thread(self.scanner.candidates, known)
+        if final:
+            candidates = await asyncio.to_thread(final_candidates, self.scanner, known)
+        else:
+            candidates = await asyncio.to_thread(self.scanner.candidates, known)
         gone = manifest.deleted_sources(self.node.name)
         registered = 0
         for cand in candidates:
@@ -179,7 +204,8 @@ class AutoSyncDaemon:
             if (art.data_type, art.path) in gone:
                 continue  # no bytes here any more; holders re-home it (Recovery.orphans)
             held = holders.get((art.data_type, art.path), set())
-            for target in router.get_sync_targets(art.data_type, art.config_key, art.path):
+            for target in router.get_sync_targets(art.data_type, art.config_key, art.path,
+                                                  urgent=self.write_through is not None):
                 if target in held or (art.key, target) in self.inflight:
                     continue
                 state = self._retries.get((art.key, target))
@@ -198,33 +224,44 @@ class AutoSyncDaemon:
         self.backlog_files = len(backlog)
         self.backlog_bytes = sum(a.size for a, _ in backlog)
 
-    async def run_cycle(self, reason: str = "interval",
-                        config_key: str | None = None) -> CycleReport:
+    async def run_cycle(self, reason: str = "interval", config_key: str | None = None,
+                        scan: bool = True) -> CycleReport:
+        """One cycle; ``scan=False`` pushes what is known without looking at the disk first."""
         report = CycleReport()
         try:
-            return await self._cycle(report, reason, config_key)
+            return await self._cycle(report, reason, config_key, scan)
         finally:
+            if self.write_through is not None:  # ARTIFACT_SAFE for what reached a durable node
+                self.write_through.settle()
             self._count_backlog()
             self.totals["cycles"] += 1
             self.last_cycle_at = time.time()
 
-    async def _cycle(self, report: CycleReport, reason: str, config_key: str | None) -> CycleReport:
-        report.scanned = await self.scan()
+    async def _cycle(self, report: CycleReport, reason: str, config_key: str | None,
+                     scan: bool = True) -> CycleReport:
+        report.scanned = await self.scan() if scan else 0
+        if self.write_through is not None:  # queued (durably) before any push is tried
+            self.write_through.enqueue_unsafe()
         if self.paused:
             report.skipped_paused = True
             return report
         priority = reason != "interval"
         work = self.pending(config_key, override_backoff=priority)
+        if self.write_through is not None:
+            work = self.write_through.order(work)
         if not work:
             return report
         started = time.monotonic()
         self.node.events.emit(DataSyncStarted(
             source=self.node.name, targets=sorted({t for _, t in work}), files=len(work),
-            bytes=sum(a.size for a, _ in work), reason=reason, strategy=self.strategy))
+            bytes=sum(a.size for a, _ in work), reason=reason, strategy=self.strategy,
+            urgency="urgent" if self.write_through is not None else "normal"))
         pairs = {(a.key, t) for a, t in work}
         self.inflight |= pairs
         try:
-            results = await asyncio.gather(*(self._push_one(a, t, reason) for a, t in work))
+            results = await asyncio.gather(*(
+                self._push_one(a, t, reason, urgent=self.write_through is not None)
+                for a, t in work))
         finally:
             self.inflight -= pairs
         for (art, target), ok in zip(work, results):
@@ -232,7 +269,7 @@ class AutoSyncDaemon:
                 report.pushed += 1
                 report.bytes += art.size
                 report.by_target.setdefault(target, []).append(art)
-            else:
+            elif ok is not None:
                 report.failed += 1
         for target, arts in report.by_target.items():
             self.node.events.emit(DataSyncCompleted(
@@ -243,32 +280,57 @@ class AutoSyncDaemon:
         self._drop_finished_snapshots([a for a, _ in work])
         return report
 
+    async def push_copy(self, art: Artifact, target: str, reason: str,
+                        source_file: Path | None = None, urgent: bool = False) -> bool | None:
+        """One push of ``art`` to ``target`` outside the cycle (a gossip pull request), unless
+        one of the same pair is under way (None); nothing schedules a retry."""
+        key = (art.key, target)
+        if key in self.inflight:
+            return None
+        self.inflight.add(key)
+        try:
+            return await self._push_one(art, target, reason, source_file=source_file,
+                                        retry=False, urgent=urgent)
+        finally:
+            self.inflight.discard(key)
+
     async def _push_one(self, art: Artifact, target: str, reason: str,
                         source_file: Path | None = None, retry: bool = True,
-                        urgent: bool = False) -> bool:
+                        urgent: bool = False) -> bool | None:
         """Push ``art`` to ``target`` and record the receipt; False (and a DATA_SYNC_FAILED)
-        on failure. ``source_file`` overrides where the bytes are read (a stored copy);
-        ``retry=False`` for a one-off push nothing will retry (reported with no retry time);
-        ``urgent`` pushes get a transfer slot before normal ones."""
+        on failure; None when the target's circuit breaker holds it back (nothing was tried).
+        ``source_file`` overrides where the bytes are read (a stored copy); ``retry=False``
+        for a one-off push nothing will retry (reported with no retry time); ``urgent`` pushes
+        get a transfer slot before normal ones."""
         key = (art.key, target)
         state = self._retries.get(key)
         attempt = (state.attempts if state else 0) + 1
         source_file = source_file or self.scanner.push_source(art)
         async with self.limiter.slot(urgent):
+            if not self.node.breakers.begin(target):
+                return None  # opened while this push waited for a slot
             transfer = self.node.transfers.start(
                 direction="out", source=self.node.name, target=target, artifact=art.key,
                 size=art.size, transport=self.node.transport.name, attempt=attempt)
             try:
                 if not source_file.exists():
-                    raise TransferError(f"{source_file.name} vanished before it was sent")
+                    raise TransferError(f"{source_file.name} vanished before it was sent",
+                                        target_fault=False)
                 result = await self.node.transport.push(
                     PushRequest(art, source_file, target, self.node.config.host(target).url,
-                                reason), transfer)
+                                reason, "urgent" if urgent else "normal"), transfer)
             except TransferError as exc:
                 self.node.transfers.finish(transfer, error=str(exc))
                 self._failed(art, target, str(exc), exc.retryable, reason, retry)
+                if exc.backpressure:
+                    self.node.router.backpressure(target, exc.backpressure)
+                if exc.target_fault:
+                    self.node.breakers.failure(target, str(exc))
                 return False
+            finally:  # a probe that neither succeeded nor failed (cancelled, a local error)
+                self.node.breakers.release(target)
         self.node.transfers.finish(transfer)
+        self.node.breakers.success(target)
         self._retries.pop(key, None)
         self.node.manifest.register_sync(SyncReceipt(
             art.data_type, art.path, self.node.name, target, result.sha256, result.size,
@@ -313,6 +375,7 @@ class AutoSyncDaemon:
                 "retrying": sum(1 for s in self._retries.values() if not s.permanent),
                 "blocked": sum(1 for s in self._retries.values() if s.permanent),
                 "last_cycle_at": self.last_cycle_at, "last_error": self.last_error,
+                **({"write_through": self.write_through.status()} if self.write_through else {}),
                 **self.totals}
 
     def health_check(self) -> HealthCheckResult:

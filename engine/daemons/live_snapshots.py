@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 from engine.daemons.retry import RetryPolicy, RetryState
 from engine.events import DataSyncCompleted, DataSyncFailed
 from engine.hashing import sha256_file
+from engine.health import HealthCheckResult
 from engine.manifest import Artifact
 from engine.scanner import live_snapshot_database
 from engine.transport import PushRequest, TransferError
@@ -188,6 +189,14 @@ class LiveSnapshotter:
 
     def status(self) -> dict[str, float | int]:
         return {"interval_seconds": self.interval, "tracked": len(self._unchanged), **self.totals}
+
+    def health_check(self) -> HealthCheckResult:
+        """Healthy unless snapshots keep failing (more failures than snapshots pushed)."""
+        if not self.interval:
+            return HealthCheckResult(True, "live snapshots off", self.status())
+        failing = self.totals["failed"] > self.totals["pushed"]
+        return HealthCheckResult(not failing, "live snapshots failing" if failing
+                                 else "live snapshots running", self.status())
 
 
 def _signature(file: Path) -> tuple[Signature, bool]:

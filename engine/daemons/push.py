@@ -27,7 +27,6 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 
 from engine.aio import wait_event
 from engine.config.schema import PushThresholds
@@ -81,9 +80,6 @@ class SyncPushDaemon:
         self.totals = {"cycles": 0, "pushed_files": 0, "pushed_bytes": 0}
         """Running counts since start (pushes made because of disk pressure)."""
         self.last_error: str | None = None
-        self.down_peers: frozenset[str] = frozenset()
-        """Nodes the coordinator's membership reported down at the last cycle under pressure
-        (replica targets skip them)."""
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._batch: asyncio.Task[None] | None = None
@@ -124,7 +120,7 @@ class SyncPushDaemon:
         if disk["percent"] >= self.thresholds.cleanup_percent:  # not just the level's
             self.last_cleanup = await self.cleaner.run(REASON, disk)  # hysteresis band
         if self._batch is None or self._batch.done():
-            await self._learn_cluster()
+            await self.node.view_refresher.refresh()  # free space and down nodes, fresh
             urgent = self.level in ("urgent", "cleanup")
             self._batch = asyncio.create_task(self._push_batch(urgent),
                                               name=f"sync-push-batch:{node.name}")
@@ -147,32 +143,6 @@ class SyncPushDaemon:
             self.totals["pushed_bytes"] += sum(a.size for a in arts)
         if arrived and len(found) > batch:
             self._wake.set()
-
-    async def _learn_cluster(self) -> None:
-        """Take the coordinator's membership view: which nodes are down, and every node's
-        used/total bytes (so replica targets are chosen by free space). Best effort: without
-        an answer the last view stands."""
-        node = self.node
-        url = f"{node.config.coordinator.url}/v1/cluster"
-        try:
-            async with node.session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as resp:
-                view = await resp.json() if resp.status == 200 else {}
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
-            log.debug("no cluster view from the coordinator: %s", exc)
-            return
-        members = view.get("members") if isinstance(view, dict) else None
-        if not isinstance(members, dict):
-            return
-        down = set()
-        for name, member in members.items():
-            if name not in node.config.hosts or not isinstance(member, dict):
-                continue
-            if member.get("state") == "down":
-                down.add(name)
-            disk = (member.get("status") or {}).get("disk") or {}
-            if isinstance(disk.get("used_bytes"), int) and isinstance(disk.get("total_bytes"), int):
-                node.manifest.set_capacity(name, disk["used_bytes"], disk["total_bytes"])
-        self.down_peers = frozenset(down)
 
     def _set_level(self, level: str, disk: dict[str, Any]) -> None:
         self.percent = disk["percent"]

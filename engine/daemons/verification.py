@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.events import ReplicaQuarantined, ReplicasVerified
+from engine.health import HealthCheckResult
 from engine.manifest import Artifact
 
 if TYPE_CHECKING:
@@ -58,6 +59,16 @@ class ReplicaVerifier:
         held = [art for art, _rep in self.node.manifest.held_by(self.node.name)]
         self._task = asyncio.create_task(self._run(held, by), name=f"verify:{self.node.name}")
         return {"node": self.node.name, "replicas": len(held), "started": True}
+
+    def health_check(self) -> HealthCheckResult:
+        """Healthy: a copy found changed or missing is quarantined and stops counting, so
+        recovery re-homes it; the message says what the last run found."""
+        last = self.last or {}
+        message = ("verification running" if self.running else
+                   "no verification run yet" if not last else
+                   f"last run: {last['matched']} of {last['checked']} copies matched,"
+                   f" {last['mismatched']} changed, {last['missing']} missing")
+        return HealthCheckResult(True, message, {"running": self.running, "last": self.last})
 
     async def stop(self) -> None:
         if self._task is not None:

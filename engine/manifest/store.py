@@ -296,6 +296,13 @@ class ClusterManifest(PeerMerge):
 
     # -- capacity and exclusions ------------------------------------------------------------
     def set_capacity(self, node: str, used_bytes: int, total_bytes: int) -> None:
+        """Record ``node``'s usage; an unchanged figure takes no sequence number (a quiet
+        cluster's manifests stay quiet)."""
+        row = self._db.execute("SELECT used_bytes, total_bytes FROM capacity WHERE node=?",
+                               (node,)).fetchone()
+        if row is not None and (row["used_bytes"], row["total_bytes"]) == (used_bytes, total_bytes):
+            self._db.execute("UPDATE capacity SET updated_at=? WHERE node=?", (time.time(), node))
+            return
         with self._change() as seq:
             self._db.execute(
                 "INSERT INTO capacity(node, used_bytes, total_bytes, updated_at, seq) VALUES"

@@ -13,6 +13,7 @@
     POST /v1/control/{priority-sync,pause,resume}   what the SyncFacade asks of a node
     POST /v1/control/recover          push under-replicated artifacts up to min_copies (202)
     POST /v1/control/verify           re-hash every replica held; 409 while one runs (202)
+    POST /v1/gossip[/delta|/send]     gossip exchange, follow-up delta, pull request (gossip.py)
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from aiohttp import web
 from engine.daemons.recovery import DEFAULT_REASON
 from engine.daemons.verification import VerificationRunning
 from engine.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from engine.server import objects, vouch
+from engine.server import gossip, objects, vouch
 from engine.server.context import NODE_KEY, node_of
 from engine.server.events_stream import stream_events
 
@@ -176,4 +177,5 @@ def make_app(node: "Node") -> web.Application:
     app.router.add_post("/v1/control/verify", control_verify)
     objects.add_routes(app)
     vouch.add_routes(app)
+    gossip.add_routes(app)
     return app

@@ -45,6 +45,7 @@ H_SIZE, H_SHA, H_OFFSET = "X-Ringsync-Size", "X-Ringsync-Sha256", "X-Ringsync-Of
 H_SOURCE, H_ORIGIN, H_KEY = "X-Ringsync-Source", "X-Ringsync-Origin", "X-Ringsync-Config-Key"
 H_MTIME, H_REASON, H_VERIFIED = "X-Ringsync-Mtime", "X-Ringsync-Reason", "X-Ringsync-Verified-At"
 H_VERIFY, H_LIVE = "X-Ringsync-Verify", "X-Ringsync-Live"
+H_URGENCY, H_BACKPRESSURE = "X-Ringsync-Urgency", "X-Ringsync-Backpressure"
 
 _HEX = frozenset("0123456789abcdef")
 
@@ -152,6 +153,13 @@ async def put_object(request: web.Request) -> web.Response:
                                       "already_present": True})
         raise _bad(web.HTTPConflict, f"{artifact_name} exists with different content; "
                    "ringsync never overwrites", sha256=held)
+    pressure = node.backpressure.refuses(request.headers.get(H_URGENCY) == "urgent")
+    if pressure is not None:
+        raise web.HTTPServiceUnavailable(
+            text=web.json_response({"error": f"{node.name} holds normal syncs: backpressure"
+                                             f" ({pressure})"}).text,
+            content_type="application/json",
+            headers={H_BACKPRESSURE: pressure, "Retry-After": "5"})
     if not node.has_room_for(size - offset):
         raise _bad(web.HTTPInsufficientStorage, f"{node.name} has no room for {size} bytes")
     part = node.data.partial_path(data_type, rel, sha, live_origin)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from engine.health import HealthCheckResult
 from engine.manifest import Artifact
 from engine.transfers import Transfer
 
@@ -48,10 +49,17 @@ class PushResult:
 class TransferError(Exception):
     """A push that did not end with a verified copy at the target."""
 
-    def __init__(self, message: str, *, retryable: bool = True) -> None:
+    def __init__(self, message: str, *, retryable: bool = True, target_fault: bool = True,
+                 backpressure: str | None = None) -> None:
         super().__init__(message)
         self.retryable = retryable
         """False when trying again cannot help (conflict, bad token, refused path)."""
+        self.target_fault = target_fault
+        """True when the target failed (unreachable, timed out, 5xx): it feeds the target's
+        circuit breaker. False when the file or this node was the problem."""
+        self.backpressure = backpressure
+        """The target refused under backpressure (``disk`` or ``queue``): hold normal pushes
+        to it until it releases."""
 
 
 class Transport(Protocol):
@@ -60,4 +68,8 @@ class Transport(Protocol):
 
     async def push(self, request: PushRequest, transfer: Transfer) -> PushResult:
         """Send the bytes, updating ``transfer`` as they go; raise TransferError on failure."""
+        ...
+
+    def health_check(self) -> HealthCheckResult:
+        """Whether this transport can move bytes (each transport is a health component)."""
         ...

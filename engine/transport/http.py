@@ -23,10 +23,14 @@ from urllib.parse import quote
 import aiohttp
 
 from engine.bandwidth import BandwidthCoordinator
-from engine.server.objects import (H_KEY, H_LIVE, H_MTIME, H_OFFSET, H_ORIGIN, H_REASON, H_SHA,
-                                   H_SIZE, H_SOURCE, H_VERIFIED)
+from engine.health import HealthCheckResult
+from engine.server.objects import (H_BACKPRESSURE, H_KEY, H_LIVE, H_MTIME, H_OFFSET, H_ORIGIN,
+                                   H_REASON, H_SHA, H_SIZE, H_SOURCE, H_URGENCY, H_VERIFIED)
 from engine.transfers import Transfer
 from engine.transport.base import PushRequest, PushResult, TransferError
+
+UNHEALTHY_AFTER = 20
+"""Failed pushes in a row (to any targets) after which the transport reports unhealthy."""
 
 
 class HttpTransport:
@@ -41,12 +45,40 @@ class HttpTransport:
         self.node = node
         self.bandwidth = bandwidth
         self.chunk_bytes = chunk_bytes
+        self.totals = {"pushes": 0, "failed": 0, "consecutive_failures": 0}
+        """Pushes this transport carried out or failed, for ``health_check``."""
+        self.last_error: str | None = None
+        self.last_success_at: float | None = None
+
+    def health_check(self) -> HealthCheckResult:
+        """Unhealthy after ``UNHEALTHY_AFTER`` failed pushes in a row (to any target): this
+        node cannot move bytes at all (its network, its token), not one dead target."""
+        failing = self.totals["consecutive_failures"] >= UNHEALTHY_AFTER
+        message = (f"{self.totals['consecutive_failures']} pushes failed in a row: {self.last_error}"
+                   if failing else "http transport working")
+        return HealthCheckResult(not failing, message, {
+            **self.totals, "last_error": self.last_error,
+            "last_success_at": self.last_success_at})
 
     def _url(self, request: PushRequest) -> str:
         art = request.artifact
         return f"{request.target_url}/v1/objects/{art.data_type}/{quote(art.path)}"
 
     async def push(self, request: PushRequest, transfer: Transfer) -> PushResult:
+        try:
+            result = await self._push(request, transfer)
+        except TransferError as exc:
+            self.totals["failed"] += 1
+            if exc.target_fault:
+                self.totals["consecutive_failures"] += 1
+            self.last_error = str(exc)
+            raise
+        self.totals["pushes"] += 1
+        self.totals["consecutive_failures"] = 0
+        self.last_success_at = time.time()
+        return result
+
+    async def _push(self, request: PushRequest, transfer: Transfer) -> PushResult:
         art, url = request.artifact, self._url(request)
         try:
             offset = await self._probe(request, url)
@@ -90,7 +122,8 @@ class HttpTransport:
         headers = {
             H_SIZE: str(art.size), H_SHA: art.sha256, H_OFFSET: str(offset),
             H_SOURCE: self.node, H_ORIGIN: art.origin, H_MTIME: f"{art.mtime:.6f}",
-            H_REASON: request.reason, "Content-Length": str(art.size - offset),
+            H_REASON: request.reason, H_URGENCY: request.urgency,
+            "Content-Length": str(art.size - offset),
             "Content-Type": "application/octet-stream",
         }
         if art.config_key:
@@ -129,7 +162,7 @@ class HttpTransport:
             while remaining > 0:
                 data = await nxt
                 if not data:
-                    raise TransferError(f"{path} shrank while being sent")
+                    raise TransferError(f"{path} shrank while being sent", target_fault=False)
                 remaining -= len(data)
                 if remaining > 0:
                     nxt = asyncio.ensure_future(
@@ -154,5 +187,7 @@ async def _json(resp: aiohttp.ClientResponse) -> dict:
 async def _error(resp: aiohttp.ClientResponse, target: str, key: str) -> TransferError:
     detail = (await _json(resp)).get("error") or resp.reason
     retryable = resp.status not in (400, 401, 403, 409)
+    backpressure = resp.headers.get(H_BACKPRESSURE) if resp.status == 503 else None
     return TransferError(f"{target} answered {resp.status} for {key}: {detail}",
-                         retryable=retryable)
+                         retryable=retryable, backpressure=backpressure,
+                         target_fault=resp.status not in (400, 409, 422) and not backpressure)

@@ -110,7 +110,9 @@ class Cluster:
         self.settings: dict[str, Any] = {
             "cluster_name": "test", "token": TOKEN,
             "auto_sync": {"enabled": True, "interval_seconds": interval,
-                          "strategy": "push_from_generator"},
+                          "strategy": "push_from_generator",
+                          # an ephemeral node's SIGTERM push fits the harness's stop timeouts
+                          "final_push_seconds": 3},
             "bandwidth_limits": {"default_mbps": 1000},
             "membership": {"interval_seconds": 0.5, "suspect_after_misses": 1,
                            "down_after_misses": 3},

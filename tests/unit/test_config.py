@@ -457,3 +457,47 @@ def test_config_error_is_one_line_and_picklable() -> None:
     copy = pickle.loads(pickle.dumps(err))
     assert (str(copy), copy.file, copy.line, copy.field) == (str(err), "a.yaml", 3, "x.y")
     assert str(ConfigError("p", env_var="RINGRIFT_SYNC_INTERVAL", file="a.yaml")) == "RINGRIFT_SYNC_INTERVAL: p"
+
+
+# ------------------------------------------------------------------ routing policies and hooks
+POLICY = BASE.replace("    - gpu-1\n", "    - gpu-1\n  policies:\n    models:\n      broadcast: true\n")
+
+
+def test_policies_hooks_and_breakers_load(tmp_path: Path) -> None:
+    text = POLICY.replace("      broadcast: true\n", "      broadcast: true\n      hosts: [coord]\n"
+                          "      replication_target: all\n") + (
+        "hooks:\n  - event: DATA_SYNC_COMPLETED\n    data_types: [games, npz]\n"
+        "    command: [python3, export.py, '{path}', '{config_key}']\n")
+    cfg = load_config(write(tmp_path, text), env={})
+    models = cfg.sync_routing.policy("models")
+    assert models.broadcast and models.hosts == ["coord"] and models.replication_target == "all"
+    assert cfg.sync_routing.policy("games").roles == ["gpu", "cpu"]  # the default policy
+    assert cfg.hooks[0].command[2] == "{path}" and cfg.hooks[0].timeout_seconds == 300
+    assert (cfg.transfer.breaker_failures, cfg.sync_routing.capacity_refresh_seconds) == (5, 10)
+
+
+def test_a_policy_names_only_configured_hosts(tmp_path: Path) -> None:
+    text = POLICY.replace("      broadcast: true\n", "      broadcast: true\n      exclude_hosts:\n"
+                          "        - gpu-9  # <<\n")
+    assert_points_at(tmp_path, text, "sync_routing.policies.models.exclude_hosts[0]", "'gpu-9'")
+
+
+def test_a_policy_is_for_a_known_data_type(tmp_path: Path) -> None:
+    text = POLICY.replace("    models:\n", "    modles:  # <<\n")
+    assert_points_at(tmp_path, text, "sync_routing.policies.modles", "'modles'", "models")
+
+
+def test_replication_target_is_a_count_or_all(tmp_path: Path) -> None:
+    text = POLICY.replace("      broadcast: true\n", "      broadcast: true\n"
+                          "      replication_target: 0  # <<\n")
+    assert_points_at(tmp_path, text, "sync_routing.policies.models.replication_target", "all")
+
+
+def test_capacity_refresh_is_at_most_30_seconds(tmp_path: Path) -> None:
+    text = BASE.replace("    - gpu-1\n", "    - gpu-1\n  capacity_refresh_seconds: 60  # <<\n")
+    assert_points_at(tmp_path, text, "sync_routing.capacity_refresh_seconds", "30")
+
+
+def test_a_hook_names_a_real_event_type(tmp_path: Path) -> None:
+    text = BASE + "hooks:\n  - event: DATA_SYNCED  # <<\n    command: [true]\n"
+    assert_points_at(tmp_path, text, "hooks[0].event", "'DATA_SYNCED'", "DATA_SYNC_COMPLETED")

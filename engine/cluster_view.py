@@ -1,0 +1,136 @@
+"""ClusterView: what one node knows of the others — up or down, free space, backpressure.
+
+The coordinator's membership asks every node for ``/status`` each second; the view there
+reads membership directly. Every other node refreshes its view from the coordinator's
+``GET /v1/cluster`` every ``sync_routing.capacity_refresh_seconds`` (at most 30 s): which
+nodes are down, each node's used/total bytes (stored as manifest capacity rows, which the
+router reads) and which nodes announce backpressure. Between refreshes the view also
+learns first-hand: a push refused with ``503`` + ``X-Ringsync-Backpressure`` marks that
+target at once (``SyncRouter.backpressure``).
+
+A change seen in a refresh (a node back up, backpressure on or off) goes to the router's
+handlers, the same ones the node's own event bus feeds (``SyncRouter.on_event``), so the
+router reacts the same way to an event emitted here and to one seen through the coordinator.
+Without an answer from the coordinator the last view stands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+if TYPE_CHECKING:
+    from engine.node import Node
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[str, "str | None"], None]
+
+
+class ClusterView:
+    """Down nodes and backpressure as this node last learned them (capacity lives in the
+    manifest's capacity table)."""
+
+    def __init__(self, is_down: Callable[[str], bool] | None = None) -> None:
+        self._membership_is_down = is_down
+        self.down: set[str] = set()
+        """Nodes reported down (off the coordinator: by the coordinator's last answer)."""
+        self.backpressure: dict[str, str] = {}
+        """Node -> reason (``disk`` or ``queue``) for every node announcing backpressure."""
+        self.refreshed_at: float | None = None
+        """Unix time of the last successful refresh (None: never)."""
+        self.last_error: str | None = None
+
+    def is_down(self, name: str) -> bool:
+        if self._membership_is_down is not None:
+            return self._membership_is_down(name)
+        return name in self.down
+
+    def apply(self, members: dict[str, Any], known: set[str],
+              on_recovered: Callable[[str], None],
+              on_backpressure: Callable[[str, str | None], None],
+              set_capacity: Callable[[str, int, int], None]) -> None:
+        """Take a ``/v1/cluster`` members map: down set, capacity rows, backpressure; report
+        every change to the handlers."""
+        down: set[str] = set()
+        for name, member in members.items():
+            if name not in known or not isinstance(member, dict):
+                continue
+            if member.get("state") == "down":
+                down.add(name)
+            status = member.get("status") or {}
+            disk = status.get("disk") or {}
+            if isinstance(disk.get("used_bytes"), int) and isinstance(disk.get("total_bytes"), int):
+                set_capacity(name, disk["used_bytes"], disk["total_bytes"])
+            pressure = status.get("backpressure") or {}
+            if member.get("state") == "up" and isinstance(pressure, dict):
+                reason = pressure.get("reason") if pressure.get("active") else None
+                if reason != self.backpressure.get(name):
+                    on_backpressure(name, reason)
+        if self._membership_is_down is None:
+            back = self.down - down
+            self.down = down
+            for name in sorted(back):
+                on_recovered(name)
+        self.refreshed_at = time.time()
+        self.last_error = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"down": sorted(self.down), "backpressure": dict(sorted(self.backpressure.items())),
+                "refreshed_at": self.refreshed_at, "last_error": self.last_error}
+
+
+class ClusterViewRefresher:
+    """Keeps ``node.view`` fresh: from membership on the coordinator, else from the
+    coordinator's ``/v1/cluster`` every ``capacity_refresh_seconds``."""
+
+    def __init__(self, node: "Node") -> None:
+        self.node = node
+        self.interval = node.config.sync_routing.capacity_refresh_seconds
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="cluster-view")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await self.refresh()
+            await asyncio.sleep(self.interval)
+
+    async def refresh(self) -> bool:
+        """One refresh now; False when the coordinator gave no usable answer."""
+        node = self.node
+        if node.membership is not None:
+            members = node.membership.view()
+        else:
+            url = f"{node.config.coordinator.url}/v1/cluster"
+            try:
+                async with node.session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                    if resp.status != 200:
+                        raise ValueError(f"/v1/cluster answered {resp.status}")
+                    answer = await resp.json()
+            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+                node.view.last_error = f"{type(exc).__name__}: {exc}".strip(": ")
+                log.debug("no cluster view from the coordinator: %s", node.view.last_error)
+                return False
+            members = answer.get("members") if isinstance(answer, dict) else None
+            if not isinstance(members, dict):
+                node.view.last_error = "/v1/cluster answered without members"
+                return False
+            if isinstance(answer.get("self"), dict):  # the coordinator's own disk and backpressure
+                members = {**members, node.config.coordinator.name: answer["self"]}
+        router = node.router
+        node.view.apply(members, set(node.config.hosts) - {node.name}, router.node_recovered,
+                        router.backpressure, node.manifest.set_capacity)
+        return True

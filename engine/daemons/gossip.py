@@ -1,0 +1,273 @@
+"""GossipDaemon: the ``gossip`` strategy — manifest deltas peer to peer, then pulls.
+
+Every ``auto_sync.interval_seconds`` a round:
+
+1. ``k = auto_sync.gossip_fanout`` random peers of ``SyncRouter.gossip_peers()`` (gossip
+   nodes that are up and whose circuit breaker allows); with each, concurrently, one
+   exchange of ``engine.gossip.protocol`` (``POST /v1/gossip``, then ``POST
+   /v1/gossip/delta`` when the peer wants rows of ours). Success or failure feeds the peer's
+   breaker; a failure is logged at warning, counted and kept as ``last_error``.
+2. Pulls (``engine.gossip.pulls``): for each wanted artifact, up to ``PULLS_PER_SLOT`` x
+   ``transfer.max_concurrent`` a round, ask the first source of ``SyncRouter.pull_sources``
+   (a peer just exchanged with first) to send it: ``POST /v1/gossip/send`` with ``to`` = this
+   node. The holder pushes its stored copy through the ordinary push path
+   (``AutoSyncDaemon.push_copy``) and this node receives it through ``PUT /v1/objects``.
+
+It also serves the three routes (``engine.server.gossip``): answering exchanges, taking
+follow-up deltas, and starting the pushes other nodes ask for (``engine.gossip.holder``,
+tasks cancelled on stop). A paused node still exchanges deltas but neither asks for nor
+sends copies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from engine.gossip import Gossip, ProtocolError
+from engine.gossip.holder import Sender
+from engine.gossip.pulls import Pulls
+from engine.health import HealthCheckResult
+from engine.manifest import Artifact
+
+if TYPE_CHECKING:
+    from engine.node import Node
+
+log = logging.getLogger(__name__)
+
+EXCHANGE_TIMEOUT_SECONDS = 10.0
+"""One gossip request (exchange, follow-up or send request) gives up after this."""
+PULLS_PER_SLOT = 4
+"""Pull requests per round per ``transfer.max_concurrent`` slot."""
+SOURCES_TRIED = 3
+"""Sources asked for one artifact in a round before it waits for the next round."""
+MAX_PAGES = 10
+"""Exchanges with one peer in a round while deltas come in pages (a node catching up)."""
+
+
+class GossipError(Exception):
+    """A peer's answer could not be had (unreachable, timed out, not 2xx, not JSON)."""
+
+    def __init__(self, message: str, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
+        """No answer at all (refused, reset, timed out), as opposed to an unwanted one."""
+
+
+class GossipDaemon:
+    """Runs on every gossip-strategy node; started and stopped by the Node."""
+
+    def __init__(self, node: "Node") -> None:
+        self.node = node
+        cfg = node.config
+        self.interval = cfg.auto_sync.interval_seconds
+        """Seconds between rounds."""
+        self.fanout = cfg.auto_sync.gossip_fanout
+        """Peers exchanged with per round."""
+        self.max_pulls = PULLS_PER_SLOT * cfg.transfer.max_concurrent
+        """Pull requests per round."""
+        self.protocol = Gossip(node.manifest, stats=self._stats)
+        """This node's side of the exchange protocol (also answers peers)."""
+        self.pulls = Pulls(node)
+        """What to ask for, and what was asked for."""
+        self.sender = Sender(node)
+        """Starts the pushes other nodes ask this node for."""
+        self.figures = {"rounds": 0, "exchanges": 0, "exchange_failures": 0, "rows_merged": 0,
+                        "bytes_sent": 0, "bytes_received": 0, "pulls_requested": 0,
+                        "pull_failures": 0, "pulls_unsourced": 0}
+        """Running counts since start (bytes: JSON bodies of this node's requests;
+        pulls_unsourced: wanted artifacts no source could be named for yet)."""
+        self.served = {"exchanges": 0, "deltas": 0, "rows_merged": 0}
+        """What this node answered for others (sends: ``sender``)."""
+        self.peers: list[str] = []
+        """The peers chosen in the last round."""
+        self.last_round_at: float | None = None
+        self.last_error: str | None = None
+        self._started = time.monotonic()
+        self._last_success: float | None = None
+        self._failures_since_success = 0
+        self._had_peers = False
+        self._task: asyncio.Task[None] | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._started = time.monotonic()
+        self._task = asyncio.create_task(self._run(), name=f"gossip:{self.node.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        await self.sender.stop()
+
+    async def _run(self) -> None:
+        while True:
+            started = time.monotonic()
+            try:
+                await self.round()
+            except Exception as exc:  # keep gossiping; the failure is visible
+                self.last_error = f"round: {type(exc).__name__}: {exc}"
+                log.exception("gossip round failed on %s", self.node.name)
+            await asyncio.sleep(max(0.05, self.interval - (time.monotonic() - started)))
+
+    # -- one round --------------------------------------------------------------------------
+    async def round(self) -> None:
+        """Exchange with up to ``fanout`` random peers, then ask for what is missing here."""
+        peers = self.node.router.gossip_peers()
+        self.peers = random.sample(peers, min(self.fanout, len(peers)))
+        self._had_peers = bool(peers)
+        results = await asyncio.gather(*(self.exchange(p) for p in self.peers))
+        self.figures["rounds"] += 1
+        self.last_round_at = time.time()
+        if not self.node.daemon.paused:
+            await self.pull([p for p, ok in zip(self.peers, results) if ok])
+
+    async def exchange(self, peer: str) -> bool:
+        """One push-pull exchange with ``peer`` (repeated while either side had more than a
+        page to send, up to ``MAX_PAGES``); False (counted, logged) when it failed."""
+        try:
+            for _page in range(MAX_PAGES):
+                if not await self._exchange_page(peer):
+                    break
+        except (GossipError, ProtocolError) as exc:
+            self._exchange_failed(peer, str(exc), peer_fault=True)
+            return False
+        except Exception as exc:  # this node's own failure (e.g. its manifest): not the peer's
+            self._exchange_failed(peer, f"{type(exc).__name__}: {exc}", peer_fault=False)
+            return False
+        self.figures["exchanges"] += 1
+        self._last_success, self._failures_since_success = time.monotonic(), 0
+        self.node.breakers.success(peer)
+        view = self.protocol.view(peer)
+        self.node.router.backpressure(peer, view.backpressure)
+        return True
+
+    async def _exchange_page(self, peer: str) -> bool:
+        """Request, answer, follow-up; True when a delta either way was one page of more."""
+        request = self.protocol.request(peer)
+        answer = await self._post(peer, "/v1/gossip", request)
+        self.figures["rows_merged"] += self.protocol.absorb(peer, request, answer)
+        delta = self.protocol.follow_up(peer, answer)
+        if delta is not None:
+            reply = await self._post(peer, "/v1/gossip/delta", delta)
+            self.protocol.acknowledge(peer, answer, reply)
+        return not answer["complete"] or (delta is not None and not delta["complete"])
+
+    def _exchange_failed(self, peer: str, error: str, peer_fault: bool) -> None:
+        self.figures["exchange_failures"] += 1
+        self._failures_since_success += 1
+        self.last_error = f"exchange with {peer}: {error}"
+        log.warning("gossip %s: %s", self.node.name, self.last_error)
+        if peer_fault:
+            self.node.breakers.failure(peer, error)
+
+    async def pull(self, exchanged: list[str]) -> None:
+        """Ask holders to send what routing says this node should hold and it lacks."""
+        wanted = self.pulls.wanted(self.max_pulls)
+        await asyncio.gather(*(self._ask(art, exchanged) for art in wanted))
+
+    async def _ask(self, art: Artifact, exchanged: list[str]) -> None:
+        sources = self.node.router.pull_sources(art)
+        if not sources:
+            self.figures["pulls_unsourced"] += 1
+            return
+        sources.sort(key=lambda n: n not in exchanged)  # stable: a fresh peer first
+        body = {"data_type": art.data_type, "path": art.path, "sha256": art.sha256,
+                "to": self.node.name}
+        for source in sources[:SOURCES_TRIED]:
+            try:
+                await self._post(source, "/v1/gossip/send", body, expect=202)
+            except GossipError as exc:
+                self.figures["pull_failures"] += 1
+                self.last_error = f"pull of {art.key} from {source}: {exc}"
+                log.warning("gossip %s: %s", self.node.name, self.last_error)
+                if exc.unreachable:
+                    self.node.breakers.failure(source, str(exc))
+                continue
+            self.figures["pulls_requested"] += 1
+            self.pulls.asked(art, source)
+            return
+
+    async def _post(self, peer: str, path: str, body: dict[str, Any],
+                    expect: int = 200) -> Any:
+        """POST ``body`` as JSON to ``peer``; its JSON answer, or GossipError."""
+        url = f"{self.node.config.host(peer).url}{path}"
+        data = json.dumps(body, separators=(",", ":")).encode()
+        self.figures["bytes_sent"] += len(data)
+        timeout = aiohttp.ClientTimeout(total=EXCHANGE_TIMEOUT_SECONDS)
+        try:
+            async with self.node.session.post(
+                    url, data=data, timeout=timeout,
+                    headers={"Content-Type": "application/json"}) as resp:
+                raw = await resp.read()
+                status = resp.status
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise GossipError(f"{peer} unreachable: {type(exc).__name__}: {exc}".rstrip(": "),
+                              unreachable=True) from None
+        self.figures["bytes_received"] += len(raw)
+        try:
+            answer = json.loads(raw)
+        except ValueError:
+            raise GossipError(f"{peer} answered {status} to {path} with no JSON") from None
+        if status != expect:
+            detail = answer.get("error") if isinstance(answer, dict) else None
+            raise GossipError(f"{peer} answered {status} to {path}: {detail or raw[:200]!r}")
+        return answer
+
+    # -- serving ----------------------------------------------------------------------------
+    def _check_sender(self, body: Any) -> None:
+        name = body.get("node") if isinstance(body, dict) else None
+        if isinstance(name, str) and name not in self.node.config.hosts:
+            raise ProtocolError(f"{name!r} is not a host of this cluster")
+
+    def serve_exchange(self, body: Any) -> dict[str, Any]:
+        """Answer a peer's request (``POST /v1/gossip``); ProtocolError on bad input."""
+        self._check_sender(body)
+        answer = self.protocol.answer(body)
+        self.served["exchanges"] += 1
+        return answer
+
+    def serve_delta(self, body: Any) -> dict[str, Any]:
+        """Merge a peer's follow-up delta (``POST /v1/gossip/delta``)."""
+        self._check_sender(body)
+        reply = self.protocol.take_delta(body)
+        self.served["deltas"] += 1
+        self.served["rows_merged"] += reply["merged"]
+        return reply
+
+    def serve_send(self, data_type: str, path: str, sha256: str, to: str) -> dict[str, Any]:
+        """Push this node's copy to ``to`` in the background (``POST /v1/gossip/send``);
+        raises SendRefused (``engine.gossip.holder.Sender.start``)."""
+        return self.sender.start(data_type, path, sha256, to)
+
+    # -- reporting --------------------------------------------------------------------------
+    def _stats(self) -> dict[str, Any]:
+        """Disk percent and backpressure for this node's answers."""
+        pressure = self.node.backpressure.reason
+        return {"disk_percent": self.node.disk()["percent"], "backpressure": pressure}
+
+    def status(self) -> dict[str, Any]:
+        return {"interval_seconds": self.interval, "fanout": self.fanout, **self.figures,
+                "pulls_arrived": self.pulls.arrived, "pulls_awaited": len(self.pulls.requested),
+                "last_round_at": self.last_round_at, "last_error": self.last_error,
+                "peers": self.peers, "served": {**self.served, **self.sender.status()}}
+
+    def health_check(self) -> HealthCheckResult:
+        now = time.monotonic()
+        since = now - (self._last_success if self._last_success is not None else self._started)
+        stale = since > 3 * self.interval and (self._had_peers or self._failures_since_success)
+        details = {"exchanges": self.figures["exchanges"],
+                   "exchange_failures": self.figures["exchange_failures"],
+                   "seconds_since_exchange": round(since, 1), "last_error": self.last_error}
+        if stale:
+            return HealthCheckResult(False, f"no gossip exchange succeeded for {since:.0f}s"
+                                     f" ({self.last_error or 'no answer'})", details)
+        message = "gossiping" if self._had_peers else "no gossip peer up"
+        return HealthCheckResult(True, message, details)

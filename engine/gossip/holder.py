@@ -1,0 +1,132 @@
+"""The holder's side of a pull: what this node may send for an artifact, and the sending.
+
+``Sender.start`` answers a send request (``POST /v1/gossip/send``): it refuses what this
+node cannot send (``SendRefused``: 404 no verified copy, 409 other content, 503 paused or
+its breaker to the asker open) and otherwise pushes the stored copy in a background task
+through the one push path (``AutoSyncDaemon.push_copy``, reason ``gossip``: bandwidth,
+transfer tracking, receipts, DATA_SYNC_FAILED on failure). A node sends only a copy it can
+stand behind: its own verified replica of exactly that
+content, with the file under its name unchanged since it was hashed (size equal, not
+modified after the hashing), or, as the artifact's origin, its source unchanged since it
+was registered and not deleted (a database goes as its snapshot, re-made when it was
+dropped). The receiver hashes the bytes again anyway (``PUT /v1/objects``); this check
+keeps a node from offering what it does not have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine.manifest import Artifact
+from engine.scanner import is_database
+
+if TYPE_CHECKING:
+    from engine.node import Node
+
+log = logging.getLogger(__name__)
+
+
+class SendRefused(Exception):
+    """A send request this node turns down: ``status`` is the HTTP answer."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class StoredCopy:
+    """What to send for one pull request."""
+
+    file: Path
+    """The bytes to push."""
+    restore_snapshot: bool = False
+    """An own database whose snapshot must be re-made (in a worker) before it is sent."""
+
+
+def stored_copy(node: "Node", art: Artifact) -> StoredCopy | None:
+    """The copy of ``art`` this node can send, or None when it holds none it can vouch for.
+    Raises UnsafePath for a name that is not a plain relative path."""
+    final = node.data.object_path(art.data_type, art.path)
+    try:
+        st = final.stat()
+    except FileNotFoundError:
+        return None
+    if art.origin == node.name:
+        if (art.data_type, art.path) in node.manifest.deleted_sources(node.name):
+            return None
+        if art.source_size is not None and (st.st_size, st.st_mtime_ns) != (
+                art.source_size, art.source_mtime_ns):
+            return None  # changed since registered: the scanner registers the new version
+        source = node.daemon.scanner.push_source(art)
+        return StoredCopy(source, restore_snapshot=is_database(art.path) and not source.exists())
+    hashed = [r.verified_at or 0.0 for r in node.manifest.replicas(art.data_type, art.path)
+              if r.node == node.name and r.sha256 == art.sha256 and r.verified_at is not None]
+    if not hashed or st.st_size != art.size or st.st_mtime > max(hashed):
+        return None  # no verified copy of this content, or the file changed since hashed
+    return StoredCopy(final)
+
+
+class Sender:
+    """Starts the pushes other nodes ask this node for; owns their tasks until ``stop``."""
+
+    def __init__(self, node: "Node") -> None:
+        self.node = node
+        self.counts = {"sends": 0, "sends_refused": 0}
+        """Send requests started and refused."""
+        self.last_error: str | None = None
+        """The last send that could not even start its push (a snapshot not re-made)."""
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(self, data_type: str, path: str, sha256: str, to: str) -> dict[str, Any]:
+        """Push the stored copy of ``data_type/path`` (content ``sha256``) to ``to`` in the
+        background, unless that push is already running; raises SendRefused."""
+        node = self.node
+        art = node.manifest.get_artifact(data_type, path)
+        if art is None:
+            raise self._refused(404, f"{node.name} knows no {data_type}/{path}")
+        if art.sha256 != sha256:
+            raise self._refused(409, f"{node.name} has {art.key} with sha256 {art.sha256}")
+        if node.daemon.paused:
+            raise self._refused(503, f"{node.name} is paused: it sends nothing")
+        if not node.breakers.allow(to):
+            raise self._refused(503, f"{node.name}'s circuit breaker to {to} is open")
+        copy = stored_copy(node, art)
+        if copy is None:
+            raise self._refused(404, f"{node.name} holds no verified copy of {art.key}")
+        running = (art.key, to) in node.daemon.inflight
+        if not running:
+            task = asyncio.create_task(self._send(art, to, copy),
+                                       name=f"gossip-send:{art.key}->{to}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            self.counts["sends"] += 1
+        return {"node": node.name, "artifact": art.key, "to": to, "started": not running}
+
+    async def stop(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    def status(self) -> dict[str, Any]:
+        return {**self.counts, "sending": len(self._tasks), "last_send_error": self.last_error}
+
+    def _refused(self, status: int, message: str) -> SendRefused:
+        self.counts["sends_refused"] += 1
+        return SendRefused(status, message)
+
+    async def _send(self, art: Artifact, to: str, copy: StoredCopy) -> None:
+        daemon = self.node.daemon
+        if copy.restore_snapshot and \
+                not await asyncio.to_thread(daemon.scanner.restore_snapshot, art):
+            self.last_error = f"send of {art.key} to {to}: its snapshot cannot be re-made"
+            log.warning("gossip %s: %s", self.node.name, self.last_error)
+            return
+        # push_copy reports a failure itself (DATA_SYNC_FAILED, breaker); None: one running
+        await daemon.push_copy(art, to, reason="gossip", source_file=copy.file)

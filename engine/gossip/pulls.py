@@ -1,0 +1,109 @@
+"""Pulls: which artifacts a gossip node should ask a holder for now, and which asked-for
+copies have arrived.
+
+An artifact is wanted when another node originated it, routing says this node should hold
+it (``SyncRouter.should_hold``: policy, disk, exclusions, placement), this node holds no
+verified copy (no own replica row with the artifact's SHA-256, and no file under its name:
+a different file there is never overwritten), no upload of it is arriving, and it was not
+asked for within ``ASK_AGAIN_SECONDS`` of a source that is still a source (up, breaker
+closed: a holder that died after accepting is replaced at once). The copy itself arrives
+through the ordinary receive path (``PUT /v1/objects``), which hashes it and registers this
+node's replica row; that row is how an arrival is counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from engine.manifest import Artifact
+from engine.paths import UnsafePath
+
+if TYPE_CHECKING:
+    from engine.node import Node
+
+log = logging.getLogger(__name__)
+
+ASK_AGAIN_SECONDS = 30.0
+"""An artifact asked for is not asked for again before this (its push may be under way)."""
+FORGET_SECONDS = 600.0
+"""A request whose copy never arrived is forgotten after this (no longer awaited)."""
+
+
+@dataclass
+class PullRecord:
+    """One request for a copy."""
+
+    sha256: str
+    """The content asked for."""
+    source: str
+    """The node asked to send it."""
+    at: float
+    """Monotonic time of the request."""
+
+
+class Pulls:
+    """The wanted list and the requests of one gossip node."""
+
+    def __init__(self, node: "Node", clock: Callable[[], float] = time.monotonic) -> None:
+        self.node = node
+        self.clock = clock
+        self.requested: dict[str, PullRecord] = {}
+        """Artifact key -> the latest request for it, until its copy arrives or is forgotten."""
+        self.arrived = 0
+        """Requested copies that arrived (this node's verified replica row appeared)."""
+
+    def held(self) -> dict[tuple[str, str], str]:
+        """(data_type, path) -> SHA-256 of every verified copy this node holds."""
+        return {(art.data_type, art.path): rep.sha256
+                for art, rep in self.node.manifest.held_by(self.node.name)
+                if rep.verified_at is not None}
+
+    def wanted(self, limit: int) -> list[Artifact]:
+        """Up to ``limit`` artifacts to ask for now, oldest first; counts arrivals first."""
+        held = self.held()
+        self._note_arrivals(held)
+        name, now = self.node.name, self.clock()
+        out: list[Artifact] = []
+        for art in self.node.manifest.artifacts():
+            if len(out) >= limit:
+                break
+            if art.origin == name or held.get((art.data_type, art.path)) == art.sha256:
+                continue
+            asked = self.requested.get(art.key)
+            if asked is not None and asked.sha256 == art.sha256 \
+                    and now - asked.at < ASK_AGAIN_SECONDS \
+                    and asked.source in self.node.router.pull_sources(art):
+                continue  # on its way, from a source still up
+            if self.node.router.should_hold(art) and self._absent(art):
+                out.append(art)
+        return out
+
+    def asked(self, art: Artifact, source: str) -> None:
+        """``source`` accepted to send ``art`` here."""
+        self.requested[art.key] = PullRecord(art.sha256, source, self.clock())
+
+    def _absent(self, art: Artifact) -> bool:
+        """No file under the artifact's name and no upload of it arriving."""
+        data = self.node.data
+        try:
+            if data.object_path(art.data_type, art.path).exists():
+                return False
+            part = data.partial_path(art.data_type, art.path, art.sha256)
+        except UnsafePath as exc:  # merge checks names on the way in; never expected here
+            log.warning("gossip: not pulling %s: %s", art.key, exc)
+            return False
+        return part not in self.node.uploads_in_progress
+
+    def _note_arrivals(self, held: dict[tuple[str, str], str]) -> None:
+        now = self.clock()
+        for key, rec in list(self.requested.items()):
+            data_type, _, path = key.partition("/")
+            if held.get((data_type, path)) == rec.sha256:
+                self.arrived += 1
+                del self.requested[key]
+            elif now - rec.at > FORGET_SECONDS:
+                del self.requested[key]

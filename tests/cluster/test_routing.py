@@ -1,0 +1,155 @@
+"""Routing on real six-node clusters: broadcast, recovery backlog, backpressure, breakers.
+
+Every node is its own process on a loopback port. The router decides from live state —
+membership (down, recovered), the receivers' own backpressure, the sender's circuit
+breakers — so each test changes that state for real (stopping and restarting processes,
+filling a disk) and checks what arrived where, verified by hashing the stored bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import time
+from typing import Any
+
+import pytest
+
+from tests.support.cluster import Cluster, wait_for
+from tests.support.files import sha_of, write
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
+
+KIB = 1024
+FAST = {"sync_routing": {"capacity_refresh_seconds": 0.5},
+        "transfer": {"breaker_failures": 3, "breaker_reset_seconds": 1.0}}
+
+
+def six_nodes(make_cluster, **config: Any) -> Cluster:
+    """coord, gpu-1..4, cpu-1: six processes."""
+    merged: dict[str, Any] = {**FAST}
+    for key, value in config.items():
+        merged[key] = {**merged.get(key, {}), **value}
+    return make_cluster(gpus=4, cpus=1, config=merged)
+
+
+def stored(cluster: Cluster, node: str, rel: str) -> str | None:
+    path = cluster.data_root(node) / rel
+    return sha_of(path) if path.exists() else None
+
+
+def types(cluster: Cluster, node: str, *wanted: str) -> list[dict[str, Any]]:
+    return [e for e in cluster.events(node) if e["type"] in wanted]
+
+
+def test_broadcast_reaches_every_eligible_node_and_a_restarted_one_gets_its_backlog(
+        make_cluster) -> None:
+    cluster = six_nodes(make_cluster, hosts={"gpu-1": {"strategy": "broadcast"}},
+                        sync_routing={"policies": {"models": {"broadcast": True}}})
+    eligible = ["gpu-2", "gpu-3", "gpu-4", "cpu-1"]
+    first = write(cluster, "gpu-1", "models/hex8_2p/v1.pt", os.urandom(300 * KIB))
+    want = sha_of(first)
+    wait_for(lambda: all(stored(cluster, n, "models/hex8_2p/v1.pt") == want for n in eligible),
+             20, what="the model on every eligible node")
+    assert stored(cluster, "coord", "models/hex8_2p/v1.pt") is None  # not named by the policy
+    # npz is not a broadcast type: it goes to the coordinator only
+    npz = write(cluster, "gpu-1", "npz/hex8_2p/a.npz", os.urandom(10 * KIB))
+    wait_for(lambda: stored(cluster, "coord", "npz/hex8_2p/a.npz") == sha_of(npz), 15,
+             what="npz on the coordinator")
+    assert all(stored(cluster, n, "npz/hex8_2p/a.npz") is None for n in eligible)
+
+    # cpu-1 goes away: membership calls it down; the next model reaches the others
+    cluster.stop_node("cpu-1", signal.SIGKILL)
+    wait_for(lambda: types(cluster, "coord", "NODE_DOWN"), 15, what="NODE_DOWN cpu-1")
+    wait_for(lambda: "cpu-1" in cluster.status("gpu-1")["routing"]["view"]["down"], 10,
+             what="gpu-1 to learn it from the coordinator")
+    second = write(cluster, "gpu-1", "models/hex8_2p/v2.pt", os.urandom(200 * KIB))
+    wait_for(lambda: all(stored(cluster, n, "models/hex8_2p/v2.pt") == sha_of(second)
+                         for n in ("gpu-2", "gpu-3", "gpu-4")), 20, what="v2 on the GPUs")
+    time.sleep(1.0)
+    assert stored(cluster, "cpu-1", "models/hex8_2p/v2.pt") is None
+    # back: NODE_RECOVERED, then gpu-1 sends the backlog because of it
+    cluster.start_node("cpu-1")
+    wait_for(lambda: stored(cluster, "cpu-1", "models/hex8_2p/v2.pt") == sha_of(second), 20,
+             what="the backlog on cpu-1")
+    coord = [e["type"] for e in types(cluster, "coord", "NODE_DOWN", "NODE_RECOVERED")
+             if e["payload"]["node"] == "cpu-1"]
+    assert coord[-2:] == ["NODE_DOWN", "NODE_RECOVERED"]
+    recovered_at = types(cluster, "coord", "NODE_RECOVERED")[-1]["ts"]
+    backlog = [e for e in types(cluster, "gpu-1", "DATA_SYNC_COMPLETED")
+               if e["payload"]["target"] == "cpu-1" and e["ts"] >= recovered_at]
+    assert backlog and "models/hex8_2p/v2.pt" in backlog[0]["payload"]["artifacts"]
+
+
+def test_backpressure_holds_normal_pushes_and_urgent_ones_go_elsewhere(make_cluster) -> None:
+    cluster = six_nodes(make_cluster, hosts={"coord": {"disk_quota": "1MiB"},
+                                             "gpu-2": {"ephemeral": True}})
+    ballast = write(cluster, "coord", "npz/ballast/fill.npz", os.urandom(800 * KIB))  # 78 %
+    wait_for(lambda: cluster.status("coord")["backpressure"]["active"], 15,
+             what="the coordinator's backpressure")
+    (activated,) = [e["payload"] for e in types(cluster, "coord", "BACKPRESSURE_ACTIVATED")]
+    assert activated["reason"] == "disk" and activated["disk_percent"] >= 70
+    # a sender learns it from the coordinator's view
+    wait_for(lambda: "coord" in cluster.status("gpu-1")["routing"]["view"]["backpressure"], 10,
+             what="gpu-1 to know")
+    # the receiver itself refuses a normal upload with 503 and takes an urgent one
+    body = os.urandom(1000)
+    headers = {"X-Ringsync-Size": "1000", "X-Ringsync-Sha256": hashlib.sha256(body).hexdigest(),
+               "X-Ringsync-Source": "test", "Content-Length": "1000"}
+    refused = cluster.request("coord", "PUT", "/v1/objects/npz/x/normal.npz", body,
+                              {**headers, "X-Ringsync-Urgency": "normal"})
+    assert refused.status == 503 and refused.headers["x-ringsync-backpressure"] == "disk"
+    assert not (cluster.data_root("coord") / "npz/x/normal.npz").exists()
+    taken = cluster.request("coord", "PUT", "/v1/objects/npz/x/urgent.npz", body,
+                            {**headers, "X-Ringsync-Urgency": "urgent"})
+    assert taken.status in (200, 201), taken.body
+
+    normal = write(cluster, "gpu-1", "npz/hex8_2p/held.npz", os.urandom(20 * KIB))
+    urgent = write(cluster, "gpu-2", "npz/hex8_2p/spot.npz", os.urandom(20 * KIB))  # ephemeral
+    wait_for(lambda: any(stored(cluster, n, "npz/hex8_2p/spot.npz") == sha_of(urgent)
+                         for n in ("cpu-1", "gpu-1", "gpu-3", "gpu-4")), 15,
+             what="the ephemeral node's urgent push elsewhere")
+    time.sleep(1.5)
+    assert stored(cluster, "coord", "npz/hex8_2p/held.npz") is None, "a normal push went through"
+    assert stored(cluster, "coord", "npz/hex8_2p/spot.npz") is None
+
+    ballast.unlink()  # room again: released, and the held push goes
+    wait_for(lambda: stored(cluster, "coord", "npz/hex8_2p/held.npz") == sha_of(normal), 20,
+             what="the held push after BACKPRESSURE_RELEASED")
+    released = types(cluster, "coord", "BACKPRESSURE_RELEASED")
+    assert released
+    arrived = [e for e in types(cluster, "coord", "DATA_SYNC_COMPLETED")
+               if "npz/hex8_2p/held.npz" in e["payload"]["artifacts"]]
+    assert arrived[0]["ts"] >= released[0]["ts"]
+
+
+def test_a_breaker_opens_on_a_dead_target_and_closes_when_it_returns(make_cluster) -> None:
+    cluster = six_nodes(make_cluster)
+    cluster.stop_node("coord", signal.SIGKILL)  # no membership either: gpu-1 finds out itself
+    files = {f"npz/hex8_2p/b{i}.npz": write(cluster, "gpu-1", f"npz/hex8_2p/b{i}.npz",
+                                            os.urandom(5 * KIB)) for i in range(4)}
+
+    def breaker(state: str) -> list[dict[str, Any]]:
+        return [e["payload"] for e in types(cluster, "gpu-1", "CIRCUIT_BREAKER_CHANGED")
+                if e["payload"]["target"] == "coord" and e["payload"]["state"] == state]
+
+    wait_for(lambda: breaker("open"), 20, what="the breaker to open")
+    opened = breaker("open")[0]
+    assert opened["previous"] == "closed" and opened["failures"] >= 3 and opened["error"]
+    failures = [e for e in types(cluster, "gpu-1", "DATA_SYNC_FAILED")
+                if e["payload"]["target"] == "coord"]
+    assert len(failures) >= 3  # every failure is an event
+    health = cluster.request("gpu-1", "GET", "/health", token=None).json()
+    assert "coord" in health["details"]["router"]["details"]["open_breakers"]
+    # while open, probes are spaced: attempts do not keep hammering the dead target
+    time.sleep(2.0)
+    attempts_open = len([e for e in types(cluster, "gpu-1", "DATA_SYNC_FAILED")
+                         if e["payload"]["target"] == "coord"])
+    assert attempts_open - len(failures) <= 4 * 2  # at most one probe per reset period-ish
+
+    cluster.start_node("coord")
+    wait_for(lambda: breaker("closed"), 30, what="the breaker to close")
+    assert breaker("half_open"), "it closed without a half-open probe"
+    wait_for(lambda: all(stored(cluster, "coord", rel) == sha_of(path)
+                         for rel, path in files.items()), 20, what="the files after closing")
