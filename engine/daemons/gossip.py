@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
+from engine.events import DataSyncFailed
 from engine.gossip import Gossip, ProtocolError
 from engine.gossip.holder import Sender
 from engine.gossip.pulls import Pulls
@@ -47,6 +48,8 @@ PULLS_PER_SLOT = 4
 """Pull requests per round per ``transfer.max_concurrent`` slot."""
 SOURCES_TRIED = 3
 """Sources asked for one artifact in a round before it waits for the next round."""
+MANIFEST_ARTIFACT = "manifest"
+"""What a failed exchange names as its artifact: the manifest delta."""
 MAX_PAGES = 10
 """Exchanges with one peer in a round while deltas come in pages (a node catching up)."""
 
@@ -165,8 +168,16 @@ class GossipDaemon:
         self._failures_since_success += 1
         self.last_error = f"exchange with {peer}: {error}"
         log.warning("gossip %s: %s", self.node.name, self.last_error)
+        self._report(peer, MANIFEST_ARTIFACT, error)
         if peer_fault:
             self.node.breakers.failure(peer, error)
+
+    def _report(self, peer: str, artifact: str, error: str) -> None:
+        """Every failure is an event: a DATA_SYNC_FAILED with reason ``gossip`` (the next
+        round tries again, so no retry time is given)."""
+        self.node.events.emit(DataSyncFailed(
+            source=self.node.name, target=peer, artifact=artifact, error=error, attempt=1,
+            retry_in_seconds=None, reason="gossip", strategy="gossip"))
 
     async def pull(self, exchanged: list[str]) -> None:
         """Ask holders to send what routing says this node should hold and it lacks."""
@@ -188,6 +199,7 @@ class GossipDaemon:
                 self.figures["pull_failures"] += 1
                 self.last_error = f"pull of {art.key} from {source}: {exc}"
                 log.warning("gossip %s: %s", self.node.name, self.last_error)
+                self._report(source, art.key, f"send request refused: {exc}")
                 if exc.unreachable:
                     self.node.breakers.failure(source, str(exc))
                 continue

@@ -65,24 +65,24 @@ async def _body(request: web.Request) -> Any:
         raise _Refusal(400, f"body is not JSON: {exc}") from None
 
 
-async def exchange(request: web.Request) -> web.Response:
+async def _serve(request: web.Request, step: str) -> web.Response:
+    """Answer a peer's exchange request or follow-up delta with the daemon's ``serve_<step>``."""
     try:
         gossip = _daemon(request)
-        return web.json_response(gossip.serve_exchange(await _body(request)), dumps=_compact)
+        serve = gossip.serve_exchange if step == "exchange" else gossip.serve_delta
+        return web.json_response(serve(await _body(request)), dumps=_compact)
     except _Refusal as exc:
         return exc.response
     except ProtocolError as exc:
         return _error(400, str(exc))
+
+
+async def exchange(request: web.Request) -> web.Response:
+    return await _serve(request, "exchange")
 
 
 async def delta(request: web.Request) -> web.Response:
-    try:
-        gossip = _daemon(request)
-        return web.json_response(gossip.serve_delta(await _body(request)), dumps=_compact)
-    except _Refusal as exc:
-        return exc.response
-    except ProtocolError as exc:
-        return _error(400, str(exc))
+    return await _serve(request, "delta")
 
 
 def _send_request(body: Any, hosts: Any, me: str) -> tuple[str, str, str, str]:

@@ -16,6 +16,7 @@ import pytest
 
 from tests.support.cluster import wait_for
 from tests.support.files import write
+from tests.support.procs import alive
 
 pytestmark = pytest.mark.cluster
 
@@ -34,12 +35,6 @@ sys.exit(3)
 SLOW = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(60)"
 
 
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
 
 
 def test_hooks_export_report_failures_and_never_hold_up_syncing(make_cluster,

@@ -20,6 +20,7 @@ from engine.events.hooks import LIVE_REASON, HookRunner, expand
 from engine.manifest import Artifact, ClusterManifest
 from engine.paths import DataRoot
 from tests.support.cluster import until
+from tests.support.procs import alive
 
 pytestmark = pytest.mark.unit
 
@@ -85,13 +86,6 @@ def lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
-def alive(pid: int) -> bool:
-    """Running (a zombie waiting for its reaper does not count)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
 
 
 async def wait(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "it") -> Any:

@@ -29,20 +29,6 @@ def receipt(path: str = "hex8_2p/g1.db", sha: str = SHA_A, target: str = "coord"
 
 
 @pytest.fixture
-def open_manifest(tmp_path: Path) -> Iterator[Callable[[str], ClusterManifest]]:
-    """``open_manifest(node)``: a fresh manifest of ``node``, closed after the test."""
-    opened: list[ClusterManifest] = []
-
-    def open_(node: str) -> ClusterManifest:
-        opened.append(ClusterManifest(tmp_path / f"{node}.db", node))
-        return opened[-1]
-
-    yield open_
-    for m in opened:
-        m.close()
-
-
-@pytest.fixture
 def manifest(open_manifest: Callable[[str], ClusterManifest]) -> ClusterManifest:
     return open_manifest("gpu-1")
 

@@ -3,8 +3,7 @@ deletion rows, and rows about the merging node itself, never do."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
@@ -23,17 +22,9 @@ def art(path: str = "k/g1.npz", origin: str = "gpu-1", sha: str = SHA_A,
 
 
 @pytest.fixture
-def node(tmp_path: Path) -> Iterator[Callable[[str], ClusterManifest]]:
-    """``node(name)``: a fresh manifest of ``name``, closed after the test."""
-    opened: list[ClusterManifest] = []
-
-    def open_(name: str) -> ClusterManifest:
-        opened.append(ClusterManifest(tmp_path / f"{name}.db", name))
-        return opened[-1]
-
-    yield open_
-    for m in opened:
-        m.close()
+def node(open_manifest: Callable[[str], ClusterManifest]) -> Callable[[str], ClusterManifest]:
+    """``node(name)``: a fresh manifest of ``name`` (the shared ``open_manifest``)."""
+    return open_manifest
 
 
 def relay(into: ClusterManifest, peer: ClusterManifest) -> int:
