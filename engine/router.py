@@ -9,9 +9,10 @@ space, then bandwidth limit, then config order.
 
 ``get_sync_targets(data_type, config_key, path, urgent=)`` by this node's strategy:
 
-    push_from_generator  the coordinator. Held (nothing) while it is down, backpressured,
-                         breaker-open or full; an urgent sync then goes to the best eligible
-                         durable node instead.
+    push_from_generator  the coordinator (and, when the type's policy sets replication_target
+                         N, N-1 more eligible durable nodes). Held (nothing) while it is down,
+                         backpressured, breaker-open or full; an urgent sync then goes to the
+                         best eligible durable node instead.
     ephemeral            the coordinator, else the best eligible durable (non-ephemeral) node:
                          a spot host never waits for one target.
     broadcast            data types whose policy says ``broadcast``: every eligible node;
@@ -207,7 +208,7 @@ class SyncRouter:
             return Route()
         reason = self._hold_reason(coordinator)
         if reason is None:
-            return Route([coordinator])
+            return Route([coordinator, *self._more_copies(data_type, path, coordinator)])
         route = Route(held={coordinator: reason})
         if urgent:
             others = [n for n in self.eligible(data_type, path, spread=False, durable=True).targets
@@ -217,6 +218,16 @@ class SyncRouter:
             # one durable copy is the aim: a node that holds it already stays the target
             route.targets = ([n for n in others if n in holding] or others)[:1]
         return route
+
+    def _more_copies(self, data_type: str, path: str | None, first: str) -> list[str]:
+        """Further durable targets when the data type's policy asks for more copies than the
+        coordinator's (``replication_target``: a number, or ``all``); none by default."""
+        want = self.routing.policy(data_type).replication_target
+        if want is None or want == 1:
+            return []
+        others = [n for n in self.eligible(data_type, path, spread=True, durable=True).targets
+                  if n != first]
+        return others if want == "all" else others[:int(want) - 1]
 
     def get_sync_targets(self, data_type: str, config_key: str | None = None,
                          path: str | None = None, *, urgent: bool = False) -> list[str]:

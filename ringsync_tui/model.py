@@ -61,6 +61,8 @@ class NodeRow:
     ephemeral: bool = False
     strategy: str = ""
     last_error: str | None = None
+    backpressure: str | None = None
+    """Why the node announces backpressure (``disk``, ``queue``); None when it takes syncs."""
 
     @property
     def free_bytes(self) -> int:

@@ -33,6 +33,7 @@ def node_row(name: str, state: str, status: Mapping[str, Any] | None,
                        provider=str(host.get("provider", "?")), state=state, last_error=error,
                        ephemeral=bool(host.get("ephemeral", False)))
     disk, sync = status.get("disk") or {}, status.get("sync") or {}
+    pressure = status.get("backpressure") or {}
     return NodeRow(
         name=name, role=str(status.get("role", "?")), provider=str(status.get("provider", "?")),
         state=state, used_bytes=int(disk.get("used_bytes", 0)),
@@ -40,7 +41,8 @@ def node_row(name: str, state: str, status: Mapping[str, Any] | None,
         pending=int(sync.get("pending", 0)), pending_bytes=int(sync.get("pending_bytes", 0)),
         paused=bool(status.get("paused", False)), ephemeral=bool(status.get("ephemeral", False)),
         strategy=str(status.get("strategy", "")),
-        last_error=error or sync.get("last_error"))
+        last_error=error or sync.get("last_error"),
+        backpressure=str(pressure["reason"]) if pressure.get("active") else None)
 
 
 def transfer_row(node: str, t: Mapping[str, Any]) -> TransferRow:

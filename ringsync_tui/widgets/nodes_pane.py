@@ -5,7 +5,9 @@ The pane starts with no node selected, which means "the whole cluster" to the ap
 The first cursor key (up/down/j/k) or a click on a row selects a node and shows the cursor;
 moving the cursor selects another; ``escape`` clears the selection and hides the cursor. When
 rows reorder the cursor follows the selected node, so an action never lands on a node the
-operator did not pick. A node marked ``eph`` is ephemeral (it may go away for good).
+operator did not pick. A node marked ``eph`` is ephemeral (it may go away for good); a state
+of ``up bp:disk`` (or ``bp:queue``) means the node announces backpressure: it takes urgent
+syncs only.
 """
 
 from __future__ import annotations
@@ -164,6 +166,8 @@ class NodesPane(ComponentStyles, DataTable[object]):
             name.append(" eph", style("nodes-pane--ephemeral"))
         state_class = node.state if node.state in ("up", "suspect", "down") else "unknown"
         state = Text(node.state, style("nodes-pane--" + state_class), end="")
+        if node.backpressure and node.state == "up":  # holds normal syncs: senders go elsewhere
+            state.append(f" bp:{node.backpressure}", style("nodes-pane--suspect"))
         muted = style("nodes-pane--muted")
         if node.total_bytes > 0:
             disk = render_gauge(node.percent, thresholds, self._gauge.width,

@@ -47,7 +47,28 @@ def test_health_is_open_and_structured(one: Cluster) -> None:
     body = resp.json()
     assert resp.status == 200 and body["is_healthy"] is True
     assert set(body) == {"is_healthy", "message", "details"}
-    assert {"auto_sync", "router", "membership"} <= set(body["details"])
+    components = {"auto_sync", "router", "membership", "manifest_pull", "backpressure",
+                  "live_snapshots", "verification", "transport:http", "hooks"}
+    assert components <= set(body["details"])
+    for part in body["details"].values():  # each component is a HealthCheckResult of its own
+        assert set(part) == {"is_healthy", "message", "details"} and part["is_healthy"] is True
+    gpu = one.request("gpu-1", "GET", "/health", token=None).json()["details"]
+    assert {"sync_push", "transport:http", "router", "backpressure"} <= set(gpu)
+
+
+def test_an_unhealthy_component_makes_health_503_and_names_it(make_cluster) -> None:
+    cluster = make_cluster(gpus=1, config={"hooks": [{"event": "SYNC_PAUSED",
+                                                       "command": ["false"]}]})
+    for _ in range(3):  # three failed runs in a row: the hooks component is unhealthy
+        cluster.request("gpu-1", "POST", "/v1/control/pause", body=b"{}")
+        cluster.request("gpu-1", "POST", "/v1/control/resume", body=b"{}")
+        time.sleep(0.3)
+    wait_for(lambda: cluster.request("gpu-1", "GET", "/health", token=None).status == 503, 10,
+             what="/health to turn 503")
+    body = cluster.request("gpu-1", "GET", "/health", token=None).json()
+    assert body["is_healthy"] is False and "hooks" in body["message"]
+    assert body["details"]["hooks"]["is_healthy"] is False
+    assert len(cluster.events("gpu-1", "HOOK_FAILED")) >= 3
 
 
 def test_status_describes_the_node(one: Cluster) -> None:

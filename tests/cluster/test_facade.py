@@ -95,6 +95,22 @@ async def test_node_artifacts_verify_and_recover_name_their_node(slow_cluster: C
         await facade.trigger_priority_sync("test", source_node="gpu-1")
         stored = slow_cluster.data_root("coord") / "npz" / "k" / "listed.npz"
         await until(stored.exists, 10, "the push")
+
+        async def figures() -> dict:
+            return (await facade.get_sync_status())["sync"]
+
+        node_status: dict = {}
+        for _ in range(100):  # membership's next status carries the push
+            sync = await figures()
+            node_status = sync["nodes"]["gpu-1"]
+            if node_status["done"] >= 1:
+                break
+            await asyncio.sleep(0.1)
+        assert node_status["done"] >= 1 and node_status["bytes"] >= 20_000
+        assert node_status["strategy"] == "push_from_generator" and node_status["failed"] == 0
+        cluster = sync["cluster"]
+        assert cluster["nodes"] == len(slow_cluster.nodes) and cluster["done"] >= 1
+        assert cluster["strategies"]["push_from_generator"]["done"] == cluster["done"]
         remote = await facade.node_artifacts("gpu-1", limit=10)
         assert remote["node"] == "gpu-1" and remote["total"] == 1
         (art,) = remote["artifacts"]

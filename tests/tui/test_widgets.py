@@ -193,6 +193,11 @@ async def test_nodes_pane_puts_trouble_on_top() -> None:
         assert pane.get_row_at(4)[5].plain == "paused"
         assert pane.get_row_at(0)[2].plain.endswith(" 30%")  # the disk gauge
         assert app.messages == []
+        pane.show(snapshot(cluster(**{"gpu-4": node("gpu-4", percent=80, ephemeral=True,
+                                                     backpressure="disk")})))
+        await pilot.pause()
+        state = pane.get_row_at(2)[1]
+        assert state.plain == "up bp:disk"  # it takes urgent syncs only
 
 
 async def test_nodes_pane_selection_starts_empty_arrow_selects_escape_clears() -> None:

@@ -115,3 +115,12 @@ def test_formatting() -> None:
     assert human_rate(12_500_000) == "12.5 MB/s" and human_rate(500) == "0 kB/s"
     assert human_duration(None) == "-" and human_duration(75) == "1m15s"
     assert human_duration(7300) == "2h01m"
+
+
+def test_a_node_announcing_backpressure_says_why() -> None:
+    held = {**status("gpu-1", 72.0), "backpressure": {"active": True, "reason": "disk"}}
+    free = {**status("gpu-2", 10.0), "backpressure": {"active": False, "reason": None}}
+    members = {"gpu-1": {"state": "up", "status": held}, "gpu-2": {"state": "up", "status": free}}
+    snap = build_snapshot("coord", status("coord", 5.0), members, {})
+    rows = {n.name: n for n in snap.nodes}
+    assert rows["gpu-1"].backpressure == "disk" and rows["gpu-2"].backpressure is None

@@ -229,3 +229,15 @@ def test_pull_sources_are_first_hand_holders_then_the_origin(
     assert r.pull_sources(art) == ["cpu-1", "gpu-1"]
     r.view.down.add("cpu-1")
     assert r.pull_sources(art) == ["gpu-1"]
+
+
+def test_a_policy_s_replication_target_adds_durable_copies_to_the_coordinator_s(
+        tmp_path: Path, manifest: ClusterManifest) -> None:
+    two = {"sync_routing": {"policies": {"npz": {"replication_target": 2}}}}
+    r = router(tmp_path, manifest, settings=two)
+    # config order among equals (no capacity known, same bandwidth); never ephemeral gpu-3
+    assert r.get_sync_targets("npz", "k", "k/a.npz") == ["coord", "gpu-2"]
+    assert r.get_sync_targets("games", "k", "k/a.db") == ["coord"]  # default: the coordinator
+    everyone = {"sync_routing": {"policies": {"npz": {"replication_target": "all"}}}}
+    r = router(tmp_path, manifest, settings=everyone)
+    assert r.get_sync_targets("npz", "k", "k/a.npz") == ["coord", "gpu-2", "cpu-1"]
