@@ -37,6 +37,7 @@ import fnmatch
 import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from engine.cluster_view import ClusterView
 from engine.config import ClusterConfig
@@ -81,6 +82,9 @@ class SyncRouter:
         self.routing = config.sync_routing
         self.counts = {"recovered": 0, "backpressure_activated": 0, "backpressure_released": 0}
         """Events the router acted on."""
+        self._rows_seq = -1
+        self._capacity: dict[str, dict[str, Any]] = {}
+        self._exclusions: list[tuple[str, str, str]] = []
 
     # -- events -----------------------------------------------------------------------------
     def on_event(self, event: Event) -> None:
@@ -114,21 +118,30 @@ class SyncRouter:
             self.counts["backpressure_activated"] += 1
 
     # -- eligibility ------------------------------------------------------------------------
+    def _refresh(self) -> None:
+        """Read the manifest's capacity rows and exclusion rules again if it changed since
+        the last answer (each public answer asks once; a route asks about every node)."""
+        seq = self.manifest.seq
+        if self._rows_seq != seq:
+            self._rows_seq = seq
+            self._capacity = self.manifest.capacity()
+            self._exclusions = self.manifest.exclusions()
+
     def _excluded(self, target: str, data_type: str, path: str | None) -> bool:
         subject = f"{data_type}/{path or ''}"
         if path and any(fnmatch.fnmatch(path, p) for p in self.routing.exclude_patterns):
             return True
         return any(node == target and fnmatch.fnmatch(subject, pattern)
-                   for node, pattern, _reason in self.manifest.exclusions())
+                   for node, pattern, _reason in self._exclusions)
 
     def _percent(self, name: str) -> float | None:
-        cap = self.manifest.capacity().get(name)
+        cap = self._capacity.get(name)
         if not cap or not cap["total_bytes"]:
             return None
         return 100.0 * cap["used_bytes"] / cap["total_bytes"]
 
     def _free(self, name: str) -> int | None:
-        cap = self.manifest.capacity().get(name)
+        cap = self._capacity.get(name)
         return None if cap is None else cap["total_bytes"] - cap["used_bytes"]
 
     def policy_allows(self, target: str, data_type: str, spread: bool) -> bool:
@@ -170,6 +183,7 @@ class SyncRouter:
     def eligible(self, data_type: str, path: str | None = None, *, spread: bool,
                  durable: bool = False) -> Route:
         """Every eligible node (ordered) and, in ``held``, the allowed ones held back now."""
+        self._refresh()
         route = Route()
         allowed = [n for n, host in self.config.hosts.items()
                    if n != self.node and not (durable and host.ephemeral)
@@ -187,6 +201,7 @@ class SyncRouter:
     def route(self, data_type: str, config_key: str | None = None, path: str | None = None,
               *, urgent: bool = False) -> Route:
         """``get_sync_targets`` with the reasons for what is held."""
+        self._refresh()
         policy = self.routing.policy(data_type)
         if self.strategy == "broadcast" and policy.broadcast:
             return self.eligible(data_type, path, spread=True)
@@ -243,6 +258,7 @@ class SyncRouter:
         with self-play), most free space first within each."""
         if need <= 0:
             return []
+        self._refresh()
         art = self.manifest.get_artifact(data_type, path)
         skip = {self.node, *exclude, *([art.origin] if art else [])}
         order = {name: i for i, name in enumerate(self.config.hosts)}
@@ -275,6 +291,7 @@ class SyncRouter:
 
     def should_hold(self, art: Artifact) -> bool:
         """Should this node hold a copy of ``art`` (a gossip node pulls it when True)?"""
+        self._refresh()
         if art.origin == self.node or not self.policy_allows(self.node, art.data_type, True):
             return False
         if self._excluded(self.node, art.data_type, art.path) or \
