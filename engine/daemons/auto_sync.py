@@ -88,6 +88,8 @@ class AutoSyncDaemon:
         """Operator-requested runs that bring artifacts up to min_copies verified copies."""
         self.write_through = WriteThrough(self) if strategy == "ephemeral" else None
         """The ephemeral strategy's durable queue and safety check (None for the others)."""
+        self.urgent = self.write_through is not None
+        """Every push of this daemon is urgent (ephemeral: the host may vanish any moment)."""
         self.totals = {"cycles": 0, "pushed_files": 0, "pushed_bytes": 0, "failed": 0}
         """Running counts since start."""
         self.last_cycle_at: float | None = None
@@ -205,7 +207,7 @@ class AutoSyncDaemon:
                 continue  # no bytes here any more; holders re-home it (Recovery.orphans)
             held = holders.get((art.data_type, art.path), set())
             for target in router.get_sync_targets(art.data_type, art.config_key, art.path,
-                                                  urgent=self.write_through is not None):
+                                                  urgent=self.urgent):
                 if target in held or (art.key, target) in self.inflight:
                     continue
                 state = self._retries.get((art.key, target))
@@ -255,13 +257,12 @@ class AutoSyncDaemon:
         self.node.events.emit(DataSyncStarted(
             source=self.node.name, targets=sorted({t for _, t in work}), files=len(work),
             bytes=sum(a.size for a, _ in work), reason=reason, strategy=self.strategy,
-            urgency="urgent" if self.write_through is not None else "normal"))
+            urgency="urgent" if self.urgent else "normal"))
         pairs = {(a.key, t) for a, t in work}
         self.inflight |= pairs
         try:
             results = await asyncio.gather(*(
-                self._push_one(a, t, reason, urgent=self.write_through is not None)
-                for a, t in work))
+                self._push_one(a, t, reason, urgent=self.urgent) for a, t in work))
         finally:
             self.inflight -= pairs
         for (art, target), ok in zip(work, results):
@@ -275,7 +276,7 @@ class AutoSyncDaemon:
             self.node.events.emit(DataSyncCompleted(
                 source=self.node.name, target=target, files=len(arts),
                 bytes=sum(a.size for a in arts), artifacts=[a.key for a in arts[:20]],
-                reason=reason, strategy=self.strategy,
+                reason=reason, strategy=self.strategy, urgency="urgent" if self.urgent else "normal",
                 seconds=round(time.monotonic() - started, 3)))
         self._drop_finished_snapshots([a for a, _ in work])
         return report

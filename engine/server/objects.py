@@ -240,6 +240,8 @@ async def _stored(node: "Node", request: web.Request, data_type: str, rel: str, 
     node.events.emit(DataSyncCompleted(source=source, target=node.name, files=1, bytes=size,
                                        artifacts=[f"{data_type}/{rel}"],
                                        reason=request.headers.get(H_REASON, "push"),
+                                       urgency=("urgent" if request.headers.get(H_URGENCY)
+                                                == "urgent" else "normal"),
                                        strategy="receive",
                                        seconds=round(time.time() - transfer.started, 3)))
     return web.json_response({"node": node.name, "data_type": data_type, "path": rel,
