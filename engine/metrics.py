@@ -73,6 +73,7 @@ class NodeCollector:
         for event_type, count in sorted(self.events.items()):
             events.add_metric([node.name, event_type], count)
         yield events
+        yield from self._routing(node)
         if node.push is not None:
             yield from self._pressure(node)
         if node.membership is not None:
@@ -82,6 +83,40 @@ class NodeCollector:
                 states.add_metric([node.name, name], 1.0 if member.state == "up" else 0.0)
             yield states
 
+
+    @staticmethod
+    def _routing(node: "Node") -> Iterator[Metric]:
+        """Backpressure, breakers, and the strategy's own figures (gossip, write-through)."""
+        labels = ["node"]
+        pressure = GaugeMetricFamily("ringsync_backpressure", "1 while this node announces"
+                                     " backpressure (holds normal syncs)", labels=labels)
+        pressure.add_metric([node.name], 1.0 if node.backpressure.active else 0.0)
+        breakers = GaugeMetricFamily("ringsync_breaker_open", "1 while this node's circuit"
+                                     " breaker to a target is not closed",
+                                     labels=["node", "target"])
+        for target in node.breakers.open_targets():
+            breakers.add_metric([node.name, target], 1.0)
+        yield from (pressure, breakers)
+        queue = node.daemon.write_through
+        if queue is not None:
+            figures = queue.status()
+            queued = GaugeMetricFamily("ringsync_write_through_queued", "Artifacts not yet on a"
+                                       " durable node (ephemeral)", labels=labels)
+            queued.add_metric([node.name], figures["queued"])
+            safe = CounterMetricFamily("ringsync_write_through_safe", "Artifacts reported safe",
+                                       labels=labels)
+            safe.add_metric([node.name], figures["safe_total"])
+            yield from (queued, safe)
+        if node.gossip is not None:
+            figures = node.gossip.status()
+            for name, help_text in (("rounds", "Gossip rounds"),
+                                    ("exchanges", "Manifest exchanges with peers"),
+                                    ("exchange_failures", "Failed manifest exchanges"),
+                                    ("pulls_requested", "Copies asked of holders"),
+                                    ("pulls_arrived", "Asked-for copies that arrived")):
+                family = CounterMetricFamily(f"ringsync_gossip_{name}", help_text, labels=labels)
+                family.add_metric([node.name], figures[name])
+                yield family
 
     @staticmethod
     def _pressure(node: "Node") -> Iterator[Metric]:

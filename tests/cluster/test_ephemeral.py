@@ -76,6 +76,8 @@ def test_a_queue_built_while_no_durable_node_answers_survives_sigkill_and_drains
     doomed = write(cluster, "gpu-1", "npz/hex8_2p/deleted_by_its_writer.npz", b"x" * 1000)
     written = time.time()
     wait_for(lambda: queued(cluster) == len(bodies) + 1, 15, what="five queued artifacts")
+    scraped = cluster.request("gpu-1", "GET", "/metrics").body.decode()
+    assert f'ringsync_write_through_queued{{node="gpu-1"}} {len(bodies) + 1}.0' in scraped
     assert not safe_events(cluster)
     # bytes that leave the node before they are safe can never be pushed: reported, dropped
     doomed.unlink()

@@ -79,6 +79,8 @@ def test_a_file_reaches_every_eligible_node_over_several_hops(make_cluster) -> N
         assert sha in {r["sha256"] for r in art[0]["replicas"] if r["node"] == name}
         wait_for(lambda n=name: cluster.status(n)["gossip"]["pulls_arrived"] >= 1, 5,
                  what=f"{name} to count its pull as arrived")
+    scraped = cluster.request("gpu-3", "GET", "/metrics").body.decode()
+    assert 'ringsync_gossip_pulls_arrived_total{node="gpu-3"} 1.0' in scraped
     assert stored(cluster, "coord") is None  # the policy does not name the coordinator
     assert cluster.status("coord")["gossip"] is None  # and it runs another strategy
 

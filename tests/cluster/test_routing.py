@@ -39,6 +39,10 @@ def stored(cluster: Cluster, node: str, rel: str) -> str | None:
     return sha_of(path) if path.exists() else None
 
 
+def metrics(cluster: Cluster, node: str) -> str:
+    return cluster.request(node, "GET", "/metrics").body.decode()
+
+
 def types(cluster: Cluster, node: str, *wanted: str) -> list[dict[str, Any]]:
     return [e for e in cluster.events(node) if e["type"] in wanted]
 
@@ -90,6 +94,7 @@ def test_backpressure_holds_normal_pushes_and_urgent_ones_go_elsewhere(make_clus
              what="the coordinator's backpressure")
     (activated,) = [e["payload"] for e in types(cluster, "coord", "BACKPRESSURE_ACTIVATED")]
     assert activated["reason"] == "disk" and activated["disk_percent"] >= 70
+    assert 'ringsync_backpressure{node="coord"} 1.0' in metrics(cluster, "coord")
     # a sender learns it from the coordinator's view
     wait_for(lambda: "coord" in cluster.status("gpu-1")["routing"]["view"]["backpressure"], 10,
              what="gpu-1 to know")
@@ -142,6 +147,7 @@ def test_a_breaker_opens_on_a_dead_target_and_closes_when_it_returns(make_cluste
     assert len(failures) >= 3  # every failure is an event
     health = cluster.request("gpu-1", "GET", "/health", token=None).json()
     assert "coord" in health["details"]["router"]["details"]["open_breakers"]
+    assert 'ringsync_breaker_open{node="gpu-1",target="coord"} 1.0' in metrics(cluster, "gpu-1")
     # while open, probes are spaced: attempts do not keep hammering the dead target
     time.sleep(2.0)
     attempts_open = len([e for e in types(cluster, "gpu-1", "DATA_SYNC_FAILED")
