@@ -63,6 +63,8 @@ class NodeRow:
     last_error: str | None = None
     backpressure: str | None = None
     """Why the node announces backpressure (``disk``, ``queue``); None when it takes syncs."""
+    open_breakers: tuple[str, ...] = ()
+    """Targets this node's circuit breaker holds back (open or half-open)."""
 
     @property
     def free_bytes(self) -> int:

@@ -42,7 +42,10 @@ def node_row(name: str, state: str, status: Mapping[str, Any] | None,
         paused=bool(status.get("paused", False)), ephemeral=bool(status.get("ephemeral", False)),
         strategy=str(status.get("strategy", "")),
         last_error=error or sync.get("last_error"),
-        backpressure=str(pressure["reason"]) if pressure.get("active") else None)
+        backpressure=str(pressure["reason"]) if pressure.get("active") else None,
+        open_breakers=tuple(sorted(
+            target for target, b in ((status.get("routing") or {}).get("breakers") or {}).items()
+            if isinstance(b, dict) and b.get("state") != "closed")))
 
 
 def transfer_row(node: str, t: Mapping[str, Any]) -> TransferRow:

@@ -171,6 +171,12 @@ class NodeDetailScreen(ComponentStyles, Screen[None]):
             title.append_tokens([(" · ", muted), ("paused", style("node-detail--paused"))])
         if node.ephemeral:
             title.append_tokens([(" · ", muted), ("ephemeral", "")])
+        if node.backpressure:
+            title.append_tokens([(" · ", muted), (f"backpressure ({node.backpressure}):"
+                                                  " urgent syncs only", style("node-detail--warning"))])
+        if node.open_breakers:
+            title.append_tokens([(" · breaker open to ", muted),
+                                 (", ".join(node.open_breakers), style("node-detail--warning"))])
         if node.last_error:
             title.append_tokens([(" · last error: ", muted),
                                  (node.last_error, style("node-detail--error"))])

@@ -637,7 +637,8 @@ def artifact(name: str, holders: tuple[str, ...]) -> ArtifactRow:
 
 async def test_node_detail_screen_shows_the_node() -> None:
     detail = NodeDetail(
-        node=node("gpu-1", percent=63, pending=3, paused=True, strategy="push_from_generator"),
+        node=node("gpu-1", percent=63, pending=3, paused=True, strategy="push_from_generator",
+                  backpressure="queue", open_breakers=("coord",)),
         artifacts=(artifact("safe.npz", ("coord", "cpu-1", "gpu-1")),
                    artifact("thin.npz", ("coord", "gpu-1")),
                    artifact("alone.npz", ("gpu-1",))),
@@ -653,6 +654,8 @@ async def test_node_detail_screen_shows_the_node() -> None:
         title = str(screen.query_one("#detail-title", Static).content)
         assert "gpu-1" in title and "paused" in title and "3 pending" in title
         assert "push_from_generator" in title
+        assert "backpressure (queue): urgent syncs only" in title
+        assert "breaker open to coord" in title
         gauge = screen.query_one(DiskGauge)
         assert gauge.percent == 63 and gauge.render().plain.endswith(" 63%")
         assert "37.0 GiB free" in str(screen.query_one("#detail-space", Static).content)

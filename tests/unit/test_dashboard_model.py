@@ -124,3 +124,9 @@ def test_a_node_announcing_backpressure_says_why() -> None:
     snap = build_snapshot("coord", status("coord", 5.0), members, {})
     rows = {n.name: n for n in snap.nodes}
     assert rows["gpu-1"].backpressure == "disk" and rows["gpu-2"].backpressure is None
+
+    held["routing"] = {"breakers": {"coord": {"state": "open"}, "cpu-1": {"state": "closed"},
+                                    "gpu-3": {"state": "half_open"}}}
+    snap = build_snapshot("coord", status("coord", 5.0), members, {})
+    rows = {n.name: n for n in snap.nodes}
+    assert rows["gpu-1"].open_breakers == ("coord", "gpu-3") and rows["gpu-2"].open_breakers == ()
