@@ -226,10 +226,12 @@ class SyncRouter:
             return Route([coordinator, *self._more_copies(data_type, path, coordinator)])
         route = Route(held={coordinator: reason})
         if urgent:
-            others = [n for n in self.eligible(data_type, path, spread=False, durable=True).targets
-                      if n != coordinator]
             art = self.manifest.get_artifact(data_type, path) if path else None
             holding = self.manifest.verified_holders(art) if art else set()
+            if coordinator in holding:
+                return route  # it has it already: no copy elsewhere is needed
+            others = [n for n in self.eligible(data_type, path, spread=False, durable=True).targets
+                      if n != coordinator]
             # one durable copy is the aim: a node that holds it already stays the target
             route.targets = ([n for n in others if n in holding] or others)[:1]
         return route

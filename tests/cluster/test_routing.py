@@ -11,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import socket
 import time
 from typing import Any
 
 import pytest
 
-from tests.support.cluster import Cluster, wait_for
+from tests.support.cluster import TOKEN, Cluster, wait_for
 from tests.support.files import sha_of, write
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
@@ -86,25 +87,47 @@ def test_broadcast_reaches_every_eligible_node_and_a_restarted_one_gets_its_back
     assert backlog and "models/hex8_2p/v2.pt" in backlog[0]["payload"]["artifacts"]
 
 
-def test_backpressure_holds_normal_pushes_and_urgent_ones_go_elsewhere(make_cluster) -> None:
+def stalled_upload(cluster: Cluster, node: str, rel: str, size: int = 1 << 20) -> socket.socket:
+    """An urgent upload that sends its headers and 1 KB, then stalls: it stays in the
+    receiver's inbound queue until the socket closes."""
+    sock = socket.create_connection(("127.0.0.1", cluster.nodes[node].port))
+    head = (f"PUT /v1/objects/{rel} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {TOKEN}\r\n"
+            f"X-Ringsync-Size: {size}\r\nX-Ringsync-Sha256: {'0' * 64}\r\n"
+            f"X-Ringsync-Source: test\r\nX-Ringsync-Urgency: urgent\r\n"
+            f"Content-Length: {size}\r\n\r\n")
+    sock.sendall(head.encode() + b"x" * 1024)
+    return sock
+
+
+@pytest.mark.parametrize("reason", ["disk", "queue"])
+def test_backpressure_holds_normal_pushes_and_urgent_ones_go_elsewhere(make_cluster,
+                                                                        reason: str) -> None:
     cluster = six_nodes(make_cluster, hosts={"coord": {"disk_quota": "1MiB"},
-                                             "gpu-2": {"ephemeral": True}})
-    ballast = write(cluster, "coord", "npz/ballast/fill.npz", os.urandom(800 * KIB))  # 78 %
+                                             "gpu-2": {"ephemeral": True}},
+                        sync_routing={"max_inbound_queue": 2})
+    if reason == "disk":  # 78 % of the quota: over max_disk_usage_percent (70)
+        ballast = write(cluster, "coord", "npz/ballast/fill.npz", os.urandom(800 * KIB))
+        relieve = ballast.unlink
+    else:  # two uploads in progress: the inbound queue is full, the disk is not
+        stalled = [stalled_upload(cluster, "coord", f"npz/stall/s{i}.npz") for i in range(2)]
+        relieve = lambda: [sock.close() for sock in stalled]  # noqa: E731
     wait_for(lambda: cluster.status("coord")["backpressure"]["active"], 15,
              what="the coordinator's backpressure")
     (activated,) = [e["payload"] for e in types(cluster, "coord", "BACKPRESSURE_ACTIVATED")]
-    assert activated["reason"] == "disk" and activated["disk_percent"] >= 70
+    assert activated["reason"] == reason
+    assert activated["disk_percent"] >= 70 if reason == "disk" else activated["queue_depth"] >= 2
     assert 'ringsync_backpressure{node="coord"} 1.0' in metrics(cluster, "coord")
-    # a sender learns it from the coordinator's view
-    wait_for(lambda: "coord" in cluster.status("gpu-1")["routing"]["view"]["backpressure"], 10,
-             what="gpu-1 to know")
+    # senders learn it from the coordinator's view
+    for sender in ("gpu-1", "gpu-2"):
+        wait_for(lambda n=sender: "coord" in cluster.status(n)["routing"]["view"]["backpressure"],
+                 10, what=f"{sender} to know")
     # the receiver itself refuses a normal upload with 503 and takes an urgent one
     body = os.urandom(1000)
     headers = {"X-Ringsync-Size": "1000", "X-Ringsync-Sha256": hashlib.sha256(body).hexdigest(),
                "X-Ringsync-Source": "test", "Content-Length": "1000"}
     refused = cluster.request("coord", "PUT", "/v1/objects/npz/x/normal.npz", body,
                               {**headers, "X-Ringsync-Urgency": "normal"})
-    assert refused.status == 503 and refused.headers["x-ringsync-backpressure"] == "disk"
+    assert refused.status == 503 and refused.headers["x-ringsync-backpressure"] == reason
     assert not (cluster.data_root("coord") / "npz/x/normal.npz").exists()
     taken = cluster.request("coord", "PUT", "/v1/objects/npz/x/urgent.npz", body,
                             {**headers, "X-Ringsync-Urgency": "urgent"})
@@ -118,8 +141,11 @@ def test_backpressure_holds_normal_pushes_and_urgent_ones_go_elsewhere(make_clus
     time.sleep(1.5)
     assert stored(cluster, "coord", "npz/hex8_2p/held.npz") is None, "a normal push went through"
     assert stored(cluster, "coord", "npz/hex8_2p/spot.npz") is None
+    tried = [e for e in types(cluster, "gpu-1", "DATA_SYNC_FAILED")
+             if e["payload"]["target"] == "coord"]
+    assert tried == [], "the sender should hold the push, not try and be refused"
 
-    ballast.unlink()  # room again: released, and the held push goes
+    relieve()  # room again: released, and the held push goes
     wait_for(lambda: stored(cluster, "coord", "npz/hex8_2p/held.npz") == sha_of(normal), 20,
              what="the held push after BACKPRESSURE_RELEASED")
     released = types(cluster, "coord", "BACKPRESSURE_RELEASED")

@@ -130,6 +130,13 @@ def test_backpressure_holds_normal_pushes_and_sends_urgent_ones_to_a_durable_nod
     # urgent: elsewhere, never the ephemeral gpu-3, never this node; CPU before GPU by bandwidth
     # (no capacity known: config order among equals)
     assert r.get_sync_targets("npz", "k", "k/a.npz", urgent=True) == ["gpu-2"]
+    # once a durable node holds it, it stays the urgent target (no copy on every node in turn)
+    from engine.manifest import Replica
+
+    manifest.set_replica(Replica("npz", "k/a.npz", "cpu-1", "a" * 64, 5.0))
+    assert r.get_sync_targets("npz", "k", "k/a.npz", urgent=True) == ["cpu-1"]
+    manifest.set_replica(Replica("npz", "k/a.npz", "coord", "a" * 64, 5.0))
+    assert r.get_sync_targets("npz", "k", "k/a.npz", urgent=True) == []  # the coordinator has it
     r.backpressure("coord", None)
     assert r.get_sync_targets("npz", "k", "k/a.npz") == ["coord"]
     assert r.counts == {"recovered": 0, "backpressure_activated": 1, "backpressure_released": 1}
