@@ -49,6 +49,15 @@ def _wire(msg: object) -> tuple[object, int]:
     return json.loads(raw), len(raw)
 
 
+def two_peers(gossip: Callable[..., Gossip], files: int) -> tuple[Gossip, Gossip]:
+    """gpu-1 and gpu-2, each with ``files`` own artifacts (a0.npz.. and b0.npz..)."""
+    a, b = gossip("gpu-1"), gossip("gpu-2")
+    for i in range(files):
+        own(a.manifest, f"a{i}.npz")
+        own(b.manifest, f"b{i}.npz")
+    return a, b
+
+
 def exchange(r: Gossip, p: Gossip) -> Trip:
     """One exchange, requester ``r`` with peer ``p``, every message through JSON."""
     peer = p.manifest.node
@@ -98,10 +107,7 @@ def test_one_exchange_pushes_and_pulls(gossip) -> None:
 
 
 def test_a_second_exchange_is_idle_one_round_trip_under_1kb(gossip) -> None:
-    a, b = gossip("gpu-1"), gossip("gpu-2")
-    for i in range(5):
-        own(a.manifest, f"a{i}.npz")
-        own(b.manifest, f"b{i}.npz")
+    a, b = two_peers(gossip, 5)
     exchange(a, b)
     seqs = (a.manifest.seq, b.manifest.seq)
     for r, p in ((a, b), (b, a), (a, b), (b, a)):
@@ -151,10 +157,7 @@ def test_a_holders_replica_spreads_only_from_the_holder(gossip) -> None:
 
 
 def test_a_wiped_peer_is_read_again_and_refilled(gossip) -> None:
-    a, b = gossip("gpu-1"), gossip("gpu-2")
-    for i in range(3):
-        own(a.manifest, f"a{i}.npz")
-        own(b.manifest, f"b{i}.npz")
+    a, b = two_peers(gossip, 3)
     exchange(a, b)
     exchange(b, a)
     b.manifest.close()
