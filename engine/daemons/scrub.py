@@ -118,8 +118,9 @@ class Scrubber:
     # -- repair -----------------------------------------------------------------------------
     def repair_sources(self, art: Artifact) -> list[str]:
         """Whom to ask for a good copy of ``art``: its origin while it has the source, then
-        the other nodes the manifest says hold it verified; never this node, a down node or
-        one that is no longer in the config."""
+        the other nodes the manifest says hold it verified, then the coordinator (which
+        knows, and may hold, more); never this node, a down node or one that is no longer
+        in the config. Each answers 404 unless it holds a copy it can stand behind."""
         node, manifest = self.node, self.node.manifest
         out = []
         if (not art.superseded and art.origin != node.name
@@ -127,6 +128,9 @@ class Scrubber:
             out.append(art.origin)
         out += sorted(r.node for r in manifest.replicas(art)
                       if r.verified_at is not None and r.node not in (node.name, art.origin))
+        coordinator = node.config.coordinator.name  # it learns every holder by deltas
+        if coordinator not in out and coordinator != node.name:
+            out.append(coordinator)
         return [n for n in out if n in node.config.hosts and not node.view.is_down(n)]
 
     async def repair(self, art: Artifact) -> bool:
