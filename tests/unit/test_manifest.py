@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -561,7 +561,8 @@ def test_merge_peer_takes_artifacts_only_from_their_origin(coord: ClusterManifes
     assert coord.get_artifact("games", "k/coords.db", "coord") == art("k/coords.db",
                                                                        origin="coord")
     assert coord.get_artifact("games", "k/coords.db", "gpu-1") == art("k/coords.db", sha=SHA_B)
-    assert coord.get_artifact("games", "k/coords.db") == art("k/coords.db", origin="coord")  # own first
+    # without an origin, this node's own file first
+    assert coord.get_artifact("games", "k/coords.db") == art("k/coords.db", origin="coord")
     assert coord.get_artifact("games", "k/relayed.db") is None
     assert coord.replicas(ident("k/relayed.db", origin="gpu-7")) == [
         rep("k/relayed.db", "gpu-1", verified_at=123.5, origin="gpu-7")]
