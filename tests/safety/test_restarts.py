@@ -149,3 +149,34 @@ def test_the_scrub_finds_rot_nobody_asked_about_and_repairs_it(safety_cluster):
     assert "ringsync_scrub_findings_total" in metrics
     assert any(e["payload"]["requested_by"] == "scrub"
                for e in cluster.events("cpu-1", "REPLICAS_VERIFIED"))
+
+
+def test_copies_a_restored_manifest_forgot_are_found_on_disk(safety_cluster):
+    cluster = safety_cluster(gpus=1, cpus=1, quota="64MiB", config=pressure_config())
+    write(cluster, "gpu-1", "npz/k/a.npz", os.urandom(100 * KIB))
+    fill(cluster, "gpu-1", "push", 450 * KIB)
+    wait_for(lambda: cluster.stored("cpu-1", "gpu-1", "npz/k/a.npz"), 30, what="a on cpu-1")
+    state = cluster.data_root("cpu-1") / ".ringsync"
+    cluster.stop_node("cpu-1")
+    backup = cluster.root / "manifest-backup"
+    backup.mkdir()
+    for name in ("manifest.db", "manifest.db-wal", "manifest.db-shm"):
+        if (state / name).exists():
+            shutil.copy2(state / name, backup / name)
+    cluster.start_node("cpu-1")
+    b = os.urandom(100 * KIB)
+    write(cluster, "gpu-1", "npz/k/b.npz", b)
+    wait_for(lambda: cluster.stored("cpu-1", "gpu-1", "npz/k/b.npz"), 30, what="b on cpu-1")
+    cluster.stop_node("cpu-1")  # only its manifest goes back in time; its disk keeps b
+    for name in ("manifest.db", "manifest.db-wal", "manifest.db-shm"):
+        (state / name).unlink(missing_ok=True)
+        if (backup / name).exists():
+            shutil.copy2(backup / name, state / name)
+    cluster.start_node("cpu-1")
+    own = lambda: {(r["path"], r["sha256"]) for r in  # noqa: E731
+                   cluster.get_json("cpu-1", "/v1/manifest?since=0")["replicas"]
+                   if r["node"] == "cpu-1" and not r["removed"]}
+    wait_for(lambda: ("k/b.npz", sha(b)) in own(), 20, what="b hashed and registered again")
+    assert "not in the manifest: hashed and registered" in cluster.log("cpu-1")
+    wait_for(lambda: _coord_knows(cluster, "cpu-1", "k/b.npz"), 20,
+             what="the coordinator counting cpu-1's b again")

@@ -72,9 +72,9 @@ def test_begin_writes_a_durable_intent_naming_the_version(data: DataRoot,
     assert journal(data) == [intent.intent.name]  # no temp file left beside it
     record = json.loads(intent.intent.read_text())
     assert {k: record[k] for k in ("origin", "data_type", "path", "sha256", "size", "source",
-                                   "dev", "ino", "vouched_by")} == {
+                                   "identity", "vouched_by")} == {
         "origin": "gpu-1", "data_type": "npz", "path": "k/a.npz", "sha256": SHA, "size": 100,
-        "source": str(path), "dev": art.source_dev, "ino": art.source_ino,
+        "source": str(path), "identity": list(art.source_identity),
         "vouched_by": sorted(VOUCHED)}
     deletion_journal.finish(intent)
     assert journal(data) == []
@@ -200,10 +200,6 @@ def test_source_gone_and_another_inode_under_the_name_records_the_deletion(
     assert journal(data) == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine bug: recover decides 'never got as far as the rename' from (st_dev, st_ino)"
-    " alone; after the unlink a new file under the name can get the freed inode number"
-    " (ext4 reuses it at once), and the deletion is then never recorded"))
 def test_a_new_file_that_reuses_the_inode_number_is_not_the_recorded_source(
         data: DataRoot, manifest: ClusterManifest) -> None:
     path, art = source(data, manifest)

@@ -145,10 +145,6 @@ def test_copy_path_and_unversioned_round_trip(data: DataRoot, rel: str, sha: str
     assert _unversioned(stored) == (rel, sha[:VERSION_DIGITS])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine bug: _unversioned takes the LAST .v<16hex> part, but copy_path puts the version"
-    " before the suffix, so a name whose suffix itself looks like .v<16hex> does not round"
-    " trip (reconcile then quarantines a valid copy at start)"))
 @pytest.mark.parametrize("rel", ["k/x.v0123456789abcdef", "k/x.tar.vaaaaaaaaaaaaaaaa"])
 def test_a_suffix_that_looks_like_a_version_round_trips(data: DataRoot, rel: str) -> None:
     stored = stored_rel(data, "gpu-1", "npz", rel, "f" * 64)

@@ -701,10 +701,6 @@ def test_merge_peer_never_takes_rows_about_this_node(coord: ClusterManifest,
     assert coord.peer_cursor("cpu-1") == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine regression: merge_peer's docstring still promises that a local replica row"
-    " whose verified_at is newer than the peer's is kept, but _merge_replicas lost that"
-    " check in 791d4e9; a stale answer overwrites the holder's later receipt"))
 def test_a_holders_later_answer_seen_first_is_kept(coord: ClusterManifest,
                                                    cpu: ClusterManifest) -> None:
     a = art()
