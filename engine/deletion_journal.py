@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine.diskio import fsync_dir
+from engine.diskio import fsync_dir, fsync_path
 from engine.manifest import Artifact
 from engine.manifest.store import stat_identity
 
@@ -50,14 +50,6 @@ class Intent:
     source: Path
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def begin(data: "DataRoot", art: Artifact, source: Path, vouched_by: list[str]) -> Intent:
     """Write the durable intent to delete ``source`` (version ``art``)."""
     trash_dir = data.state / "deleting"
@@ -70,7 +62,7 @@ def begin(data: "DataRoot", art: Artifact, source: Path, vouched_by: list[str]) 
               "vouched_by": sorted(vouched_by), "started_at": time.time()}
     tmp = trash_dir / f".{name}.tmp"
     tmp.write_text(json.dumps(record))
-    _fsync_file(tmp)
+    fsync_path(tmp)
     os.rename(tmp, intent)
     fsync_dir(trash_dir)
     return Intent(intent, trash_dir / f"{name}.trash", source)

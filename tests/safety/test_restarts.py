@@ -69,14 +69,20 @@ def _manifest_deletions(cluster) -> list[dict]:
     return cluster.get_json("gpu-1", "/v1/manifest?since=0")["deletions"]
 
 
-@needs_strace
-def test_a_crash_between_the_rename_and_the_unlink_puts_the_file_back(safety_cluster, tmp_path):
+def _a_on_two_holders(safety_cluster):
+    """gpu-1 at the push level with a (200 KiB) verified on coord and cpu-1."""
     cluster = safety_cluster(gpus=1, cpus=1, quota="64MiB", config=pressure_config())
     body = os.urandom(200 * KIB)
     source = write(cluster, "gpu-1", "npz/k/a.npz", body)
     fill(cluster, "gpu-1", "push", 360 * KIB)
     wait_for(lambda: holders(cluster, "gpu-1", "npz/k/a.npz", sha(body)) >= {"coord", "cpu-1"},
              30, what="a on two holders")
+    return cluster, body, source
+
+
+@needs_strace
+def test_a_crash_between_the_rename_and_the_unlink_puts_the_file_back(safety_cluster, tmp_path):
+    cluster, body, source = _a_on_two_holders(safety_cluster)
     proc = cluster.nodes["gpu-1"].proc
     tracer = start_strace(proc.pid, tmp_path / "strace.out", "signal=KILL:when=1")
     try:
@@ -96,12 +102,7 @@ def test_a_crash_between_the_rename_and_the_unlink_puts_the_file_back(safety_clu
 
 @needs_strace
 def test_a_crash_after_the_unlink_is_recorded_at_restart(safety_cluster, tmp_path):
-    cluster = safety_cluster(gpus=1, cpus=1, quota="64MiB", config=pressure_config())
-    body = os.urandom(200 * KIB)
-    source = write(cluster, "gpu-1", "npz/k/a.npz", body)
-    fill(cluster, "gpu-1", "push", 360 * KIB)
-    wait_for(lambda: holders(cluster, "gpu-1", "npz/k/a.npz", sha(body)) >= {"coord", "cpu-1"},
-             30, what="a on two holders")
+    cluster, body, source = _a_on_two_holders(safety_cluster)
     proc = cluster.nodes["gpu-1"].proc
     out = tmp_path / "strace.out"
     tracer = start_strace(proc.pid, out, "delay_exit=5000000:when=1")  # hold it after unlink
