@@ -153,6 +153,7 @@ def test_a_filling_gpu_node_pushes_goes_urgent_cleans_and_loses_no_game(make_clu
     assert 'ringsync_disk_pressure_level{node="gpu-1"}' in metrics
     # the manifest logs each deletion with its vouching holders, and travels as a delta
     rows = cluster.get_json("gpu-1", "/v1/manifest?since=0")["deletions"]
+    assert {r["origin"] for r in rows} == {"gpu-1"} and not [r for r in rows if "node" in r]
     assert {f"{r['data_type']}/{r['path']}": sorted(__import__("json").loads(r["vouched_by"]))
             for r in rows} == {a: sorted(v) for a, v in gone.items()}
 
