@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.stamp
 
 PYTEST_ARGS ?=
 
-.PHONY: venv test demo bench bench-tui bench-cleanup bench-gossip system-deps clean
+.PHONY: venv test demo bench bench-tui bench-cleanup bench-scrub bench-gossip system-deps clean
 
 venv: $(STAMP)
 
@@ -38,9 +38,15 @@ bench: venv system-deps
 bench-tui: venv
 	$(PY) bench/tui_load.py
 
-# A GPU node over its cleanup threshold: deletions/s behind live vouches, re-hashing vs not.
+# A GPU node over its cleanup threshold: deletions/s and s per GiB vouched behind live vouches
+# (every holder re-hashes), 400 x 64 KiB and 8 x 256 MiB (hash_concurrency 2 and 1).
 bench-cleanup: venv
 	$(PY) bench/cleanup.py
+
+# The background scrub of 2 GiB of stored copies: MB/s and CPU s/GiB at 2GiB/s and 16MiB/s,
+# CPU % at the gentle rate, time to find a rotted copy.
+bench-scrub: venv
+	$(PY) bench/scrub.py
 
 # Gossip spread in simulation (the engine's protocol, real manifests): rounds until every
 # node knows a new artifact at N = 32 and 256, fanout 3 and 1; bytes of an idle exchange.
