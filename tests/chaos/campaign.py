@@ -35,7 +35,7 @@ GRACE = 2.0
 """Seconds before a deletion was seen within which a fault's damage to a copy is not held
 against the engine (it vouched before the fault, the fault landed between vouch and unlink)."""
 FAKETIME_LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
-SMALL_FS_BYTES = 6 * 2**20
+SMALL_FS_BYTES = 2 * 2**20
 FAULTS = ("kill", "kill_coordinator", "stop_cont", "bit_rot", "replace_same_size",
           "append_rows", "collision", "clock_step", "restore_root", "crash_mid_delete")
 
