@@ -644,6 +644,10 @@ class Campaign:
         name = recent[-1] if recent and self.rng.random() < 0.8 else self.rng.choice(c)
         pid = self.cluster.pid(name)
         trash = self.roots[name] / ".ringsync" / "deleting"
+        try:   # a file an earlier crash left there is not this deletion
+            before = {p.name for p in trash.iterdir()} if trash.is_dir() else set()
+        except OSError:
+            before = set()
         slog = self.workdir / f"strace-{name}-{int(time.time())}.log"
         self.strace = subprocess.Popen(
             ["strace", "-f", "-qq", "-o", str(slog), "-p", str(pid),
@@ -655,7 +659,8 @@ class Campaign:
         while time.monotonic() < deadline and self.strace.poll() is None:
             self._run_pending()
             try:
-                files = [p for p in trash.iterdir()] if trash.is_dir() else []
+                files = [p for p in trash.iterdir()
+                         if p.name not in before] if trash.is_dir() else []
             except OSError:
                 files = []
             if files:
