@@ -46,10 +46,28 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def publish(part: Path, final: Path) -> None:
+def make_dirs(directory: Path, root: Path) -> None:
+    """``mkdir -p directory`` where every directory it creates is made durable: each new one
+    is fsynced together with its parent, up to ``root`` (which must contain it)."""
+    missing: list[Path] = []
+    d = directory
+    while not d.exists() and d != root and root in d.parents:
+        missing.append(d)
+        d = d.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    for made in reversed(missing):
+        fsync_dir(made.parent)
+    if missing:
+        fsync_dir(directory)
+
+
+def publish(part: Path, final: Path, root: Path | None = None) -> None:
     """Give a verified part its final name without ever replacing an existing file
-    (raises FileExistsError instead)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
+    (raises FileExistsError instead). Directories it creates are fsynced up to ``root``."""
+    if root is not None:
+        make_dirs(final.parent, root)
+    else:
+        final.parent.mkdir(parents=True, exist_ok=True)
     os.link(part, final)
     os.unlink(part)
     fsync_dir(final.parent)

@@ -36,6 +36,10 @@ if TYPE_CHECKING:
     from engine.node import Node
 
 
+RECOVER_TIMEOUT_SECONDS = 300.0
+"""A recovery answers once every holder has vouched (hashed its copies now)."""
+
+
 class FacadeError(RuntimeError):
     """A request the facade could not carry out (unknown node, node unreachable)."""
 
@@ -53,11 +57,11 @@ class SyncFacade:
         return target
 
     async def _call(self, target: str, method: str, path: str, what: str,
-                    **kwargs: Any) -> dict[str, Any]:
+                    timeout: float = 10.0, **kwargs: Any) -> dict[str, Any]:
         url = f"{self.node.config.host(self._known(target)).url}{path}"
         try:
-            async with self.node.session.request(method, url, **kwargs,
-                                                 timeout=aiohttp.ClientTimeout(total=10)) as resp:
+            async with self.node.session.request(
+                    method, url, **kwargs, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
                 text = await resp.text()
                 if resp.status >= 400:
                     raise FacadeError(f"{target} refused {what}: {resp.status} {_error_line(text)}")
@@ -70,8 +74,10 @@ class SyncFacade:
             raise FacadeError(f"{target} answered {what} with {type(answer).__name__}, not an object")
         return answer
 
-    async def _control(self, target: str, action: str, body: dict[str, Any]) -> dict[str, Any]:
-        return await self._call(target, "POST", f"/v1/control/{action}", action, json=body)
+    async def _control(self, target: str, action: str, body: dict[str, Any],
+                       timeout: float = 10.0) -> dict[str, Any]:
+        return await self._call(target, "POST", f"/v1/control/{action}", action,
+                                timeout=timeout, json=body)
 
     async def _each_node(self, call: Callable[[str], Awaitable[Any]]) -> dict[str, Any]:
         """``call(name)`` for every configured node at once, by name."""
@@ -155,8 +161,10 @@ class SyncFacade:
         async def one(name: str) -> dict[str, Any]:
             try:
                 if name == self.node.name:
-                    return self.node.request_recovery(reason, by)
-                return await self._control(name, "recover", {"reason": reason, "by": by})
+                    return await self.node.request_recovery(reason, by)
+                # the node asks every holder of its artifacts to vouch before it answers
+                return await self._control(name, "recover", {"reason": reason, "by": by},
+                                           timeout=RECOVER_TIMEOUT_SECONDS)
             except FacadeError as exc:
                 return {"error": str(exc)}
 

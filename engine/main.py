@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 
 from engine.config import ConfigError, default_config_path, load_config
+from engine.manifest.store import ManifestSchemaError
+from engine.rootlock import RootInUse
 
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -60,6 +62,9 @@ def run_engine(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"ringsync: config error: {exc}", file=sys.stderr)
         return 2
+    except (RootInUse, ManifestSchemaError) as exc:
+        print(f"ringsync: cannot start node {args.node}: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"ringsync: cannot start node {args.node}: {exc}", file=sys.stderr)
         return 1

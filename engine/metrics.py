@@ -74,6 +74,7 @@ class NodeCollector:
             events.add_metric([node.name, event_type], count)
         yield events
         yield from self._routing(node)
+        yield from self._scrub(node)
         if node.push is not None:
             yield from self._pressure(node)
         if node.membership is not None:
@@ -117,6 +118,29 @@ class NodeCollector:
                 family = CounterMetricFamily(f"ringsync_gossip_{name}", help_text, labels=labels)
                 family.add_metric([node.name], figures[name])
                 yield family
+
+    @staticmethod
+    def _scrub(node: "Node") -> Iterator[Metric]:
+        """The scrub's progress and what it found, and what this node hashed in all."""
+        labels = ["node"]
+        status = node.scrub.status()
+        passes = CounterMetricFamily("ringsync_scrub_passes", "Completed scrub passes",
+                                     labels=labels)
+        passes.add_metric([node.name], status["passes"])
+        progress = GaugeMetricFamily("ringsync_scrub_progress_bytes",
+                                     "Bytes scrubbed in the current pass", labels=labels)
+        progress.add_metric([node.name], status["bytes_done"])
+        held = GaugeMetricFamily("ringsync_scrub_pass_bytes", "Bytes of stored copies in the"
+                                 " current pass", labels=labels)
+        held.add_metric([node.name], status["bytes_total"])
+        findings = CounterMetricFamily("ringsync_scrub_findings", "Copies the scrub checked,"
+                                       " by verdict", labels=["node", "verdict"])
+        for verdict in ("matched", "mismatched", "missing"):
+            findings.add_metric([node.name, verdict], status["findings"][verdict])
+        hashed = CounterMetricFamily("ringsync_hashed_bytes", "Bytes this node read and hashed"
+                                     " (vouches, scrub, verification)", labels=labels)
+        hashed.add_metric([node.name], node.copies.totals["hashed_bytes"])
+        yield from (passes, progress, held, findings, hashed)
 
     @staticmethod
     def _pressure(node: "Node") -> Iterator[Metric]:

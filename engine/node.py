@@ -33,19 +33,24 @@ from engine.daemons.live_snapshots import LiveSnapshotter
 from engine.daemons.manifest_pull import ManifestPuller
 from engine.daemons.membership import MembershipDaemon
 from engine.daemons.push import SyncPushDaemon
+from engine.daemons.scrub import Scrubber
 from engine.daemons.verification import ReplicaVerifier
 from engine.events import EventBus, EventType, PrioritySyncRequested, SyncPaused, SyncResumed
 from engine.events.hooks import HookRunner
+from engine.gossip.holder import Sender
 from engine.facade import SyncFacade, set_sync_facade
-from engine.hashing import sha256_file
 from engine.health import HealthCheckResult
-from engine.manifest import ClusterManifest, Replica
+from engine import deletion_journal
+from engine.copies import StoredCopies
+from engine.manifest import ClusterManifest
+from engine.rootlock import RootLock, root_id
 from engine.metrics import NodeMetrics
 from engine.paths import DataRoot
 from engine.router import SyncRouter
 from engine.server import make_app
 from engine.transfers import TransferTracker
 from engine.transport import HttpTransport
+from engine.vouches import VouchClient
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +86,28 @@ class Node:
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
         self.data.create()
+        self.lock = RootLock(self.data.state, self.name)
+        self.lock.acquire()  # RootInUse: another node runs on this data root
+        try:
+            await self._start()
+        except BaseException:
+            self.lock.release()
+            raise
+
+    async def _start(self) -> None:
+        self.root_id = root_id(self.data.state)
+        """This data root's permanent id (``engine.rootlock``)."""
         self.manifest = ClusterManifest(self.data.state / "manifest.db", self.name)
+        self.manifest.new_incarnation()  # peers re-read it whole: it may have been restored
         self.events = EventBus(self.name, self.data.state / "events.jsonl")
+        self.copies = StoredCopies(self.name, self.data, self.manifest, self.events,
+                                   self.root_id, self.config.push.hash_concurrency)
+        """The copies this node stores: their hashes (read now), quarantine, reconcile."""
+        for line in deletion_journal.recover(self.data, self.manifest):
+            log.warning("interrupted deletion: %s", line)
+        counts = self.copies.reconcile()
+        if any(counts.values()):
+            log.warning("manifest reconciled with the disk: %s", counts)
         self.hooks = HookRunner(self.config.hooks, self.name, self.events, self.data,
                                 self.manifest)
         """Runs the configured ``hooks:`` commands off the bus (never blocking it)."""
@@ -101,14 +126,20 @@ class Node:
         for kind in (EventType.NODE_RECOVERED, EventType.BACKPRESSURE_ACTIVATED,
                      EventType.BACKPRESSURE_RELEASED):
             self.events.listen(self.router.on_event, kind)
+        self.vouches = VouchClient(self)
+        """Asks holders, now, whether they hold an artifact version (deletion, recovery)."""
         self.backpressure = BackpressureMonitor(self)
         """Announces and enforces backpressure when this node should not take normal syncs."""
         self.daemon = AutoSyncDaemon(self, self.config.strategy_for(self.name))
+        self.sender = Sender(self)
+        """Pushes a stored copy another node asks for (a gossip pull, a scrub's repair)."""
         self.gossip = GossipDaemon(self) if self.daemon.strategy == "gossip" else None
         """Manifest deltas peer to peer, then pulls (the gossip strategy only)."""
         self.live = LiveSnapshotter(self)
         self.push = None if self.host.is_coordinator else SyncPushDaemon(self)
         self.verifier = ReplicaVerifier(self)
+        self.scrub = Scrubber(self)
+        """Re-hashes every stored copy in the background and repairs what rotted."""
         self.metrics = NodeMetrics(self)
         self.facade = SyncFacade(self)
         set_sync_facade(self.facade)
@@ -145,13 +176,16 @@ class Node:
         await self.live.start()
         if self.push:
             await self.push.start()
+        await self.scrub.start()
         yield
         # an ephemeral node (SIGTERM on a spot host) pushes what is not safe yet, while the
         # daemons and the session still run; a no-op for other strategies
         await self.daemon.final_push(self.config.auto_sync.final_push_seconds)
         if self.cluster_feed is not None:
             await self.cluster_feed.stop()
+        await self.scrub.stop()
         await self.verifier.stop()
+        await self.sender.stop()
         if self.push:
             await self.push.stop()
         await self.live.stop()
@@ -169,6 +203,7 @@ class Node:
         await self.hooks.stop()
         self.events.close()
         self.manifest.close()
+        self.lock.release()
 
     async def _end_streams(self, _app: web.Application) -> None:
         self.events.end_streams()
@@ -229,27 +264,6 @@ class Node:
         """Count a newly stored object until the next capacity refresh measures it."""
         self._used_bytes += size
 
-    async def local_verification(self, data_type: str, rel: str, file: Path,
-                                 force: bool = False,
-                                 max_age: float | None = None) -> tuple[str, float]:
-        """SHA-256 of the bytes this node stores, and when it was last hashed.
-
-        Answers from this node's own earlier hashing while the file is unchanged since (and,
-        with ``max_age``, that hashing is at most ``max_age`` seconds old); otherwise (or when
-        ``force``) hashes the bytes now and records the result.
-        """
-        st = file.stat()
-        own = [r for r in self.manifest.replicas(data_type, rel) if r.node == self.name]
-        art = self.manifest.get_artifact(data_type, rel)
-        if (not force and own and own[0].verified_at and art and art.size == st.st_size
-                and own[0].sha256 == art.sha256 and st.st_mtime <= own[0].verified_at
-                and (max_age is None or time.time() - own[0].verified_at <= max_age)):
-            return own[0].sha256, own[0].verified_at
-        sha = await asyncio.to_thread(sha256_file, file)
-        now = time.time()
-        self.manifest.set_replica(Replica(data_type, rel, self.name, sha, now))
-        return sha, now
-
     # -- control ----------------------------------------------------------------------------
     def request_priority_sync(self, reason: str, config_key: str | None) -> dict[str, Any]:
         self.events.emit(PrioritySyncRequested(reason=reason, source_node=self.name,
@@ -258,9 +272,10 @@ class Node:
         return {"node": self.name, "accepted": True, "reason": reason, "config_key": config_key,
                 "paused": self.daemon.paused}
 
-    def request_recovery(self, reason: str, by: str) -> dict[str, Any]:
-        """Bring under-replicated artifacts up to min_copies verified copies (background)."""
-        return self.daemon.recovery.request(reason, by)
+    async def request_recovery(self, reason: str, by: str) -> dict[str, Any]:
+        """Bring under-replicated artifacts up to min_copies verified copies (counted by
+        asking the holders now; the pushes run in the background)."""
+        return await self.daemon.recovery.request(reason, by)
 
     def start_verification(self, by: str) -> dict[str, Any]:
         """Re-hash every replica this node holds (background); raises VerificationRunning."""
@@ -291,6 +306,7 @@ class Node:
         return {
             "node": self.name, "role": self.host.role, "provider": self.host.provider,
             "url": self.host.url, "ephemeral": self.host.ephemeral, "time": time.time(),
+            "root_id": self.root_id, "manifest_id": self.manifest.manifest_id,
             "uptime_seconds": round(time.time() - self.started_at, 1),
             "strategy": self.daemon.strategy, "paused": self.daemon.paused,
             "disk": self.disk(),
@@ -306,6 +322,7 @@ class Node:
             "backpressure": self.backpressure.status(),
             "routing": self.router.status(),
             "live_snapshots": self.live.status(),
+            "scrub": self.scrub.status(),
             "bandwidth": {h: {k: v[k] for k in ("limit_mbps", "allocated_mbps",
                                                  "active_transfers", "current_mbps")}
                           for h, v in self.bandwidth.status()["hosts"].items()},
@@ -326,6 +343,7 @@ class Node:
                  "backpressure": self.backpressure.health_check(),
                  "live_snapshots": self.live.health_check(),
                  "verification": self.verifier.health_check(),
+                 "scrub": self.scrub.health_check(),
                  f"transport:{self.transport.name}": self.transport.health_check()}
         if self.membership:
             parts["membership"] = self.membership.health_check()

@@ -1,6 +1,11 @@
 """The node's data root layout, and the one place that turns a name into a path.
 
-    <data_root>/<data_type>/<path>      the visible tree: only complete, verified files
+    <data_root>/<data_type>/<path>      this node's own sources (what its generators write)
+    <data_root>/<data_type>/@<origin>/<dir>/<stem>.v<sha16><suffix>
+                                        a verified copy of version <sha16…> (the first 16 hex
+                                        digits of its SHA-256) of <origin>'s <data_type>/<path>:
+                                        two origins' files with one path, or two versions of
+                                        one file, never share a name
     <data_root>/.ringsync/              engine state: manifest, events log, incoming, snapshots
     <data_root>/.ringsync/quarantine/   copies that failed re-verification, kept for inspection
     <data_root>/.ringsync/live/<origin>/<data_type>/<path>
@@ -24,6 +29,11 @@ DATA_TYPES = ("games", "npz", "models")
 """The artifact kinds a node stores, one directory each under the data root."""
 
 STATE_DIR = ".ringsync"
+COPY_PREFIX = "@"
+"""First path segment of the tree of copies received from one origin (``@<origin>``); an own
+source's path never starts with it."""
+VERSION_DIGITS = 16
+"""Hex digits of the SHA-256 in a stored copy's name."""
 MAX_NAME_BYTES = 255
 """Longest file name the common filesystems hold."""
 MAX_PATH_BYTES = 1024
@@ -72,6 +82,29 @@ class DataRoot:
             raise UnsafePath(f"path {rel!r} leaves the data root")
         return final
 
+    def source_path(self, data_type: str, rel: str) -> Path:
+        """Where this node's own source ``<data_type>/<rel>`` lives (``object_path``, and
+        ``rel`` may not start in the tree of received copies)."""
+        if rel.startswith(COPY_PREFIX):
+            raise UnsafePath(f"path {rel!r} starts with {COPY_PREFIX!r}: reserved for copies")
+        return self.object_path(data_type, rel)
+
+    def copy_path(self, origin: str, data_type: str, rel: str, sha256: str) -> Path:
+        """Where a received copy of ``origin``'s ``<data_type>/<rel>`` with content ``sha256``
+        is stored: ``<data_type>/@<origin>/<dir>/<stem>.v<sha16><suffix>``."""
+        check_node_name(origin)
+        if rel.startswith(COPY_PREFIX):
+            raise UnsafePath(f"path {rel!r} starts with {COPY_PREFIX!r}: reserved for copies")
+        if len(sha256) != 64 or not set(sha256) <= set("0123456789abcdef"):
+            raise UnsafePath(f"bad sha256 {sha256[:80]!r}")
+        clean = check_relative(rel)
+        name = clean.name
+        stem, dot, suffix = name.rpartition(".")
+        versioned = (f"{stem}.v{sha256[:VERSION_DIGITS]}.{suffix}" if dot and stem
+                     else f"{name}.v{sha256[:VERSION_DIGITS]}")
+        return self.object_path(data_type, str(PurePosixPath(f"{COPY_PREFIX}{origin}", clean)
+                                               .with_name(versioned)))
+
     def quarantine_path(self, data_type: str, rel: str) -> Path:
         """A free name for ``<data_type>/<rel>`` under the quarantine directory: the same
         relative path, with ``.1``, ``.2``… appended when an earlier copy is already there."""
@@ -110,17 +143,16 @@ class DataRoot:
         raises UnsafePath for a path or origin that is not a plain name."""
         self.type_dir(data_type)
         clean = check_relative(rel)
-        if "/" in origin:
-            raise UnsafePath(f"origin {origin!r} is not a node name")
-        check_relative(origin)
+        check_node_name(origin)
         return self.live.joinpath(origin, data_type, *clean.parts)
 
     def partial_path(self, data_type: str, rel: str, sha256: str,
-                     live_origin: str | None = None) -> Path:
-        """Where an upload of ``rel`` with declared ``sha256`` accumulates until verified.
-        A live snapshot from ``live_origin`` has a part file of its own (never shared with
-        the finished artifact's upload or another sender's live snapshot)."""
-        key = f"{data_type}/{rel}" if live_origin is None else f"live/{live_origin}/{data_type}/{rel}"
+                     live_origin: str | None = None, origin: str = "") -> Path:
+        """Where an upload of ``origin``'s ``rel`` with declared ``sha256`` accumulates until
+        verified. A live snapshot from ``live_origin`` has a part file of its own (never
+        shared with the finished artifact's upload or another sender's live snapshot)."""
+        key = (f"{origin}:{data_type}/{rel}" if live_origin is None
+               else f"live/{live_origin}/{data_type}/{rel}")
         name = hashlib.sha256(key.encode()).hexdigest()[:32]
         return self.incoming / f"{name}.{sha256[:16]}.part"
 
@@ -154,6 +186,20 @@ class DataRoot:
                 except OSError:
                     continue
         return total
+
+
+def check_node_name(name: str) -> None:
+    """A node name used as a path segment: one plain, non-hidden segment."""
+    if not name or "/" in name:
+        raise UnsafePath(f"origin {name!r} is not a node name")
+    check_relative(name)
+
+
+def copy_origin(rel: str) -> str | None:
+    """The origin of a path under a data type's directory that lies in a tree of received
+    copies (``@<origin>/...``), else None."""
+    first = rel.split("/", 1)[0]
+    return first[len(COPY_PREFIX):] if first.startswith(COPY_PREFIX) and "/" in rel else None
 
 
 def check_relative(rel: str) -> PurePosixPath:

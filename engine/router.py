@@ -199,7 +199,7 @@ class SyncRouter:
 
     # -- push targets -----------------------------------------------------------------------
     def route(self, data_type: str, config_key: str | None = None, path: str | None = None,
-              *, urgent: bool = False) -> Route:
+              *, urgent: bool = False, origin: str | None = None) -> Route:
         """``get_sync_targets`` with the reasons for what is held."""
         self._refresh()
         policy = self.routing.policy(data_type)
@@ -209,12 +209,14 @@ class SyncRouter:
         if self.strategy == "gossip":
             if coordinator == self.node or not self.policy_allows(coordinator, data_type, True):
                 return Route()
-            return self._collect(data_type, path, urgent=False)
+            return self._collect(data_type, path, urgent=False, origin=origin)
         if self.node == coordinator:
             return Route()
-        return self._collect(data_type, path, urgent=urgent or self.strategy == "ephemeral")
+        return self._collect(data_type, path, urgent=urgent or self.strategy == "ephemeral",
+                             origin=origin)
 
-    def _collect(self, data_type: str, path: str | None, urgent: bool) -> Route:
+    def _collect(self, data_type: str, path: str | None, urgent: bool,
+                 origin: str | None = None) -> Route:
         """The coordinator; while it is held, nothing (normal) or the best durable node
         (urgent). An excluded coordinator is no target at all."""
         coordinator = self.config.coordinator.name
@@ -226,7 +228,7 @@ class SyncRouter:
             return Route([coordinator, *self._more_copies(data_type, path, coordinator)])
         route = Route(held={coordinator: reason})
         if urgent:
-            art = self.manifest.get_artifact(data_type, path) if path else None
+            art = self.manifest.get_artifact(data_type, path, origin or self.node) if path else None
             holding = self.manifest.verified_holders(art) if art else set()
             if coordinator in holding:
                 return route  # it has it already: no copy elsewhere is needed
@@ -247,12 +249,14 @@ class SyncRouter:
         return others if want == "all" else others[:int(want) - 1]
 
     def get_sync_targets(self, data_type: str, config_key: str | None = None,
-                         path: str | None = None, *, urgent: bool = False) -> list[str]:
-        """The nodes to push ``data_type/path`` to now, in order (see the module doc)."""
-        return self.route(data_type, config_key, path, urgent=urgent).targets
+                         path: str | None = None, *, urgent: bool = False,
+                         origin: str | None = None) -> list[str]:
+        """The nodes to push ``data_type/path`` (of ``origin``, default this node) to now, in
+        order (see the module doc)."""
+        return self.route(data_type, config_key, path, urgent=urgent, origin=origin).targets
 
     def replica_targets(self, data_type: str, path: str, need: int,
-                        exclude: Iterable[str] = ()) -> list[str]:
+                        exclude: Iterable[str] = (), origin: str | None = None) -> list[str]:
         """Up to ``need`` nodes that should receive a further copy of ``data_type/path``
         (recovery, disk pressure): eligible durable nodes, coordinator included, never the
         origin, this node or ``exclude`` (current holders), nor a node known to have no room;
@@ -261,8 +265,8 @@ class SyncRouter:
         if need <= 0:
             return []
         self._refresh()
-        art = self.manifest.get_artifact(data_type, path)
-        skip = {self.node, *exclude, *([art.origin] if art else [])}
+        art = self.manifest.get_artifact(data_type, path, origin or self.node)
+        skip = {self.node, *exclude, origin or self.node}
         order = {name: i for i, name in enumerate(self.config.hosts)}
         scored: list[tuple[tuple[float, ...], str]] = []
         for name, host in self.config.hosts.items():
@@ -315,10 +319,10 @@ class SyncRouter:
     def pull_sources(self, art: Artifact) -> list[str]:
         """Nodes to ask for a copy of ``art``: holders of a first-hand verified copy, then
         its origin (unless it deleted its source); never down or breaker-open ones."""
-        holders = [r.node for r in self.manifest.replicas(art.data_type, art.path)
-                   if r.sha256 == art.sha256 and r.verified_at is not None and r.node != art.origin]
+        holders = [r.node for r in self.manifest.replicas(art)
+                   if r.verified_at is not None and r.node != art.origin]
         holders.sort(key=lambda n: _rendezvous(f"{art.key}:{self.node}", n))
-        if (art.data_type, art.path) not in self.manifest.deleted_sources(art.origin):
+        if art.ident not in self.manifest.deleted_sources(art.origin) and not art.superseded:
             holders.append(art.origin)
         return [n for n in holders if n != self.node and n in self.config.hosts
                 and not self.view.is_down(n) and self.breakers.allow(n)]

@@ -33,7 +33,9 @@ from urllib.parse import quote
 
 from engine.hashing import sha256_file
 from engine.manifest import Artifact
-from engine.paths import DATA_TYPES, DataRoot
+from engine.manifest.store import stat_identity
+from engine.openfiles import opened_elsewhere
+from engine.paths import COPY_PREFIX, DATA_TYPES, DataRoot
 from engine.sqlite_check import readonly_uri
 
 DB_SUFFIXES = (".db", ".sqlite", ".sqlite3")
@@ -48,13 +50,15 @@ class UnreadableArtifact(Exception):
 
 @dataclass(frozen=True)
 class Candidate:
-    """A finished file whose (size, mtime) the manifest has not seen."""
+    """A finished file whose identity on disk the manifest has not seen."""
 
     data_type: str
     path: str
     file: Path
     size: int
     mtime_ns: int
+    identity: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)
+    """(st_dev, st_ino, size, mtime_ns, ctime_ns) when it was found."""
 
 
 def is_database(path: str) -> bool:
@@ -80,7 +84,10 @@ class Scanner:
         """Every visible, non-excluded file of ``data_type`` but SQLite sidecars: (rel, path)."""
         base = self.data.root / data_type
         for dirpath, dirnames, filenames in os.walk(base):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            top = dirpath == str(base)
+            # hidden directories, and at the top the trees of copies received from others
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")
+                           and not (top and d.startswith(COPY_PREFIX))]
             for name in filenames:
                 if name.startswith(".") or name.endswith(SIDECARS) or name.endswith("-shm"):
                     continue
@@ -90,11 +97,24 @@ class Scanner:
                     yield rel, file
 
     def _finished(self, file: Path, mtime: float, now: float) -> bool:
-        return now - mtime >= self.finished_after and self._closed(file)
+        return now - mtime >= self.finished_after and self._closed(file) and \
+            not self._open_database(file)
 
-    def candidates(self, known: dict[tuple[str, str], tuple[int | None, int | None]],
+    @staticmethod
+    def _open_database(file: Path) -> bool:
+        """A database some process still has open is not finished, however idle it looks
+        (a rollback-journal database held open leaves no sidecar between transactions)."""
+        if not is_database(file.name):
+            return False
+        try:
+            return opened_elsewhere(file)
+        except OSError:
+            return True
+
+    def candidates(self, known: dict[tuple[str, str], tuple[int | None, ...]],
                    now: float | None = None) -> list[Candidate]:
-        """Finished files that are new or changed since ``known`` (key -> source size, mtime)."""
+        """Finished files that are new or changed since ``known`` (key -> the source's
+        identity when it was hashed: a changed ctime, inode or device counts as changed)."""
         now = time.time() if now is None else now
         found: list[Candidate] = []
         for data_type in DATA_TYPES:
@@ -103,11 +123,13 @@ class Scanner:
                     st = file.stat()
                 except OSError:
                     continue
-                if known.get((data_type, rel)) == (st.st_size, st.st_mtime_ns):
+                identity = stat_identity(st)
+                if known.get((data_type, rel)) == identity:
                     continue
                 if not self._finished(file, st.st_mtime, now):
                     continue
-                found.append(Candidate(data_type, rel, file, st.st_size, st.st_mtime_ns))
+                found.append(Candidate(data_type, rel, file, st.st_size, st.st_mtime_ns,
+                                       identity))
         return found
 
     def live_databases(self, now: float | None = None) -> list[tuple[str, Path]]:
@@ -144,23 +166,28 @@ class Scanner:
         return self.data.snapshots / f"{digest}.db"
 
     def push_source(self, art: Artifact) -> Path:
-        """The file whose bytes a push of ``art`` sends."""
+        """The file whose bytes a push of this node's own ``art`` sends."""
         if is_database(art.path):
             return self.snapshot_path(art.data_type, art.path)
-        return self.data.object_path(art.data_type, art.path)
+        return self.data.source_path(art.data_type, art.path)
+
+    @staticmethod
+    def unchanged(art: Artifact, st: os.stat_result) -> bool:
+        """The source is exactly the file that was hashed as ``art`` (identity on disk)."""
+        return art.source_identity == stat_identity(st)
 
     def restore_snapshot(self, art: Artifact) -> bool:
         """Re-make the snapshot of an own database whose snapshot was dropped after it reached
         its first targets; True when the new snapshot has ``art``'s SHA-256 (a snapshot of an
         unchanged database is byte-identical). False, leaving no snapshot, when the source is
         gone, unsound or changed since it was registered (the scanner re-registers it)."""
-        source = self.data.object_path(art.data_type, art.path)
+        source = self.data.source_path(art.data_type, art.path)
         target = self.snapshot_path(art.data_type, art.path)
         try:
             st = source.stat()
         except FileNotFoundError:
             return False
-        if (art.source_size, art.source_mtime_ns) != (st.st_size, st.st_mtime_ns):
+        if not self.unchanged(art, st):
             return False
         if not snapshot_database(source, target):
             return False
@@ -183,11 +210,13 @@ class Scanner:
         else:
             digest, size = sha256_file(cand.file), cand.size
         st = cand.file.stat()
-        if (st.st_size, st.st_mtime_ns) != (cand.size, cand.mtime_ns):
-            return None  # written to while we looked: not finished after all
+        if stat_identity(st) != cand.identity:
+            return None  # written to (or replaced) while we looked: not finished after all
         parts = cand.path.split("/")
+        dev, ino, _size, _mtime, ctime_ns = cand.identity
         return Artifact(cand.data_type, cand.path, parts[0] if len(parts) > 1 else None, size,
-                        digest, cand.mtime_ns / 1e9, self.node, cand.size, cand.mtime_ns)
+                        digest, cand.mtime_ns / 1e9, self.node, cand.size, cand.mtime_ns,
+                        dev, ino, ctime_ns)
 
 
 def snapshot_database(source: Path, target: Path) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -60,6 +60,12 @@ class DataTypePolicy(_Model):
     ``all``: every eligible node."""
     broadcast: bool = False
     """Nodes with the broadcast strategy push this type to every eligible node."""
+    ephemeral_copies_count: bool = False
+    """Copies on ephemeral (spot) hosts count towards ``min_copies_before_delete`` (by
+    default they do not: a spot host vanishes with its disk)."""
+    distinct_providers: bool = False
+    """A deletion needs its vouching copies on distinct providers (one cloud's outage
+    cannot take every copy)."""
 
     @field_validator("replication_target", mode="after")
     @classmethod
@@ -135,12 +141,21 @@ class PushThresholds(_Model):
     """Artifacts brought towards min_copies per cycle at the push level (oldest first)."""
     urgent_batch_files: int = Field(default=64, ge=1)
     """The same at the urgent level and above; urgent pushes also go ahead of normal ones."""
-    vouch_max_age_seconds: Annotated[float, Field(ge=0)] = 60.0
-    """A holder asked to vouch may answer from its own hashing made this recently (and the file
-    unchanged since); otherwise it re-hashes the bytes. 0: always re-hash."""
+    hash_concurrency: int = Field(default=2, ge=1, le=64)
+    """Files a node hashes at once (vouches, scrub, verification): vouches are answered from
+    the bytes read now, never from a cached hash, so this bounds what they cost the node."""
     live_snapshot_seconds: Annotated[float, Field(ge=0)] = 0.0
     """Push a consistent snapshot of each database still being written at most this often,
     so a vanished node loses at most this much; it never counts as a copy. 0: off."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_options(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "vouch_max_age_seconds" in data:
+            raise FieldProblem([("vouch_max_age_seconds",)],
+                               "vouch_max_age_seconds was removed: a holder always re-reads and"
+                               " hashes its copy when asked to vouch for a deletion")
+        return data
 
     @model_validator(mode="after")
     def _ordered(self) -> PushThresholds:
@@ -156,6 +171,19 @@ class PushThresholds(_Model):
                 f"({self.cleanup_percent:g})",
             )
         return self
+
+
+class Scrub(_Model):
+    """Background re-verification of every copy a node stores (like a ZFS or Ceph deep scrub)."""
+
+    enabled: bool = True
+    pass_hours: Annotated[float, Field(gt=0)] = 24.0
+    """One full pass over the stored copies in about this long: the rate is the bytes held
+    divided by this (at least ``min_bytes_per_second``)."""
+    bytes_per_second: SizeBytes | None = None
+    """A fixed rate instead (bytes/s; ``8MiB`` works)."""
+    min_bytes_per_second: SizeBytes = 256 * 2**10
+    """The slowest rate a pass runs at, so a small store is not scrubbed once a day only."""
 
 
 class Membership(_Model):
@@ -292,6 +320,7 @@ class ClusterConfig(_Model):
     bandwidth_limits: BandwidthLimits = Field(default_factory=BandwidthLimits)
     push: PushThresholds = Field(default_factory=PushThresholds)
     membership: Membership = Field(default_factory=Membership)
+    scrub: Scrub = Field(default_factory=Scrub)
     transfer: Transfer = Field(default_factory=Transfer)
     hooks: list[Hook] = Field(default_factory=list)
     """Commands attached to event types (e.g. NPZ export on DATA_SYNC_COMPLETED)."""

@@ -74,15 +74,15 @@ class AutoSyncDaemon:
         self.scanner = Scanner(node.data, node.name, cfg.sync_routing.exclude_patterns,
                                cfg.transfer.finished_after_seconds)
         self.retry = RetryPolicy(cfg.transfer.retry_base_seconds, cfg.transfer.retry_max_seconds)
-        self._retries: dict[tuple[str, str], RetryState] = {}
+        self._retries: dict[tuple[tuple[str, str, str, str], str], RetryState] = {}
         self._unreadable_seen: dict[str, tuple[int, int]] = {}
         self._wake = asyncio.Event()
         self._priority: tuple[str, str | None] | None = None
         self._task: asyncio.Task[None] | None = None
         self.limiter = PushLimiter(cfg.transfer.max_concurrent)
         """Bounds concurrent pushes; urgent (disk-pressure) pushes are served first."""
-        self.inflight: set[tuple[str, str]] = set()
-        """(artifact key, target) pairs a push is under way (or reserved) for, by a cycle or a
+        self.inflight: set[tuple[tuple[str, str, str, str], str]] = set()
+        """(artifact version, target) pairs a push is under way (or reserved) for, by a cycle or a
         recovery run: neither starts a second push of the same pair."""
         self.recovery = Recovery(self)
         """Operator-requested runs that bring artifacts up to min_copies verified copies."""
@@ -152,24 +152,15 @@ class AutoSyncDaemon:
         """Register finished artifacts that are new or changed; returns how many. ``final``
         (an ephemeral node stopping): a file no process holds open counts as finished now."""
         manifest = self.node.manifest
-        known: dict[tuple[str, str], tuple[int | None, int | None] | None] = {
-            (a.data_type, a.path): ((a.source_size, a.source_mtime_ns) if a.origin == self.node.name
-                                    else None)
-            for a in manifest.artifacts()}
+        known: dict[tuple[str, str], tuple[int | None, ...]] = {
+            (a.data_type, a.path): a.source_identity
+            for a in manifest.artifacts(origin=self.node.name)}
         if final:
             candidates = await asyncio.to_thread(final_candidates, self.scanner, known)
         else:
             candidates = await asyncio.to_thread(self.scanner.candidates, known)
-        gone = manifest.deleted_sources(self.node.name)
         registered = 0
         for cand in candidates:
-            if known.get((cand.data_type, cand.path), ()) is None:
-                continue  # someone else's artifact stored here: not ours to announce
-            if (cand.data_type, cand.path) in gone:
-                self._unreadable(cand, UnreadableArtifact(
-                    "this name was deleted here after its copies were vouched for; a new file"
-                    " under a used name is not synced (generators write new names)"))
-                continue
             try:
                 art = await asyncio.to_thread(self.scanner.prepare, cand)
             except (UnreadableArtifact, OSError) as exc:
@@ -177,11 +168,14 @@ class AutoSyncDaemon:
                 continue
             if art is None:
                 continue
+            # a changed source (or a name reused after a deletion) is a new version; the
+            # same bytes under a new identity (a rename, a put-back) only update the identity
             if manifest.upsert_artifact(art):
                 registered += 1
                 if not is_database(art.path):  # the file itself is the content: a verified copy
                     manifest.set_replica(Replica(art.data_type, art.path, self.node.name,
-                                                 art.sha256, time.time()))
+                                                 art.sha256, time.time(), origin=art.origin,
+                                                 root_id=self.node.root_id))
         return registered
 
     def _unreadable(self, cand: Candidate, exc: Exception) -> None:
@@ -203,14 +197,14 @@ class AutoSyncDaemon:
         gone = manifest.deleted_sources(self.node.name)
         work: list[tuple[Artifact, str]] = []
         for art in manifest.artifacts(origin=self.node.name):
-            if (art.data_type, art.path) in gone:
+            if art.ident in gone:
                 continue  # no bytes here any more; holders re-home it (Recovery.orphans)
-            held = holders.get((art.data_type, art.path), set())
+            held = holders.get(art.ident, set())
             for target in router.get_sync_targets(art.data_type, art.config_key, art.path,
-                                                  urgent=self.urgent):
-                if target in held or (art.key, target) in self.inflight:
+                                                  urgent=self.urgent, origin=art.origin):
+                if target in held or (art.ident, target) in self.inflight:
                     continue
-                state = self._retries.get((art.key, target))
+                state = self._retries.get((art.ident, target))
                 forced = override_backoff and (config_key is None or art.config_key == config_key)
                 if state and state.permanent:
                     continue
@@ -258,7 +252,7 @@ class AutoSyncDaemon:
             source=self.node.name, targets=sorted({t for _, t in work}), files=len(work),
             bytes=sum(a.size for a, _ in work), reason=reason, strategy=self.strategy,
             urgency="urgent" if self.urgent else "normal"))
-        pairs = {(a.key, t) for a, t in work}
+        pairs = {(a.ident, t) for a, t in work}
         self.inflight |= pairs
         try:
             results = await asyncio.gather(*(
@@ -285,7 +279,7 @@ class AutoSyncDaemon:
                         source_file: Path | None = None, urgent: bool = False) -> bool | None:
         """One push of ``art`` to ``target`` outside the cycle (a gossip pull request), unless
         one of the same pair is under way (None); nothing schedules a retry."""
-        key = (art.key, target)
+        key = (art.ident, target)
         if key in self.inflight:
             return None
         self.inflight.add(key)
@@ -303,7 +297,7 @@ class AutoSyncDaemon:
         ``source_file`` overrides where the bytes are read (a stored copy); ``retry=False``
         for a one-off push nothing will retry (reported with no retry time); ``urgent`` pushes
         get a transfer slot before normal ones."""
-        key = (art.key, target)
+        key = (art.ident, target)
         state = self._retries.get(key)
         attempt = (state.attempts if state else 0) + 1
         source_file = source_file or self.scanner.push_source(art)
@@ -335,7 +329,8 @@ class AutoSyncDaemon:
         self._retries.pop(key, None)
         self.node.manifest.register_sync(SyncReceipt(
             art.data_type, art.path, self.node.name, target, result.sha256, result.size,
-            result.verified_at, self.node.transport.name))
+            result.verified_at, self.node.transport.name, origin=art.origin,
+            root_id=result.root_id))
         self.totals["pushed_files"] += 1
         self.totals["pushed_bytes"] += result.bytes_sent
         return True
@@ -344,11 +339,11 @@ class AutoSyncDaemon:
                 reason: str, retry: bool = True) -> None:
         """Count and report a failed push; with ``retry`` schedule the next attempt."""
         if retry:
-            state = self._retries.setdefault((art.key, target), RetryState())
+            state = self._retries.setdefault((art.ident, target), RetryState())
             wait = self.retry.record_failure(state, error, retryable)
             attempt = state.attempts
         else:
-            known = self._retries.get((art.key, target))
+            known = self._retries.get((art.ident, target))
             wait, attempt = None, (known.attempts if known else 0) + 1
         self.totals["failed"] += 1
         self.last_error = error
@@ -361,10 +356,12 @@ class AutoSyncDaemon:
         """A snapshot is kept until every target the router names holds it verified."""
         manifest, router = self.node.manifest, self.node.router
         busy = {key for key, _target in self.inflight}
-        for art in {a.key: a for a in pushed if is_database(a.path)}.values():
-            if art.key in busy:  # another push still reads it
+        for art in {a.ident: a for a in pushed
+                    if is_database(a.path) and a.origin == self.node.name}.values():
+            if art.ident in busy:  # another push still reads it
                 continue
-            targets = set(router.get_sync_targets(art.data_type, art.config_key, art.path))
+            targets = set(router.get_sync_targets(art.data_type, art.config_key, art.path,
+                                                  origin=art.origin))
             if targets and targets <= manifest.verified_holders(art):
                 self.scanner.snapshot_path(art.data_type, art.path).unlink(missing_ok=True)
 
@@ -387,5 +384,6 @@ class AutoSyncDaemon:
         message = ("auto sync running" if healthy else
                    "auto sync stalled" if stale else f"{len(blocked)} pushes need an operator")
         return HealthCheckResult(healthy, message, {"strategy": self.strategy,
-                                                    "blocked": [f"{a} -> {t}" for a, t in blocked[:10]],
+                                                    "blocked": [f"{a[1]}/{a[2]} -> {t}"
+                                                                for a, t in blocked[:10]],
                                                     **self.totals})

@@ -32,7 +32,6 @@ import aiohttp
 
 from engine.events import DataSyncFailed
 from engine.gossip import Gossip, ProtocolError
-from engine.gossip.holder import Sender
 from engine.gossip.pulls import Pulls
 from engine.health import HealthCheckResult
 from engine.manifest import Artifact
@@ -79,7 +78,7 @@ class GossipDaemon:
         """This node's side of the exchange protocol (also answers peers)."""
         self.pulls = Pulls(node)
         """What to ask for, and what was asked for."""
-        self.sender = Sender(node)
+        self.sender = node.sender
         """Starts the pushes other nodes ask this node for."""
         self.figures = {"rounds": 0, "exchanges": 0, "exchange_failures": 0, "rows_merged": 0,
                         "bytes_sent": 0, "bytes_received": 0, "pulls_requested": 0,
@@ -108,7 +107,6 @@ class GossipDaemon:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        await self.sender.stop()
 
     async def _run(self) -> None:
         while True:
@@ -190,8 +188,8 @@ class GossipDaemon:
             self.figures["pulls_unsourced"] += 1
             return
         sources.sort(key=lambda n: n not in exchanged)  # stable: a fresh peer first
-        body = {"data_type": art.data_type, "path": art.path, "sha256": art.sha256,
-                "to": self.node.name}
+        body = {"origin": art.origin, "data_type": art.data_type, "path": art.path,
+                "sha256": art.sha256, "to": self.node.name}
         for source in sources[:SOURCES_TRIED]:
             try:
                 await self._post(source, "/v1/gossip/send", body, expect=202)
@@ -253,11 +251,6 @@ class GossipDaemon:
         self.served["deltas"] += 1
         self.served["rows_merged"] += reply["merged"]
         return reply
-
-    def serve_send(self, data_type: str, path: str, sha256: str, to: str) -> dict[str, Any]:
-        """Push this node's copy to ``to`` in the background (``POST /v1/gossip/send``);
-        raises SendRefused (``engine.gossip.holder.Sender.start``)."""
-        return self.sender.start(data_type, path, sha256, to)
 
     # -- reporting --------------------------------------------------------------------------
     def _stats(self) -> dict[str, Any]:

@@ -111,8 +111,9 @@ class LiveSnapshotter:
         return pushed
 
     def _own(self, rel: str) -> bool:
-        """A database this node writes (not a copy of someone else's stored here)."""
-        art = self.node.manifest.get_artifact("games", rel)
+        """A database this node writes: the scanner's tree holds only own sources (copies of
+        others' live under ``@<origin>/``), unless the same path was registered elsewhere."""
+        art = self.node.manifest.get_artifact("games", rel, self.node.name)
         return art is None or art.origin == self.node.name
 
     async def _protect(self, rel: str, file: Path, config_key: str | None,

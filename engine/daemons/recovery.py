@@ -85,31 +85,75 @@ class Recovery:
         holders = manifest.verified_holders_by_artifact(me)
         gone = manifest.deleted_sources(me)
         for art in manifest.artifacts(origin=me):
-            held = holders.get((art.data_type, art.path), set()) - {me}
-            if len(held) < self.required and (art.data_type, art.path) not in gone:
+            held = holders.get(art.ident, set()) - {me}
+            if len(held) >= self.required:  # only then can the counting rules matter
+                held = self.node.vouches.remembered(art, held)
+            if len(held) < self.required and art.ident not in gone:
                 first = self.node.router.get_sync_targets(art.data_type, art.config_key, art.path)
                 found.append(Shortfall(art, frozenset(held), tuple(first)))
         return found + self.orphans()
 
-    def orphans(self) -> list[Shortfall]:
-        """On the coordinator: artifacts it holds verified whose origin cannot push them any
-        more (membership reports it down, or it deleted its source) and that have fewer than
-        the required copies besides the origin."""
+    async def live_shortfalls(self) -> list[Shortfall]:
+        """``shortfalls``, counted by asking the holders now (``VouchClient``): every own
+        version and every orphan this node holds, each with the holders that vouched. The
+        manifest only says whom to ask."""
+        manifest, me = self.node.manifest, self.node.name
+        gone = manifest.deleted_sources(me)
+        mine = [a for a in manifest.artifacts(origin=me) if a.ident not in gone]
+        orphans = self.orphans(everything=True)
+        counted = await asyncio.gather(*(self.node.vouches.counted(a) for a in mine),
+                                       *(self.node.vouches.counted(o.artifact) for o in orphans))
+        found: list[Shortfall] = []
+        for art, vouched in zip(mine, counted):
+            held = {v.node for v in vouched} - {me}
+            if len(held) < self.required:
+                first = self.node.router.get_sync_targets(art.data_type, art.config_key, art.path)
+                found.append(Shortfall(art, frozenset(held), tuple(first)))
+        for orphan, vouched in zip(orphans, counted[len(mine):]):
+            if not await self._own_copy_sound(orphan.artifact):
+                continue  # quarantined: this node has nothing to push on
+            held = {v.node for v in vouched} | {me}
+            if len(held - {orphan.artifact.origin}) < self.required:
+                found.append(Shortfall(orphan.artifact, frozenset(held), stored_copy=True))
+        return found
+
+    async def _own_copy_sound(self, art: Artifact) -> bool:
+        """This node's stored copy of ``art``, hashed now, is that version (else it is
+        quarantined and does not count)."""
+        copies = self.node.copies
+        file = copies.path(art.ident)
+        try:
+            actual, _ = await copies.verify(art.ident, file, now=True)
+        except OSError:
+            self.node.manifest.remove_replica(art.ident, self.node.name)
+            return False
+        if actual != art.sha256:
+            copies.quarantine(art.ident, file, actual)
+            return False
+        return True
+
+    def orphans(self, everything: bool = False) -> list[Shortfall]:
+        """On the coordinator: versions it holds verified whose origin cannot push them any
+        more (membership reports it down, it deleted that source, or the source changed
+        since: a superseded version) and that have fewer than the required copies besides
+        the origin (``everything``: whatever the manifest says of their copies)."""
         manifest, me, membership = self.node.manifest, self.node.name, self.node.membership
         if membership is None:
             return []
         found: list[Shortfall] = []
-        for origin in sorted(n for n in self.node.config.hosts if n != me):
+        held_here = {art.ident: art for art, rep in manifest.held_by(me)
+                     if rep.verified_at is not None and art.origin != me}
+        origins = sorted({ident[0] for ident in held_here})
+        for origin in origins:
             down = membership.is_down(origin)
             gone = manifest.deleted_sources(origin)
-            if not down and not gone:
-                continue
-            holders = manifest.verified_holders_by_artifact(origin)
-            for art in manifest.artifacts(origin=origin):
-                held = holders.get((art.data_type, art.path), set()) - {origin}
-                if (me in held and len(held) < self.required
-                        and (down or (art.data_type, art.path) in gone)):
-                    found.append(Shortfall(art, frozenset(held), stored_copy=True))
+            holders = manifest.verified_holders_by_artifact(origin, versions=True)
+            for ident, art in held_here.items():
+                if ident[0] != origin or not (down or ident in gone or art.superseded):
+                    continue
+                held = holders.get(ident, set()) - {origin}
+                if everything or len(held) < self.required:
+                    found.append(Shortfall(art, frozenset(held | {me}), stored_copy=True))
         return found
 
     def plan(self, shortfall: Shortfall, busy: set[str]) -> list[str]:
@@ -123,20 +167,21 @@ class Recovery:
         taken = set(shortfall.holders) | busy
         first = [t for t in shortfall.first if t not in taken][:need]
         more = self.node.router.replica_targets(art.data_type, art.path, need - len(first),
-                                                exclude=taken | set(first))
+                                                exclude=taken | set(first), origin=art.origin)
         return first + more
 
     # -- a run ------------------------------------------------------------------------------
-    def request(self, reason: str = DEFAULT_REASON, by: str = "api") -> dict[str, Any]:
+    async def request(self, reason: str = DEFAULT_REASON, by: str = "api") -> dict[str, Any]:
         """Find what is under-replicated and start pushing it in the background."""
         node, daemon = self.node, self.daemon
         node.events.emit(PrioritySyncRequested(reason=reason, source_node=node.name,
                                                config_key=None))
-        found = self.shortfalls()
+        found = await self.live_shortfalls()
         jobs = self._schedule(found)
         scheduled = sum(len(targets) for _, targets in jobs)
-        log.info("recovery on %s requested by %s (%s): %d under-replicated, %d pushes%s",
-                 node.name, by, reason, len(found), scheduled, " (paused)" if daemon.paused else "")
+        log.info("recovery on %s requested by %s (%s): %d under-replicated (asked live),"
+                 " %d pushes%s", node.name, by, reason, len(found), scheduled,
+                 " (paused)" if daemon.paused else "")
         if jobs:
             task = asyncio.create_task(self._run(jobs, reason), name=f"recovery:{node.name}")
             self._tasks.add(task)
@@ -164,10 +209,10 @@ class Recovery:
             busy.setdefault(key, set()).add(target)
         jobs: list[tuple[Shortfall, list[str]]] = []
         for shortfall in found:
-            targets = self.plan(shortfall, busy.get(shortfall.artifact.key, set()))
+            targets = self.plan(shortfall, busy.get(shortfall.artifact.ident, set()))
             if targets:
                 jobs.append((shortfall, targets))
-                daemon.inflight.update((shortfall.artifact.key, t) for t in targets)
+                daemon.inflight.update((shortfall.artifact.ident, t) for t in targets)
         return jobs
 
     async def _run(self, jobs: list[tuple[Shortfall, list[str]]], reason: str,
@@ -184,7 +229,7 @@ class Recovery:
                                    for s, targets in jobs))
         finally:
             for s, targets in jobs:  # whatever was not started stays free
-                self.daemon.inflight.difference_update((s.artifact.key, t) for t in targets)
+                self.daemon.inflight.difference_update((s.artifact.ident, t) for t in targets)
         for target, arts in sorted(arrived.items()):
             self.node.events.emit(DataSyncCompleted(
                 source=self.node.name, target=target, files=len(arts),
@@ -212,13 +257,14 @@ class Recovery:
                 failed = results.count(False)
                 if not failed or self.daemon.paused:
                     return
-                busy = {t for key, t in inflight if key == art.key}
+                busy = {t for key, t in inflight if key == art.ident}
                 batch = self.node.router.replica_targets(
-                    art.data_type, art.path, failed, exclude=tried | busy | shortfall.holders)
+                    art.data_type, art.path, failed, exclude=tried | busy | shortfall.holders,
+                    origin=art.origin)
                 tried.update(batch)
-                inflight.update((art.key, t) for t in batch)
+                inflight.update((art.ident, t) for t in batch)
         finally:
-            inflight.difference_update((art.key, t) for t in tried)
+            inflight.difference_update((art.ident, t) for t in tried)
 
     async def _attempt(self, shortfall: Shortfall, target: str, source: Path, reason: str,
                        arrived: dict[str, list[Artifact]], urgency: str = "normal") -> bool | None:
@@ -231,7 +277,7 @@ class Recovery:
                                              retry=target in shortfall.first,
                                              urgent=urgency == "urgent")
         finally:
-            self.daemon.inflight.discard((art.key, target))
+            self.daemon.inflight.discard((art.ident, target))
         if ok:
             arrived.setdefault(target, []).append(art)
         return ok
@@ -242,7 +288,7 @@ class Recovery:
         registered: the scanner registers the new version and pushes that."""
         art = shortfall.artifact
         if shortfall.stored_copy:
-            return self.node.data.object_path(art.data_type, art.path)
+            return self.node.copies.path(art.ident)
         scanner = self.daemon.scanner
         source = scanner.push_source(art)
         if not is_database(art.path) or source.exists():

@@ -1,20 +1,18 @@
-"""ReplicaVerifier: re-hash every copy this node holds; a copy that no longer matches stops counting.
+"""ReplicaVerifier: re-hash every copy this node stores; a copy that no longer matches stops counting.
 
-One run (``POST /v1/control/verify``, the dashboard's ``v``) takes every artifact this
-node has a replica row of and re-hashes the stored bytes in a worker thread
-(``Node.local_verification(..., force=True)``, which records the new hash). Then:
+One run (``POST /v1/control/verify``, the dashboard's ``v``) takes every copy this node
+stores (``stored_copies``: received copies under ``<data_type>/@<origin>/``, every version)
+and re-hashes the bytes now (``check_copy``, through ``Node.copies``, bounded by the node's
+hash concurrency). Then:
 
-* matches the artifact's SHA-256: the replica stays verified, with a fresh ``verified_at``;
-* a stored copy (someone else's artifact) that does not match: its replica row is
-  removed and the file is moved to ``<data_root>/.ringsync/quarantine/<data_type>/<path>``
-  (never outside the data root, never over an earlier quarantined file), REPLICA_QUARANTINED;
-* a missing (or unreadable) file: the replica row is removed, REPLICA_QUARANTINED with no
-  actual hash and nothing moved;
-* this node's own source that changed: counted as mismatched and left where it is (it is
-  the source); its replica row now carries the new hash, so it does not count, and the
-  scanner registers the new version once the file's size or mtime shows the change.
+* matches its version's SHA-256: the replica stays verified, with a fresh ``verified_at``;
+* does not match: the file is moved to ``<data_root>/.ringsync/quarantine/`` (never outside
+  the data root, never over an earlier quarantined file), its replica row is removed (the
+  removal travels to the other nodes as a delta), REPLICA_QUARANTINED;
+* missing or unreadable: its replica row is removed, REPLICA_QUARANTINED with no actual hash.
 
-Every run ends with one REPLICAS_VERIFIED summary. One run at a time per node.
+Every run ends with one REPLICAS_VERIFIED summary. One run at a time per node. The scrub
+(``engine.daemons.scrub``) does the same check continuously, at a gentle rate, and repairs.
 """
 
 from __future__ import annotations
@@ -22,12 +20,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.events import ReplicaQuarantined, ReplicasVerified
+from engine.events import ReplicasVerified
 from engine.health import HealthCheckResult
-from engine.manifest import Artifact
+from engine.manifest import Artifact, Replica
 
 if TYPE_CHECKING:
     from engine.node import Node
@@ -56,7 +53,7 @@ class ReplicaVerifier:
         """Start a run over every replica this node holds; raises VerificationRunning."""
         if self.running:
             raise VerificationRunning(f"a verification is already running on {self.node.name}")
-        held = [art for art, _rep in self.node.manifest.held_by(self.node.name)]
+        held = stored_copies(self.node)
         self._task = asyncio.create_task(self._run(held, by), name=f"verify:{self.node.name}")
         return {"node": self.node.name, "replicas": len(held), "started": True}
 
@@ -76,49 +73,42 @@ class ReplicaVerifier:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
 
-    async def _run(self, held: list[Artifact], by: str) -> None:
+    async def _run(self, held: list[tuple[Artifact, Replica]], by: str) -> None:
         started = time.monotonic()
         counts = {"matched": 0, "mismatched": 0, "missing": 0}
-        for art in held:
-            counts[await self._check(art)] += 1
+        for art, rep in held:
+            counts[await check_copy(self.node, art, rep)] += 1
         summary = ReplicasVerified(node=self.node.name, checked=len(held), **counts,
                                    seconds=round(time.monotonic() - started, 3), requested_by=by)
         self.last = summary.to_dict()
         self.node.events.emit(summary)
 
-    async def _check(self, art: Artifact) -> str:
-        """Verify one copy; returns ``matched``, ``mismatched`` or ``missing``."""
-        node = self.node
-        own = art.origin == node.name
-        try:
-            file = node.data.object_path(art.data_type, art.path)
-            actual, _at = await node.local_verification(art.data_type, art.path, file, force=True)
-        except Exception as exc:  # gone, unreadable or unusable: it cannot be vouched for
-            if not isinstance(exc, FileNotFoundError):
-                log.warning("cannot verify %s on %s: %s: %s", art.key, node.name,
-                            type(exc).__name__, exc)
-            self._stop_counting(art, None, None)
-            return "missing"
-        if actual == art.sha256:
-            return "matched"
-        if own:  # the source itself changed: never moved, the scanner re-registers it
-            log.warning("source %s on %s changed since it was registered", art.key, node.name)
-            return "mismatched"
-        try:
-            moved: str | None = await asyncio.to_thread(self._quarantine, art, file)
-        except OSError as exc:
-            log.warning("cannot quarantine %s on %s: %s", art.key, node.name, exc)
-            moved = None
-        self._stop_counting(art, actual, moved)
-        return "mismatched"
 
-    def _quarantine(self, art: Artifact, file: Path) -> str:
-        """Move a bad copy under the quarantine directory; returns its path under the data root."""
-        target = self.node.data.quarantine_file(art.data_type, art.path, file)
-        return target.relative_to(self.node.data.root).as_posix()
+def stored_copies(node: "Node") -> list[tuple[Artifact, Replica]]:
+    """Every copy this node stores (received from others, or its own pushed back to it),
+    with its replica row; not the rows of its own sources, which the scanner keeps true."""
+    out = []
+    for art, rep in node.manifest.held_by(node.name):
+        if art.origin == node.name and not node.copies.path(rep.ident).exists():
+            continue
+        out.append((art, rep))
+    return out
 
-    def _stop_counting(self, art: Artifact, actual: str | None, moved: str | None) -> None:
-        self.node.manifest.remove_replica(art.data_type, art.path, self.node.name)
-        self.node.events.emit(ReplicaQuarantined(
-            node=self.node.name, artifact=art.key, expected_sha256=art.sha256,
-            actual_sha256=actual, quarantined_to=moved))
+
+async def check_copy(node: "Node", art: Artifact, rep: Replica) -> str:
+    """Re-hash one stored copy now; ``matched``, ``mismatched`` (quarantined) or ``missing``
+    (its row dropped). Either of the last two is a REPLICA_QUARANTINED event."""
+    try:
+        file = node.copies.path(rep.ident)
+        actual, _at = await node.copies.verify(rep.ident, file, now=True)
+    except Exception as exc:  # gone, unreadable or unusable: it cannot be vouched for
+        if not isinstance(exc, FileNotFoundError):
+            log.warning("cannot verify %s on %s: %s: %s", art.label, node.name,
+                        type(exc).__name__, exc)
+        node.copies.quarantine(rep.ident, None, None)
+        return "missing"
+    if actual == rep.sha256:
+        return "matched"
+    log.warning("%s's copy of %s hashes to %s: quarantined", node.name, art.label, actual[:12])
+    node.copies.quarantine(rep.ident, file, actual)
+    return "mismatched"

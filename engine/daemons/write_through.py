@@ -186,8 +186,8 @@ class WriteThrough:
         gone = manifest.deleted_sources(me)
         queued = {(e.data_type, e.path): e.sha256 for e in self.queue.pending()}
         items = [(a.data_type, a.path, a.sha256, a.size) for a in manifest.artifacts(origin=me)
-                 if (a.data_type, a.path) not in gone
-                 and not holders.get((a.data_type, a.path), set()) & self.durable
+                 if a.ident not in gone
+                 and not holders.get(a.ident, set()) & self.durable
                  and queued.get((a.data_type, a.path)) != a.sha256
                  and self._bytes_here(a.data_type, a.path, a)]
         return self.queue.enqueue_many(items) if items else 0
@@ -205,7 +205,7 @@ class WriteThrough:
         manifest, me = self.node.manifest, self.node.name
         gone = manifest.deleted_sources(me)
         for entry in self.queue.pending():
-            art = manifest.get_artifact(entry.data_type, entry.path)
+            art = manifest.get_artifact(entry.data_type, entry.path, me)
             if art is not None and art.sha256 != entry.sha256:  # rewritten by its writer
                 if manifest.verified_holders(art) & self.durable:  # and the new version is safe
                     self.queue.remove(entry.data_type, entry.path, entry.sha256)
@@ -218,14 +218,14 @@ class WriteThrough:
                     queued_seconds=round(time.time() - entry.enqueued_at, 3)))
                 self.queue.mark_safe(entry.data_type, entry.path, entry.sha256)
                 self.safe_total += 1
-            elif (entry.data_type, entry.path) in gone or \
+            elif (me, entry.data_type, entry.path, entry.sha256) in gone or \
                     not self._bytes_here(entry.data_type, entry.path, art):
                 self._abandon(entry, art)
 
     def _bytes_here(self, data_type: str, path: str, art: Artifact | None) -> bool:
         """Can this node still push it? (A changed source is re-registered by the scanner.)"""
         snapshot = self.daemon.scanner.snapshot_path(data_type, path)
-        return self.node.data.object_path(data_type, path).exists() or \
+        return self.node.data.source_path(data_type, path).exists() or \
             (is_database(path) and art is not None and snapshot.exists())
 
     def _abandon(self, entry: QueueEntry, art: Artifact | None) -> None:

@@ -26,6 +26,7 @@ import signal
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO
 
 from engine.config.schema import Hook
@@ -173,15 +174,27 @@ class HookRunner:
         if job.artifact is None:
             return values
         data_type, _, rel = job.artifact.partition("/")
-        try:
-            path = self.data.object_path(data_type, rel)
-        except UnsafePath:
-            return None
-        if not path.is_file():
+        path = self._stored(data_type, rel)
+        if path is None:
             return None
         art = self.manifest.get_artifact(data_type, rel)
         return {**values, "artifact": job.artifact, "path": str(path), "data_type": data_type,
                 "config_key": (art.config_key if art else None) or ""}
+
+    def _stored(self, data_type: str, rel: str) -> Path | None:
+        """This node's file of ``data_type/rel``: its own source, else its newest verified copy
+        of it (events name artifacts by path; the origin is in the copy's place)."""
+        try:
+            own = self.data.source_path(data_type, rel)
+            if own.is_file():
+                return own
+            for rep in self.manifest.copies_named(self.node, data_type, rel):
+                copy = self.data.copy_path(rep.origin, data_type, rel, rep.sha256)
+                if copy.is_file():
+                    return copy
+        except UnsafePath:
+            return None
+        return None
 
     async def _run(self, job: HookJob) -> None:
         values = self._values(job)

@@ -5,11 +5,10 @@ node cannot send (``SendRefused``: 404 no verified copy, 409 other content, 503 
 its breaker to the asker open) and otherwise pushes the stored copy in a background task
 through the one push path (``AutoSyncDaemon.push_copy``, reason ``gossip``: bandwidth,
 transfer tracking, receipts, DATA_SYNC_FAILED on failure). A node sends only a copy it can
-stand behind: its own verified replica of exactly that
-content, with the file under its name unchanged since it was hashed (size equal, not
-modified after the hashing), or, as the artifact's origin, its source unchanged since it
-was registered and not deleted (a database goes as its snapshot, re-made when it was
-dropped). The receiver hashes the bytes again anyway (``PUT /v1/objects``); this check
+stand behind: its own verified replica of exactly that version (the file under that
+version's name, of the right size), or, as the artifact's origin, its source with the
+identity on disk it had when it was hashed, not deleted (a database goes as its snapshot,
+re-made when it was dropped). The receiver hashes the bytes again anyway (``PUT /v1/objects``); this check
 keeps a node from offering what it does not have.
 """
 
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.manifest import Artifact
-from engine.scanner import is_database
+from engine.scanner import Scanner, is_database
 
 if TYPE_CHECKING:
     from engine.node import Node
@@ -49,26 +48,28 @@ class StoredCopy:
 
 
 def stored_copy(node: "Node", art: Artifact) -> StoredCopy | None:
-    """The copy of ``art`` this node can send, or None when it holds none it can vouch for.
-    Raises UnsafePath for a name that is not a plain relative path."""
-    final = node.data.object_path(art.data_type, art.path)
+    """The copy of version ``art`` this node can send, or None when it holds none it can
+    stand behind. Raises UnsafePath for a name that is not a plain relative path."""
+    if art.origin == node.name and not art.superseded \
+            and art.ident not in node.manifest.deleted_sources(node.name):
+        try:
+            st = node.data.source_path(art.data_type, art.path).stat()
+        except FileNotFoundError:
+            st = None
+        if st is not None and Scanner.unchanged(art, st):
+            source = node.daemon.scanner.push_source(art)
+            return StoredCopy(source,
+                              restore_snapshot=is_database(art.path) and not source.exists())
+    copy = node.copies.path(art.ident)
+    verified = [r for r in node.manifest.replicas(art)
+                if r.node == node.name and r.verified_at is not None]
     try:
-        st = final.stat()
+        size = copy.stat().st_size
     except FileNotFoundError:
         return None
-    if art.origin == node.name:
-        if (art.data_type, art.path) in node.manifest.deleted_sources(node.name):
-            return None
-        if art.source_size is not None and (st.st_size, st.st_mtime_ns) != (
-                art.source_size, art.source_mtime_ns):
-            return None  # changed since registered: the scanner registers the new version
-        source = node.daemon.scanner.push_source(art)
-        return StoredCopy(source, restore_snapshot=is_database(art.path) and not source.exists())
-    hashed = [r.verified_at or 0.0 for r in node.manifest.replicas(art.data_type, art.path)
-              if r.node == node.name and r.sha256 == art.sha256 and r.verified_at is not None]
-    if not hashed or st.st_size != art.size or st.st_mtime > max(hashed):
-        return None  # no verified copy of this content, or the file changed since hashed
-    return StoredCopy(final)
+    if not verified or size != art.size:
+        return None  # no verified copy of this version (the receiver hashes it again anyway)
+    return StoredCopy(copy)
 
 
 class Sender:
@@ -82,15 +83,15 @@ class Sender:
         """The last send that could not even start its push (a snapshot not re-made)."""
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def start(self, data_type: str, path: str, sha256: str, to: str) -> dict[str, Any]:
-        """Push the stored copy of ``data_type/path`` (content ``sha256``) to ``to`` in the
-        background, unless that push is already running; raises SendRefused."""
+    def start(self, origin: str, data_type: str, path: str, sha256: str,
+              to: str) -> dict[str, Any]:
+        """Push the stored copy of ``origin``'s ``data_type/path`` version ``sha256`` to ``to``
+        in the background, unless that push is already running; raises SendRefused."""
         node = self.node
-        art = node.manifest.get_artifact(data_type, path)
+        art = node.manifest.get_artifact(data_type, path, origin, sha256)
         if art is None:
-            raise self._refused(404, f"{node.name} knows no {data_type}/{path}")
-        if art.sha256 != sha256:
-            raise self._refused(409, f"{node.name} has {art.key} with sha256 {art.sha256}")
+            raise self._refused(404, f"{node.name} knows no version {sha256[:12]} of"
+                                f" {origin}'s {data_type}/{path}")
         if node.daemon.paused:
             raise self._refused(503, f"{node.name} is paused: it sends nothing")
         if not node.breakers.allow(to):
@@ -98,7 +99,7 @@ class Sender:
         copy = stored_copy(node, art)
         if copy is None:
             raise self._refused(404, f"{node.name} holds no verified copy of {art.key}")
-        running = (art.key, to) in node.daemon.inflight
+        running = (art.ident, to) in node.daemon.inflight
         if not running:
             task = asyncio.create_task(self._send(art, to, copy),
                                        name=f"gossip-send:{art.key}->{to}")

@@ -51,15 +51,14 @@ class Pulls:
     def __init__(self, node: "Node", clock: Callable[[], float] = time.monotonic) -> None:
         self.node = node
         self.clock = clock
-        self.requested: dict[str, PullRecord] = {}
-        """Artifact key -> the latest request for it, until its copy arrives or is forgotten."""
+        self.requested: dict[tuple[str, str, str, str], PullRecord] = {}
+        """Artifact version -> the latest request for it, until its copy arrives or is forgotten."""
         self.arrived = 0
         """Requested copies that arrived (this node's verified replica row appeared)."""
 
-    def held(self) -> dict[tuple[str, str], str]:
-        """(data_type, path) -> SHA-256 of every verified copy this node holds."""
-        return {(art.data_type, art.path): rep.sha256
-                for art, rep in self.node.manifest.held_by(self.node.name)
+    def held(self) -> set[tuple[str, str, str, str]]:
+        """Every version this node holds a verified copy of."""
+        return {rep.ident for _art, rep in self.node.manifest.held_by(self.node.name)
                 if rep.verified_at is not None}
 
     def wanted(self, limit: int) -> list[Artifact]:
@@ -71,9 +70,9 @@ class Pulls:
         for art in self.node.manifest.artifacts():
             if len(out) >= limit:
                 break
-            if art.origin == name or held.get((art.data_type, art.path)) == art.sha256:
+            if art.origin == name or art.ident in held:
                 continue
-            asked = self.requested.get(art.key)
+            asked = self.requested.get(art.ident)
             if asked is not None and asked.sha256 == art.sha256 \
                     and now - asked.at < ASK_AGAIN_SECONDS \
                     and asked.source in self.node.router.pull_sources(art):
@@ -84,25 +83,24 @@ class Pulls:
 
     def asked(self, art: Artifact, source: str) -> None:
         """``source`` accepted to send ``art`` here."""
-        self.requested[art.key] = PullRecord(art.sha256, source, self.clock())
+        self.requested[art.ident] = PullRecord(art.sha256, source, self.clock())
 
     def _absent(self, art: Artifact) -> bool:
         """No file under the artifact's name and no upload of it arriving."""
         data = self.node.data
         try:
-            if data.object_path(art.data_type, art.path).exists():
+            if self.node.copies.path(art.ident).exists():
                 return False
-            part = data.partial_path(art.data_type, art.path, art.sha256)
+            part = data.partial_path(art.data_type, art.path, art.sha256, origin=art.origin)
         except UnsafePath as exc:  # merge checks names on the way in; never expected here
             log.warning("gossip: not pulling %s: %s", art.key, exc)
             return False
         return part not in self.node.uploads_in_progress
 
-    def _note_arrivals(self, held: dict[tuple[str, str], str]) -> None:
+    def _note_arrivals(self, held: set[tuple[str, str, str, str]]) -> None:
         now = self.clock()
         for key, rec in list(self.requested.items()):
-            data_type, _, path = key.partition("/")
-            if held.get((data_type, path)) == rec.sha256:
+            if key in held:
                 self.arrived += 1
                 del self.requested[key]
             elif now - rec.at > FORGET_SECONDS:

@@ -19,8 +19,10 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any
 
-_ARTIFACT_FIELDS = ("config_key", "size", "sha256", "mtime", "source_size", "source_mtime_ns")
-_DELETION_FIELDS = ("sha256", "size", "vouched_by", "deleted_at")
+_ARTIFACT_FIELDS = ("config_key", "size", "mtime", "source_size", "source_mtime_ns",
+                    "source_dev", "source_ino", "source_ctime_ns", "superseded")
+_DELETION_FIELDS = ("size", "vouched_by", "deleted_at")
+_VERSION = "origin=? AND data_type=? AND path=? AND sha256=?"
 
 
 def _keys(peer: str, relay: bool) -> tuple[str, str]:
@@ -77,10 +79,13 @@ class PeerMerge:
         takes none, so applying an answer twice is a no-op. The peer's cursor (the answer's
         ``seq``) is stored in the same transaction (``peer_cursor``; relay merges keep their
         own) when the answer starts at or before it. An answer older than the cursor is
-        ignored. When the answer's ``manifest_id`` differs from the one the cursor belongs
-        to, the peer started its numbering over (a wiped data root): the cursor goes back to
-        0 so the peer is re-read whole; nothing is dropped (the answer's rows are current
-        and are applied).
+        ignored. When the answer's ``manifest_id`` (the peer's incarnation) differs from the
+        one the cursor belongs to, or an answer asked from the cursor ends before it (the
+        peer's manifest went backwards under the same id: restored or rolled back), the peer
+        is a new incarnation: the cursor goes back to 0 so it is re-read whole, and every
+        replica row it had vouched for here is dropped first (a first-hand merge), so a copy
+        it no longer has is never counted from memory; the rows it still has come back with
+        the re-read.
         """
         if peer == self.node:
             raise ValueError(f"{self.node} does not merge its own manifest")
@@ -100,12 +105,22 @@ class PeerMerge:
         try:
             cursor = self.peer_cursor(peer, relay)
             known_id = self._meta(id_key)
-            if answer_id is not None and known_id is not None and answer_id != known_id:
-                cursor = 0  # its numbering started over: re-read it from the beginning
-            elif upto < cursor:
+            restarted = answer_id is not None and known_id is not None and answer_id != known_id
+            if not restarted and since >= cursor > upto:
+                # asked from the cursor, the peer is behind it under the same id: its
+                # manifest went backwards (restored or rolled back) -- a new incarnation
+                restarted = True
+                changes = {}
+            elif not restarted and upto < cursor:
                 self._db.execute("ROLLBACK")
                 return 0  # older than what was merged already
-            changed = (self._merge_artifacts(peer, changes.get("artifacts", ()), seq, relay)
+            forgotten = 0
+            if restarted:  # re-read it from the beginning, believing nothing it said before
+                cursor = 0
+                if not relay:
+                    forgotten = self._forget_replicas(peer, seq)
+            changed = forgotten + (
+                self._merge_artifacts(peer, changes.get("artifacts", ()), seq, relay)
                        + self._merge_replicas(peer, changes.get("replicas", ()), seq))
             changed += self._merge_deletions(peer, changes.get("deletions", ()),
                                              changes.get("replicas", ()), seq)
@@ -130,10 +145,8 @@ class PeerMerge:
             origin = row["origin"]
             if origin == self.node or (origin != peer and not relay):
                 continue
-            local = self._db.execute("SELECT * FROM artifacts WHERE data_type=? AND path=?",
-                                     (row["data_type"], row["path"])).fetchone()
-            if local is not None and local["origin"] != origin:
-                continue  # someone else's artifact (or this node's own): never overwritten
+            local = self._db.execute(f"SELECT * FROM artifacts WHERE {_VERSION}",
+                                     _ident(row)).fetchone()
             take = (self._first_hand_artifact if origin == peer else self._relay_artifact)
             changed += take(row, local, seq)
         return changed
@@ -149,100 +162,112 @@ class PeerMerge:
         if (local is not None and not local["removed"]
                 and all(local[f] == row.get(f) for f in _ARTIFACT_FIELDS)):
             return 0
-        self._write_artifact(row, seq)
+        self._write_artifact_row(row, seq)
         return 1
 
     def _relay_artifact(self, row: Any, local: sqlite3.Row | None,
                         seq: Callable[[], int]) -> int:
-        """A row of another origin, second-hand (1: changed). ``local`` is None or has the
-        same origin. The origin's own row wins whenever the two ever meet: a relayed row only
-        fills in what is unknown or moves a live row to a newer mtime."""
+        """A version of another origin, second-hand (1: changed): filled in when unknown,
+        marked superseded when the relayed row says so; a tombstone removes exactly that
+        version; a removed local row is never revived second-hand."""
         if row["removed"]:
-            if (local is None or local["removed"] or local["sha256"] != row["sha256"]):
-                return 0  # a tombstone of another version (or of nothing known) is not ours
+            if local is None or local["removed"]:
+                return 0
             self._remove_artifact(row, seq)
             return 1
         if local is None:
-            self._write_artifact(row, seq)
+            self._write_artifact_row(row, seq)
             return 1
-        if local["removed"] or row["mtime"] <= local["mtime"]:
-            return 0  # never revived second-hand; an older or equal version changes nothing
-        self._write_artifact(row, seq)
+        if local["removed"] or local["superseded"] or not row.get("superseded"):
+            return 0
+        self._db.execute(f"UPDATE artifacts SET superseded=1, seq=? WHERE {_VERSION}",
+                         (seq(), *_ident(row)))
         return 1
 
     def _remove_artifact(self, row: Any, seq: Callable[[], int]) -> None:
-        self._db.execute("UPDATE artifacts SET removed=1, seq=? WHERE data_type=? AND path=?",
-                         (seq(), row["data_type"], row["path"]))
+        self._db.execute(f"UPDATE artifacts SET removed=1, seq=? WHERE {_VERSION}",
+                         (seq(), *_ident(row)))
 
-    def _write_artifact(self, row: Any, seq: Callable[[], int]) -> None:
+    def _write_artifact_row(self, row: Any, seq: Callable[[], int]) -> None:
+        cols = ("origin", "data_type", "path", "sha256", *_ARTIFACT_FIELDS)
         self._db.execute(
-            "INSERT INTO artifacts(data_type, path, config_key, size, sha256, mtime,"
-            " origin, source_size, source_mtime_ns, removed, seq)"
-            " VALUES (?,?,?,?,?,?,?,?,?,0,?) ON CONFLICT(data_type, path) DO UPDATE SET"
-            " config_key=excluded.config_key, size=excluded.size,"
-            " sha256=excluded.sha256, mtime=excluded.mtime,"
-            " source_size=excluded.source_size, source_mtime_ns=excluded.source_mtime_ns,"
-            " removed=0, seq=excluded.seq",
-            (row["data_type"], row["path"], row.get("config_key"), row["size"],
-             row["sha256"], row["mtime"], row["origin"], row.get("source_size"),
-             row.get("source_mtime_ns"), seq()))
+            f"INSERT INTO artifacts({', '.join(cols)}, removed, seq)"
+            f" VALUES ({', '.join('?' * len(cols))}, 0, ?)"
+            " ON CONFLICT(origin, data_type, path, sha256) DO UPDATE SET "
+            + ", ".join(f"{c}=excluded.{c}" for c in _ARTIFACT_FIELDS)
+            + ", removed=0, seq=excluded.seq",
+            (*_ident(row), *(_field(row, c) for c in _ARTIFACT_FIELDS), seq()))
 
     # -- replicas and deletions (first-hand only) -------------------------------------------
+    def _forget_replicas(self, peer: str, seq: Callable[[], int]) -> int:
+        """Drop every live replica row of ``peer`` (a new incarnation of it is re-read)."""
+        live = self._db.execute("SELECT COUNT(*) FROM replicas WHERE node=? AND removed=0",
+                                (peer,)).fetchone()[0]
+        if live:
+            self._db.execute("UPDATE replicas SET removed=1, seq=? WHERE node=? AND removed=0",
+                             (seq(), peer))
+        return live
+
     def _merge_replicas(self, peer: str, rows: Any, seq: Callable[[], int]) -> int:
         changed = 0
         for row in rows:
             if row["node"] != peer:
                 continue
-            local = self._db.execute(
-                "SELECT * FROM replicas WHERE data_type=? AND path=? AND node=?",
-                (row["data_type"], row["path"], peer)).fetchone()
+            local = self._db.execute(f"SELECT * FROM replicas WHERE {_VERSION} AND node=?",
+                                     (*_ident(row), peer)).fetchone()
             removed = 1 if row["removed"] else 0
             if local is None:
                 if removed:
                     continue
-            elif (local["sha256"], local["verified_at"], local["removed"]) == (
-                    row["sha256"], row["verified_at"], removed):
+            elif (local["root_id"], local["verified_at"], local["removed"]) == (
+                    row.get("root_id"), row["verified_at"], removed):
                 continue
-            elif (local["verified_at"] is not None and row["verified_at"] is not None
-                  and local["verified_at"] > row["verified_at"]):
-                continue  # the holder's later answer (a receipt) arrived here first
             self._db.execute(
-                "INSERT INTO replicas(data_type, path, node, sha256, verified_at, removed, seq)"
-                " VALUES (?,?,?,?,?,?,?) ON CONFLICT(data_type, path, node) DO UPDATE SET"
-                " sha256=excluded.sha256, verified_at=excluded.verified_at,"
+                "INSERT INTO replicas(origin, data_type, path, sha256, node, root_id,"
+                " verified_at, removed, seq) VALUES (?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT(origin, data_type, path, sha256, node) DO UPDATE SET"
+                " root_id=excluded.root_id, verified_at=excluded.verified_at,"
                 " removed=excluded.removed, seq=excluded.seq",
-                (row["data_type"], row["path"], peer, row["sha256"], row["verified_at"],
-                 removed, seq()))
+                (*_ident(row), peer, row.get("root_id"), row["verified_at"], removed, seq()))
             changed += 1
         return changed
 
     def _merge_deletions(self, peer: str, rows: Any, replicas: Any,
                          seq: Callable[[], int]) -> int:
-        again = {(r["data_type"], r["path"]): r["seq"] for r in replicas
+        again = {_ident(r): r["seq"] for r in replicas
                  if r["node"] == peer and not r["removed"]}
         changed = 0
         for row in rows:
-            if row["node"] != peer:
+            if row["origin"] != peer:
                 continue
-            key = (row["data_type"], row["path"])
-            local = self._db.execute("SELECT * FROM deletions WHERE data_type=? AND path=?"
-                                     " AND node=?", (*key, peer)).fetchone()
+            key = _ident(row)
+            local = self._db.execute(f"SELECT * FROM deletions WHERE {_VERSION}", key).fetchone()
             if local is not None and all(local[f] == row[f] for f in _DELETION_FIELDS):
                 continue
             self._db.execute(
-                "INSERT INTO deletions(data_type, path, node, sha256, size, vouched_by, deleted_at,"
-                " seq) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(data_type, path, node) DO UPDATE SET"
-                " sha256=excluded.sha256, size=excluded.size, vouched_by=excluded.vouched_by,"
+                "INSERT INTO deletions(origin, data_type, path, sha256, size, vouched_by,"
+                " deleted_at, seq) VALUES (?,?,?,?,?,?,?,?)"
+                " ON CONFLICT(origin, data_type, path, sha256) DO UPDATE SET"
+                " size=excluded.size, vouched_by=excluded.vouched_by,"
                 " deleted_at=excluded.deleted_at, seq=excluded.seq",
-                (*key, peer, row["sha256"], row["size"], row["vouched_by"], row["deleted_at"],
-                 seq()))
+                (*key, row["size"], row["vouched_by"], row["deleted_at"], seq()))
             changed += 1
             if again.get(key, -1) > row["seq"]:
                 continue  # the peer holds it again since it deleted it
-            live = self._db.execute("SELECT 1 FROM replicas WHERE data_type=? AND path=?"
-                                    " AND node=? AND removed=0", (*key, peer)).fetchone()
+            live = self._db.execute(f"SELECT 1 FROM replicas WHERE {_VERSION} AND node=?"
+                                    " AND removed=0", (*key, peer)).fetchone()
             if live is not None:  # its copy is gone
-                self._db.execute("UPDATE replicas SET removed=1, seq=? WHERE data_type=?"
-                                 " AND path=? AND node=?", (seq(), *key, peer))
+                self._db.execute(f"UPDATE replicas SET removed=1, seq=? WHERE {_VERSION}"
+                                 " AND node=?", (seq(), *key, peer))
                 changed += 1
         return changed
+
+
+def _ident(row: Any) -> tuple[str, str, str, str]:
+    return (row["origin"], row["data_type"], row["path"], row["sha256"])
+
+
+def _field(row: Any, name: str) -> Any:
+    if name == "superseded":
+        return 1 if row.get("superseded") else 0
+    return row.get(name)

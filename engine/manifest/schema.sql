@@ -4,32 +4,42 @@ CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+-- An artifact version is (origin, data_type, path, sha256): two nodes' files with one path
+-- are two artifacts, and a source whose bytes change is a new version (the old one stays,
+-- superseded, as long as copies of it exist).
 CREATE TABLE IF NOT EXISTS artifacts (
-    data_type   TEXT NOT NULL,
-    path        TEXT NOT NULL,          -- relative to <data_root>/<data_type>/
-    config_key  TEXT,
-    size        INTEGER NOT NULL,       -- bytes of the content replicas store
-    sha256      TEXT NOT NULL,          -- hash of that content
-    mtime       REAL NOT NULL,
     origin      TEXT NOT NULL,          -- node that produced it
-    source_size INTEGER,                -- live source file's size when hashed (change detection)
-    source_mtime_ns INTEGER,            -- live source file's mtime when hashed
+    data_type   TEXT NOT NULL,
+    path        TEXT NOT NULL,          -- relative to the origin's <data_root>/<data_type>/
+    sha256      TEXT NOT NULL,          -- the version: hash of the content replicas store
+    config_key  TEXT,
+    size        INTEGER NOT NULL,       -- bytes of that content
+    mtime       REAL NOT NULL,
+    source_size INTEGER,                -- the origin's source file when it was hashed:
+    source_mtime_ns INTEGER,            --   (st_dev, st_ino, size, mtime_ns, ctime_ns);
+    source_dev  INTEGER,                --   a deletion needs all of them unchanged
+    source_ino  INTEGER,
+    source_ctime_ns INTEGER,
+    superseded  INTEGER NOT NULL DEFAULT 0,  -- 1: the origin registered a newer version
     removed     INTEGER NOT NULL DEFAULT 0,
     seq         INTEGER NOT NULL,
-    PRIMARY KEY (data_type, path)
+    PRIMARY KEY (origin, data_type, path, sha256)
 );
 CREATE TABLE IF NOT EXISTS replicas (
+    origin      TEXT NOT NULL,
     data_type   TEXT NOT NULL,
     path        TEXT NOT NULL,
-    node        TEXT NOT NULL,
-    sha256      TEXT NOT NULL,
+    sha256      TEXT NOT NULL,          -- the version the holder stores
+    node        TEXT NOT NULL,          -- the holder
+    root_id     TEXT,                   -- the holder's data root id (engine/rootlock.py)
     verified_at REAL,                   -- when the holder hashed its stored bytes and they matched
     removed     INTEGER NOT NULL DEFAULT 0,
     seq         INTEGER NOT NULL,
-    PRIMARY KEY (data_type, path, node)
+    PRIMARY KEY (origin, data_type, path, sha256, node)
 );
 CREATE TABLE IF NOT EXISTS receipts (
     id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    origin       TEXT NOT NULL,
     data_type    TEXT NOT NULL,
     path         TEXT NOT NULL,
     source_node  TEXT NOT NULL,
@@ -56,19 +66,20 @@ CREATE TABLE IF NOT EXISTS exclusions (
     PRIMARY KEY (node, pattern)
 );
 CREATE TABLE IF NOT EXISTS deletions (
+    origin      TEXT NOT NULL,          -- the node that deleted its source (the origin)
     data_type   TEXT NOT NULL,
     path        TEXT NOT NULL,
-    node        TEXT NOT NULL,          -- the node that deleted its source (the artifact's origin)
-    sha256      TEXT NOT NULL,          -- the content the vouching holders confirmed
+    sha256      TEXT NOT NULL,          -- the version the vouching holders confirmed
     size        INTEGER NOT NULL,       -- bytes freed
     vouched_by  TEXT NOT NULL,          -- JSON list of the holders that vouched, asked live
     deleted_at  REAL NOT NULL,
     seq         INTEGER NOT NULL,
-    PRIMARY KEY (data_type, path, node)
+    PRIMARY KEY (origin, data_type, path, sha256)
 );
 CREATE INDEX IF NOT EXISTS artifacts_seq ON artifacts(seq);
 CREATE INDEX IF NOT EXISTS artifacts_mtime ON artifacts(mtime);  -- newest first (GET /v1/artifacts)
-CREATE INDEX IF NOT EXISTS replicas_node ON replicas(node);       -- what one node holds (verify)
+CREATE INDEX IF NOT EXISTS replicas_node ON replicas(node);       -- what one node holds (scrub)
+CREATE INDEX IF NOT EXISTS artifacts_origin ON artifacts(origin, data_type, path);
 CREATE INDEX IF NOT EXISTS replicas_seq ON replicas(seq);
 CREATE INDEX IF NOT EXISTS receipts_seq ON receipts(seq);
 CREATE INDEX IF NOT EXISTS capacity_seq ON capacity(seq);

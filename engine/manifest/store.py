@@ -11,12 +11,13 @@ loop's thread; each is one short transaction.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,14 @@ TABLES = ("artifacts", "replicas", "receipts", "capacity", "exclusions", "deleti
 """The tables whose rows travel as deltas (``changes_since``)."""
 
 
+Ident = tuple[str, str, str, str]
+"""An artifact version: (origin, data_type, path, sha256)."""
+
+
 @dataclass(frozen=True)
 class Artifact:
+    """One version of one node's file: (origin, data_type, path, sha256) cannot collide."""
+
     data_type: str
     path: str
     config_key: str | None
@@ -38,20 +45,55 @@ class Artifact:
     origin: str
     source_size: int | None = None
     source_mtime_ns: int | None = None
+    source_dev: int | None = None
+    source_ino: int | None = None
+    source_ctime_ns: int | None = None
+    superseded: bool = False
+    """The origin has registered a newer version of the same file since."""
 
     @property
     def key(self) -> str:
-        """``<data_type>/<path>``: how events and logs name an artifact."""
+        """``<data_type>/<path>``: how events name an artifact (the origin is beside it)."""
         return f"{self.data_type}/{self.path}"
+
+    @property
+    def ident(self) -> Ident:
+        """(origin, data_type, path, sha256): this version, wherever it is stored."""
+        return (self.origin, self.data_type, self.path, self.sha256)
+
+    @property
+    def label(self) -> str:
+        """``origin:data_type/path@sha12`` for logs."""
+        return f"{self.origin}:{self.key}@{self.sha256[:12]}"
+
+    @property
+    def source_identity(self) -> tuple[int | None, ...]:
+        """(st_dev, st_ino, size, mtime_ns, ctime_ns) of the source when it was hashed."""
+        return (self.source_dev, self.source_ino, self.source_size, self.source_mtime_ns,
+                self.source_ctime_ns)
+
+
+def stat_identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    """The identity of a file on disk that ``utime`` cannot forge (ctime included)."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 @dataclass(frozen=True)
 class Replica:
+    """A holder's copy of one artifact version."""
+
     data_type: str
     path: str
     node: str
     sha256: str
     verified_at: float | None
+    origin: str = field(kw_only=True)
+    root_id: str | None = field(default=None, kw_only=True)
+    """The holder's data root id, as the holder reported it."""
+
+    @property
+    def ident(self) -> Ident:
+        return (self.origin, self.data_type, self.path, self.sha256)
 
 
 @dataclass(frozen=True)
@@ -64,6 +106,17 @@ class SyncReceipt:
     size: int
     verified_at: float
     transport: str
+    origin: str = field(kw_only=True)
+    root_id: str | None = field(default=None, kw_only=True)
+
+
+class ManifestSchemaError(RuntimeError):
+    """A manifest written by an older ringsync that identified artifacts without origin."""
+
+
+_ART_COLS = ("origin", "data_type", "path", "sha256", "config_key", "size", "mtime",
+             "source_size", "source_mtime_ns", "source_dev", "source_ino", "source_ctime_ns")
+_VERSION = "origin=? AND data_type=? AND path=? AND sha256=?"
 
 
 class ClusterManifest(PeerMerge):
@@ -77,15 +130,29 @@ class ClusterManifest(PeerMerge):
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        cols = {r["name"] for r in self._db.execute("PRAGMA table_info(artifacts)")}
+        if cols and "source_ino" not in cols:
+            self._db.close()
+            raise ManifestSchemaError(
+                f"{db_path} was written by an older ringsync that identified artifacts by path"
+                " alone; move the data root's received copies and this file aside and restart")
         self._db.executescript(_SCHEMA)
         self._db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('manifest_id', ?)",
                          (secrets.token_hex(16),))
 
     @property
     def manifest_id(self) -> str:
-        """A random id made when this manifest was created: a peer that sees it change knows
-        the sequence numbers started over (a wiped data root) and re-reads from 0."""
+        """This manifest's incarnation: a random id made when it was created and again at
+        every start (``new_incarnation``). A peer that sees it change re-reads this manifest
+        from 0 and forgets what it had believed of it, so a manifest restored from a backup
+        or rolled back can never leave a peer counting rows it no longer has."""
         return str(self._meta("manifest_id"))
+
+    def new_incarnation(self) -> str:
+        """Take a new incarnation id (at start, before any peer reads this manifest)."""
+        value = secrets.token_hex(16)
+        self._set_meta("manifest_id", value)
+        return value
 
     def _meta(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -112,8 +179,11 @@ class ClusterManifest(PeerMerge):
         return seq
 
     @contextmanager
-    def _change(self) -> Iterator[int]:
-        """One transaction that takes the next sequence number."""
+    def _change(self, durable: bool = False) -> Iterator[int]:
+        """One transaction that takes the next sequence number; ``durable`` commits it with
+        ``synchronous=FULL`` (on disk when this returns, power loss included)."""
+        if durable:
+            self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._take_seq()
@@ -122,51 +192,78 @@ class ClusterManifest(PeerMerge):
             raise
         else:
             self._db.execute("COMMIT")
+        finally:
+            if durable:
+                self._db.execute("PRAGMA synchronous=NORMAL")
 
     # -- artifacts --------------------------------------------------------------------------
     def upsert_artifact(self, art: Artifact) -> bool:
-        """Record an artifact; returns False (and takes no sequence number) when nothing changed."""
-        old = self.get_artifact(art.data_type, art.path)
-        if old == art and not self._is_removed("artifacts", art.data_type, art.path):
+        """Record a version as its origin's current one (older versions of the same file
+        become superseded); returns False (no sequence number) when nothing changed."""
+        old = self._db.execute(f"SELECT * FROM artifacts WHERE {_VERSION}", art.ident).fetchone()
+        others = self._db.execute(
+            "SELECT 1 FROM artifacts WHERE origin=? AND data_type=? AND path=? AND sha256!=?"
+            " AND superseded=0 AND removed=0", art.ident).fetchone()
+        if (old is not None and not old["removed"] and _artifact(old) == art
+                and others is None):
             return False
         with self._change() as seq:
+            self._write_artifact(art, seq)
             self._db.execute(
-                "INSERT INTO artifacts(data_type, path, config_key, size, sha256, mtime, origin,"
-                " source_size, source_mtime_ns, removed, seq) VALUES (?,?,?,?,?,?,?,?,?,0,?)"
-                " ON CONFLICT(data_type, path) DO UPDATE SET config_key=excluded.config_key,"
-                " size=excluded.size, sha256=excluded.sha256, mtime=excluded.mtime,"
-                " origin=excluded.origin, source_size=excluded.source_size,"
-                " source_mtime_ns=excluded.source_mtime_ns, removed=0, seq=excluded.seq",
-                (art.data_type, art.path, art.config_key, art.size, art.sha256, art.mtime,
-                 art.origin, art.source_size, art.source_mtime_ns, seq))
+                "UPDATE artifacts SET superseded=1, seq=? WHERE origin=? AND data_type=?"
+                " AND path=? AND sha256!=? AND superseded=0", (seq, *art.ident))
         return True
 
-    def _is_removed(self, table: str, data_type: str, path: str) -> bool:
-        row = self._db.execute(f"SELECT removed FROM {table} WHERE data_type=? AND path=?",
-                               (data_type, path)).fetchone()
-        return bool(row and row["removed"])
+    def _write_artifact(self, art: Artifact, seq: int, keep_source: bool = False) -> None:
+        values = tuple(getattr(art, c) for c in _ART_COLS)
+        update = ("config_key=COALESCE(excluded.config_key, config_key), removed=0, seq=excluded.seq"
+                  if keep_source else
+                  ", ".join(f"{c}=excluded.{c}" for c in _ART_COLS[4:])
+                  + ", superseded=excluded.superseded, removed=0, seq=excluded.seq")
+        self._db.execute(
+            f"INSERT INTO artifacts({', '.join(_ART_COLS)}, superseded, removed, seq)"
+            f" VALUES ({', '.join('?' * len(_ART_COLS))}, ?, 0, ?)"
+            f" ON CONFLICT(origin, data_type, path, sha256) DO UPDATE SET {update}",
+            (*values, int(art.superseded), seq))
 
-    def get_artifact(self, data_type: str, path: str) -> Artifact | None:
-        row = self._db.execute("SELECT * FROM artifacts WHERE data_type=? AND path=? AND removed=0",
-                               (data_type, path)).fetchone()
+    def get_artifact(self, data_type: str, path: str, origin: str | None = None,
+                     sha256: str | None = None) -> Artifact | None:
+        """The version ``sha256`` of ``origin``'s file, or its current version. Without an
+        origin: this node's own file, else the newest current one of that name (a display
+        lookup; nothing that decides on copies may use it)."""
+        if origin is not None and sha256 is not None:
+            row = self._db.execute(f"SELECT * FROM artifacts WHERE {_VERSION} AND removed=0",
+                                   (origin, data_type, path, sha256)).fetchone()
+            return _artifact(row) if row else None
+        sql = ("SELECT * FROM artifacts WHERE data_type=? AND path=? AND removed=0"
+               " AND superseded=0")
+        args: list[Any] = [data_type, path]
+        if origin is not None:
+            sql, args = sql + " AND origin=?", [*args, origin]
+        row = self._db.execute(sql + " ORDER BY origin != ?, mtime DESC LIMIT 1",
+                               (*args, self.node)).fetchone()
         return _artifact(row) if row else None
 
-    def artifacts(self, data_type: str | None = None, origin: str | None = None) -> list[Artifact]:
+    def artifacts(self, data_type: str | None = None, origin: str | None = None,
+                  versions: bool = False) -> list[Artifact]:
+        """Live artifacts, oldest first: current versions, or with ``versions`` every one."""
         sql, args = "SELECT * FROM artifacts WHERE removed=0", []
+        if not versions:
+            sql += " AND superseded=0"
         if data_type:
             sql, args = sql + " AND data_type=?", [*args, data_type]
         if origin:
             sql, args = sql + " AND origin=?", [*args, origin]
         return [_artifact(r) for r in self._db.execute(sql + " ORDER BY mtime", args)]
 
-    def remove_artifact(self, data_type: str, path: str) -> None:
+    def remove_artifact(self, art: Artifact) -> None:
         with self._change() as seq:
-            self._db.execute("UPDATE artifacts SET removed=1, seq=? WHERE data_type=? AND path=?",
-                             (seq, data_type, path))
+            self._db.execute(f"UPDATE artifacts SET removed=1, seq=? WHERE {_VERSION}",
+                             (seq, *art.ident))
 
     def counts_by_type(self) -> dict[str, int]:
         rows = self._db.execute("SELECT data_type, COUNT(*) n FROM artifacts WHERE removed=0"
-                                " GROUP BY data_type")
+                                " AND superseded=0 GROUP BY data_type")
         return {r["data_type"]: r["n"] for r in rows}
 
     # -- replicas ---------------------------------------------------------------------------
@@ -176,123 +273,153 @@ class ClusterManifest(PeerMerge):
 
     def _set_replica(self, rep: Replica, seq: int) -> None:
         self._db.execute(
-            "INSERT INTO replicas(data_type, path, node, sha256, verified_at, removed, seq)"
-            " VALUES (?,?,?,?,?,0,?) ON CONFLICT(data_type, path, node) DO UPDATE SET"
-            " sha256=excluded.sha256, verified_at=excluded.verified_at, removed=0, seq=excluded.seq",
-            (rep.data_type, rep.path, rep.node, rep.sha256, rep.verified_at, seq))
+            "INSERT INTO replicas(origin, data_type, path, sha256, node, root_id, verified_at,"
+            " removed, seq) VALUES (?,?,?,?,?,?,?,0,?)"
+            " ON CONFLICT(origin, data_type, path, sha256, node) DO UPDATE SET"
+            " root_id=COALESCE(excluded.root_id, root_id), verified_at=excluded.verified_at,"
+            " removed=0, seq=excluded.seq",
+            (*rep.ident, rep.node, rep.root_id, rep.verified_at, seq))
 
-    def remove_replica(self, data_type: str, path: str, node: str) -> None:
+    def remove_replica(self, ident: Ident, node: str) -> bool:
+        """Stop counting ``node``'s copy of version ``ident``; False when it was not counted."""
+        live = self._db.execute(f"SELECT 1 FROM replicas WHERE {_VERSION} AND node=?"
+                                " AND removed=0", (*ident, node)).fetchone()
+        if live is None:
+            return False
         with self._change() as seq:
-            self._db.execute("UPDATE replicas SET removed=1, seq=? WHERE data_type=? AND path=?"
-                             " AND node=?", (seq, data_type, path, node))
+            self._db.execute(f"UPDATE replicas SET removed=1, seq=? WHERE {_VERSION} AND node=?",
+                             (seq, *ident, node))
+        return True
 
-    def replicas(self, data_type: str, path: str) -> list[Replica]:
-        rows = self._db.execute("SELECT * FROM replicas WHERE data_type=? AND path=? AND removed=0",
-                                (data_type, path))
+    def replicas(self, art: Artifact | Ident) -> list[Replica]:
+        """Live replica rows of exactly this version."""
+        ident = art.ident if isinstance(art, Artifact) else art
+        rows = self._db.execute(f"SELECT * FROM replicas WHERE {_VERSION} AND removed=0", ident)
         return [_replica(r) for r in rows]
 
     def verified_holders(self, art: Artifact) -> set[str]:
-        """Nodes whose replica of ``art`` was verified against its current hash (memory only:
-        good for routing, never enough to delete a source)."""
-        return {r.node for r in self.replicas(art.data_type, art.path)
-                if r.sha256 == art.sha256 and r.verified_at is not None}
+        """Nodes whose replica of this version was verified (memory only: good for routing,
+        never enough to delete a source)."""
+        return {r.node for r in self.replicas(art) if r.verified_at is not None}
 
-    def verified_holders_by_artifact(self, origin: str) -> dict[tuple[str, str], set[str]]:
-        """``verified_holders`` for every artifact of ``origin``, in one query."""
+    def verified_holders_by_artifact(self, origin: str,
+                                     versions: bool = False) -> dict[Ident, set[str]]:
+        """``verified_holders`` for every (current, or every) version of ``origin``'s files."""
         rows = self._db.execute(
-            "SELECT a.data_type, a.path, r.node FROM artifacts a JOIN replicas r"
-            " ON r.data_type = a.data_type AND r.path = a.path AND r.sha256 = a.sha256"
+            "SELECT a.origin, a.data_type, a.path, a.sha256, r.node FROM artifacts a JOIN"
+            " replicas r ON r.origin = a.origin AND r.data_type = a.data_type"
+            " AND r.path = a.path AND r.sha256 = a.sha256"
             " WHERE a.origin = ? AND a.removed = 0 AND r.removed = 0"
-            " AND r.verified_at IS NOT NULL", (origin,))
-        holders: dict[tuple[str, str], set[str]] = {}
+            " AND r.verified_at IS NOT NULL" + ("" if versions else " AND a.superseded = 0"),
+            (origin,))
+        holders: dict[Ident, set[str]] = {}
         for row in rows:
-            holders.setdefault((row["data_type"], row["path"]), set()).add(row["node"])
+            key = (row["origin"], row["data_type"], row["path"], row["sha256"])
+            holders.setdefault(key, set()).add(row["node"])
         return holders
 
     def held_by(self, node: str) -> list[tuple[Artifact, Replica]]:
-        """Every live artifact ``node`` has a replica row of, with that row (one query)."""
+        """Every live artifact version ``node`` has a replica row of, with that row."""
         rows = self._db.execute(
-            "SELECT a.*, r.node AS r_node, r.sha256 AS r_sha256, r.verified_at AS r_verified_at"
-            " FROM replicas r JOIN artifacts a ON a.data_type = r.data_type AND a.path = r.path"
-            " WHERE r.node = ? AND r.removed = 0 AND a.removed = 0"
-            " ORDER BY a.data_type, a.path", (node,))
-        return [(_artifact(r), Replica(r["data_type"], r["path"], r["r_node"], r["r_sha256"],
-                                       r["r_verified_at"])) for r in rows]
+            "SELECT a.*, r.node AS r_node, r.root_id AS r_root_id,"
+            " r.verified_at AS r_verified_at FROM replicas r JOIN artifacts a"
+            " ON a.origin = r.origin AND a.data_type = r.data_type AND a.path = r.path"
+            " AND a.sha256 = r.sha256 WHERE r.node = ? AND r.removed = 0 AND a.removed = 0"
+            " ORDER BY a.origin, a.data_type, a.path", (node,))
+        return [(_artifact(r), Replica(r["data_type"], r["path"], r["r_node"], r["sha256"],
+                                       r["r_verified_at"], origin=r["origin"],
+                                       root_id=r["r_root_id"])) for r in rows]
+
+    def copies_named(self, node: str, data_type: str, path: str) -> list[Replica]:
+        """``node``'s live replica rows of any version of any origin's ``data_type/path``,
+        newest verification first (for a hook, which events name by path)."""
+        rows = self._db.execute("SELECT * FROM replicas WHERE node=? AND data_type=? AND path=?"
+                                " AND removed=0 ORDER BY verified_at DESC",
+                                (node, data_type, path))
+        return [_replica(r) for r in rows]
 
     def newest_artifacts(self, limit: int) -> tuple[int, list[tuple[Artifact, list[Replica]]]]:
-        """How many live artifacts there are, and the newest ``limit`` of them (by mtime) with
-        their live replicas, in one query."""
+        """How many current artifacts there are, and the newest ``limit`` of them (by mtime)
+        with their live replicas, in one query."""
         rows = self._db.execute(
-            "WITH top AS (SELECT * FROM artifacts WHERE removed = 0"
-            "             ORDER BY mtime DESC, data_type, path LIMIT ?)"
-            " SELECT top.*, r.node AS r_node, r.sha256 AS r_sha256,"
+            "WITH top AS (SELECT * FROM artifacts WHERE removed = 0 AND superseded = 0"
+            "             ORDER BY mtime DESC, origin, data_type, path LIMIT ?)"
+            " SELECT top.*, r.node AS r_node, r.root_id AS r_root_id,"
             " r.verified_at AS r_verified_at,"
-            " (SELECT COUNT(*) FROM artifacts WHERE removed = 0) AS total"
-            " FROM top LEFT JOIN replicas r ON r.data_type = top.data_type"
-            " AND r.path = top.path AND r.removed = 0"
-            " ORDER BY top.mtime DESC, top.data_type, top.path, r.node", (limit,)).fetchall()
+            " (SELECT COUNT(*) FROM artifacts WHERE removed = 0 AND superseded = 0) AS total"
+            " FROM top LEFT JOIN replicas r ON r.origin = top.origin"
+            " AND r.data_type = top.data_type AND r.path = top.path AND r.sha256 = top.sha256"
+            " AND r.removed = 0"
+            " ORDER BY top.mtime DESC, top.origin, top.data_type, top.path, r.node",
+            (limit,)).fetchall()
         total = rows[0]["total"] if rows else 0
-        out: dict[tuple[str, str], tuple[Artifact, list[Replica]]] = {}
+        out: dict[Ident, tuple[Artifact, list[Replica]]] = {}
         for r in rows:
-            entry = out.setdefault((r["data_type"], r["path"]), (_artifact(r), []))
+            art = _artifact(r)
+            entry = out.setdefault(art.ident, (art, []))
             if r["r_node"] is not None:
-                entry[1].append(Replica(r["data_type"], r["path"], r["r_node"], r["r_sha256"],
-                                        r["r_verified_at"]))
+                entry[1].append(Replica(r["data_type"], r["path"], r["r_node"], r["sha256"],
+                                        r["r_verified_at"], origin=r["origin"],
+                                        root_id=r["r_root_id"]))
         return total, list(out.values())
 
     # -- receipts ---------------------------------------------------------------------------
     def register_sync(self, receipt: SyncReceipt, artifact: Artifact | None = None) -> int:
-        """Record a verified arrival: the receipt, the target's replica and (if given) the artifact.
+        """Record a verified arrival: the receipt, the target's replica and (if given) the
+        artifact version (known here from the sender: never this node's own source identity).
 
         ``receipt.verified_at`` must come from the node that hashed the stored bytes.
         """
         with self._change() as seq:
             if artifact is not None:
-                self._db.execute(
-                    "INSERT INTO artifacts(data_type, path, config_key, size, sha256, mtime, origin,"
-                    " removed, seq) VALUES (?,?,?,?,?,?,?,0,?) ON CONFLICT(data_type, path) DO"
-                    " UPDATE SET size=excluded.size, sha256=excluded.sha256, removed=0,"
-                    " config_key=COALESCE(excluded.config_key, config_key), seq=excluded.seq",
-                    (artifact.data_type, artifact.path, artifact.config_key, artifact.size,
-                     artifact.sha256, artifact.mtime, artifact.origin, seq))
+                known = self._db.execute(f"SELECT 1 FROM artifacts WHERE {_VERSION}",
+                                         artifact.ident).fetchone()
+                self._write_artifact(artifact, seq, keep_source=known is not None)
             self._db.execute(
-                "INSERT INTO receipts(data_type, path, source_node, target_node, sha256, size,"
-                " verified_at, transport, seq) VALUES (?,?,?,?,?,?,?,?,?)",
-                (receipt.data_type, receipt.path, receipt.source_node, receipt.target_node,
-                 receipt.sha256, receipt.size, receipt.verified_at, receipt.transport, seq))
+                "INSERT INTO receipts(origin, data_type, path, source_node, target_node, sha256,"
+                " size, verified_at, transport, seq) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (receipt.origin, receipt.data_type, receipt.path, receipt.source_node,
+                 receipt.target_node, receipt.sha256, receipt.size, receipt.verified_at,
+                 receipt.transport, seq))
             self._set_replica(Replica(receipt.data_type, receipt.path, receipt.target_node,
-                                      receipt.sha256, receipt.verified_at), seq)
+                                      receipt.sha256, receipt.verified_at,
+                                      origin=receipt.origin, root_id=receipt.root_id), seq)
         return seq
 
     def receipts(self, limit: int = 100) -> list[SyncReceipt]:
         rows = self._db.execute("SELECT * FROM receipts ORDER BY id DESC LIMIT ?", (limit,))
-        return [SyncReceipt(**{k: r[k] for k in SyncReceipt.__dataclass_fields__}) for r in rows]
+        return [SyncReceipt(**{k: r[k] for k in SyncReceipt.__dataclass_fields__
+                               if k != "root_id"}) for r in rows]
 
     # -- deletions --------------------------------------------------------------------------
-    def record_deletion(self, art: Artifact, node: str, vouched_by: list[str]) -> int:
-        """``node`` deleted its source of ``art`` after ``vouched_by`` vouched for it live: log
-        it and drop ``node``'s own replica row (its copy is gone); the artifact stays known."""
-        with self._change() as seq:
+    def record_deletion(self, art: Artifact, vouched_by: list[str],
+                        deleted_at: float | None = None) -> int:
+        """This node deleted its source of version ``art`` after ``vouched_by`` vouched for
+        it live: log it durably (``synchronous=FULL``) and drop its own replica row."""
+        with self._change(durable=True) as seq:
             self._db.execute(
-                "INSERT INTO deletions(data_type, path, node, sha256, size, vouched_by, deleted_at,"
-                " seq) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(data_type, path, node) DO UPDATE SET"
-                " sha256=excluded.sha256, size=excluded.size, vouched_by=excluded.vouched_by,"
+                "INSERT INTO deletions(origin, data_type, path, sha256, size, vouched_by,"
+                " deleted_at, seq) VALUES (?,?,?,?,?,?,?,?)"
+                " ON CONFLICT(origin, data_type, path, sha256) DO UPDATE SET"
+                " size=excluded.size, vouched_by=excluded.vouched_by,"
                 " deleted_at=excluded.deleted_at, seq=excluded.seq",
-                (art.data_type, art.path, node, art.sha256, art.size,
-                 json.dumps(sorted(vouched_by)), time.time(), seq))
-            self._db.execute("UPDATE replicas SET removed=1, seq=? WHERE data_type=? AND path=?"
-                             " AND node=? AND removed=0", (seq, art.data_type, art.path, node))
+                (*art.ident, art.size, json.dumps(sorted(vouched_by)),
+                 deleted_at or time.time(), seq))
+            self._db.execute(f"UPDATE replicas SET removed=1, seq=? WHERE {_VERSION}"
+                             " AND node=? AND removed=0", (seq, *art.ident, art.origin))
         return seq
 
-    def deleted_sources(self, node: str) -> set[tuple[str, str]]:
-        """(data_type, path) of every artifact ``node`` deleted its source of."""
-        rows = self._db.execute("SELECT data_type, path FROM deletions WHERE node=?", (node,))
-        return {(r["data_type"], r["path"]) for r in rows}
+    def deleted_sources(self, origin: str) -> set[Ident]:
+        """Every version ``origin`` deleted its source of."""
+        rows = self._db.execute("SELECT origin, data_type, path, sha256 FROM deletions"
+                                " WHERE origin=?", (origin,))
+        return {(r["origin"], r["data_type"], r["path"], r["sha256"]) for r in rows}
 
     def deletions(self, limit: int = 100) -> list[dict[str, Any]]:
         """The newest deletions, with ``vouched_by`` as a list."""
         rows = self._db.execute("SELECT * FROM deletions ORDER BY seq DESC LIMIT ?", (limit,))
-        return [{**dict(r), "vouched_by": json.loads(r["vouched_by"])} for r in rows]
+        return [{**dict(r), "node": r["origin"], "vouched_by": json.loads(r["vouched_by"])}
+                for r in rows]
 
     # -- capacity and exclusions ------------------------------------------------------------
     def set_capacity(self, node: str, used_bytes: int, total_bytes: int) -> None:
@@ -361,11 +488,14 @@ class ClusterManifest(PeerMerge):
 
 def _artifact(row: sqlite3.Row) -> Artifact:
     return Artifact(row["data_type"], row["path"], row["config_key"], row["size"], row["sha256"],
-                    row["mtime"], row["origin"], row["source_size"], row["source_mtime_ns"])
+                    row["mtime"], row["origin"], row["source_size"], row["source_mtime_ns"],
+                    row["source_dev"], row["source_ino"], row["source_ctime_ns"],
+                    bool(row["superseded"]))
 
 
 def _replica(row: sqlite3.Row) -> Replica:
-    return Replica(row["data_type"], row["path"], row["node"], row["sha256"], row["verified_at"])
+    return Replica(row["data_type"], row["path"], row["node"], row["sha256"], row["verified_at"],
+                   origin=row["origin"], root_id=row["root_id"])
 
 
 def as_dict(obj: Artifact | Replica | SyncReceipt) -> dict[str, Any]:

@@ -146,7 +146,7 @@ async def control_recover(request: web.Request) -> web.Response:
     body = await _json_body(request)
     reason = _optional_str(body, "reason", DEFAULT_REASON)
     by = _optional_str(body, "by", "api")
-    return web.json_response(_node(request).request_recovery(reason, by), status=202)
+    return web.json_response(await _node(request).request_recovery(reason, by), status=202)
 
 
 async def control_verify(request: web.Request) -> web.Response:

@@ -2,7 +2,7 @@
 
     POST /v1/gossip        a peer's request -> this node's answer (engine.gossip.protocol)
     POST /v1/gossip/delta  a peer's follow-up delta -> {node, cursor, merged}
-    POST /v1/gossip/send   {data_type, path, sha256, to}: push this node's verified copy to
+    POST /v1/gossip/send   {origin, data_type, path, sha256, to}: push this node's verified copy to
                            ``to`` in the background -> 202 {node, artifact, to, started}
 
 Errors are JSON ``{"error"}``: 400 bad input (not JSON, a missing or mistyped field, an
@@ -85,14 +85,18 @@ async def delta(request: web.Request) -> web.Response:
     return await _serve(request, "delta")
 
 
-def _send_request(body: Any, hosts: Any, me: str) -> tuple[str, str, str, str]:
-    """(data_type, path, sha256, to) of a send request, or _Refusal(400) saying what is wrong."""
+def _send_request(body: Any, hosts: Any, me: str) -> tuple[str, str, str, str, str]:
+    """(origin, data_type, path, sha256, to) of a send request, or _Refusal(400) saying what
+    is wrong."""
     if not isinstance(body, dict):
-        raise _Refusal(400, "body must be a JSON object {data_type, path, sha256, to}")
-    for name in ("data_type", "path", "sha256", "to"):
+        raise _Refusal(400, "body must be a JSON object {origin, data_type, path, sha256, to}")
+    for name in ("origin", "data_type", "path", "sha256", "to"):
         if not isinstance(body.get(name), str) or not body[name]:
             raise _Refusal(400, f"{name} (a non-empty string) is required")
-    data_type, path, sha, to = (body[k] for k in ("data_type", "path", "sha256", "to"))
+    origin, data_type, path, sha, to = (body[k] for k in ("origin", "data_type", "path",
+                                                          "sha256", "to"))
+    if origin not in hosts:
+        raise _Refusal(400, f"origin must be a host of this cluster, not {origin[:80]!r}")
     if data_type not in DATA_TYPES:
         raise _Refusal(400, f"unknown data type {data_type!r} (expected one of"
                             f" {', '.join(DATA_TYPES)})")
@@ -104,15 +108,16 @@ def _send_request(body: Any, hosts: Any, me: str) -> tuple[str, str, str, str]:
         raise _Refusal(400, "sha256 must be 64 lowercase hex digits")
     if to not in hosts or to == me:
         raise _Refusal(400, f"to must be another host of this cluster, not {to[:80]!r}")
-    return data_type, path, sha, to
+    return origin, data_type, path, sha, to
 
 
 async def send(request: web.Request) -> web.Response:
+    """Served by every node, gossip or not: a gossip pull and a scrub's repair both ask a
+    holder to push its verified copy of one version."""
     node = node_of(request)
     try:
-        gossip = _daemon(request)
         args = _send_request(await _body(request), node.config.hosts, node.name)
-        return web.json_response(gossip.serve_send(*args), status=202)
+        return web.json_response(node.sender.start(*args), status=202)
     except _Refusal as exc:
         return exc.response
     except SendRefused as exc:

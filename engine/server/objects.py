@@ -4,11 +4,14 @@ Upload protocol (one PUT per attempt):
     X-Ringsync-Size     total bytes of the object
     X-Ringsync-Sha256   SHA-256 of the whole object (hex)
     X-Ringsync-Offset   bytes the sender skips because the receiver already has them
-    X-Ringsync-Source / -Origin / -Config-Key / -Mtime / -Reason   provenance
+    X-Ringsync-Origin   the node whose artifact it is (required): with the path and the
+                        SHA-256 it names the version, stored as ``<data_type>/@<origin>/...v<sha16>``
+    X-Ringsync-Source / -Config-Key / -Mtime / -Reason   provenance
     X-Ringsync-Live     1: a live snapshot of a database its origin is still writing
 The body streams into ``.ringsync/incoming/<key>.part`` while being hashed; only when
 size and hash match is the part fsynced and linked to its final name (never over an
-existing file). A SQLite database must also pass ``PRAGMA integrity_check`` (``quick_check``
+existing file; the directories it creates are fsynced up to the data root). A copy already
+under that name whose bytes no longer match (bit rot) is quarantined and the upload repairs it. A SQLite database must also pass ``PRAGMA integrity_check`` (``quick_check``
 above ``transfer.integrity_check_max_bytes``) first; one that does not is moved to the
 quarantine (REPLICA_QUARANTINED) and answered 422. ``HEAD`` tells a sender what is there:
 200 with the stored hash, 404 with ``X-Ringsync-Offset`` = bytes of a partial upload it
@@ -46,6 +49,7 @@ H_SOURCE, H_ORIGIN, H_KEY = "X-Ringsync-Source", "X-Ringsync-Origin", "X-Ringsyn
 H_MTIME, H_REASON, H_VERIFIED = "X-Ringsync-Mtime", "X-Ringsync-Reason", "X-Ringsync-Verified-At"
 H_VERIFY, H_LIVE = "X-Ringsync-Verify", "X-Ringsync-Live"
 H_URGENCY, H_BACKPRESSURE = "X-Ringsync-Urgency", "X-Ringsync-Backpressure"
+H_ROOT = "X-Ringsync-Root-Id"
 
 _HEX = frozenset("0123456789abcdef")
 
@@ -55,12 +59,27 @@ def _bad(status: type[web.HTTPException], message: str, **extra: object) -> web.
                   content_type="application/json")
 
 
-def _resolve(node: "Node", request: web.Request) -> tuple[str, str, Path]:
+def _resolve(node: "Node", request: web.Request, sha: str | None,
+             origin: str | None) -> tuple[str, str, Path]:
+    """(data_type, path, where this node keeps it): the stored copy of ``origin``'s version
+    ``sha``; without a version (a GET), this node's own source."""
     data_type, rel = request.match_info["data_type"], request.match_info["path"]
     try:
-        return data_type, rel, node.data.object_path(data_type, rel)
+        if sha is None:
+            return data_type, rel, node.data.source_path(data_type, rel)
+        return data_type, rel, node.data.copy_path(origin or "", data_type, rel, sha)
     except UnsafePath as exc:
         raise _bad(web.HTTPBadRequest, str(exc)) from None
+
+
+def _origin(node: "Node", request: web.Request) -> str:
+    """The node whose artifact this is: required, and a host of this cluster."""
+    origin = request.headers.get(H_ORIGIN, "")
+    if not origin:
+        raise _bad(web.HTTPBadRequest, f"missing header {H_ORIGIN}: the artifact's origin node")
+    if origin not in node.config.hosts:
+        raise _bad(web.HTTPBadRequest, f"unknown origin {origin[:80]!r}")
+    return origin
 
 
 def _int_header(request: web.Request, name: str, default: int | None = None) -> int:
@@ -98,17 +117,20 @@ def _live_origin(node: "Node", request: web.Request) -> str | None:
 
 async def head_object(request: web.Request) -> web.Response:
     node = node_of(request)
-    data_type, rel, final = _resolve(node, request)
     live_origin = _live_origin(node, request)
+    sha = _sha_header(request)
+    origin = _origin(node, request) if live_origin is None else live_origin
+    data_type, rel, final = _resolve(node, request, sha, origin)
     if live_origin is None and final.is_file():
-        verify_now = request.headers.get(H_VERIFY) == "now"
-        sha, verified_at = await node.local_verification(data_type, rel, final, force=verify_now)
-        return web.Response(status=200, headers={
-            H_SHA: sha, H_VERIFIED: f"{verified_at:.6f}", H_SIZE: str(final.stat().st_size)})
+        held = await _held(node, (origin, data_type, rel, sha), final,
+                           now=request.headers.get(H_VERIFY) == "now")
+        if held is not None:
+            return web.Response(status=200, headers={
+                H_SHA: sha, H_VERIFIED: f"{held:.6f}", H_SIZE: str(final.stat().st_size),
+                H_ROOT: node.root_id})
     headers = {H_OFFSET: "0"}
-    sha = request.headers.get(H_SHA, "").lower()
     if sha:
-        part = node.data.partial_path(data_type, rel, sha, live_origin)
+        part = node.data.partial_path(data_type, rel, sha, live_origin, origin)
         if part in node.uploads_in_progress:  # its size is still moving: ask again later
             return web.Response(status=409)
         if part.exists():
@@ -117,8 +139,11 @@ async def head_object(request: web.Request) -> web.Response:
 
 
 async def get_object(request: web.Request) -> web.StreamResponse:
+    """``?origin=O&sha256=S``: the stored copy of that version; without: the own source."""
     node = node_of(request)
-    _data_type, _rel, final = _resolve(node, request)
+    sha = request.query.get("sha256")
+    _data_type, _rel, final = _resolve(node, request, sha.lower() if sha else None,
+                                       request.query.get("origin", node.name))
     if not final.is_file():
         raise _bad(web.HTTPNotFound, "no such object")
     return web.FileResponse(final, chunk_size=node.config.transfer.chunk_bytes)
@@ -133,11 +158,12 @@ def _receive_failed(node: "Node", source: str, artifact: str, error: str) -> Non
 
 async def put_object(request: web.Request) -> web.Response:
     node = node_of(request)
-    data_type, rel, final = _resolve(node, request)
     size, sha = _int_header(request, H_SIZE), _sha_header(request)
+    live_origin = _live_origin(node, request)
+    origin = _origin(node, request) if live_origin is None else live_origin
+    data_type, rel, final = _resolve(node, request, sha, origin)
     offset = _int_header(request, H_OFFSET, 0)
     source = request.headers.get(H_SOURCE, "unknown")
-    live_origin = _live_origin(node, request)
     artifact_name = f"{data_type}/{rel}"
     if offset > size:
         raise _bad(web.HTTPBadRequest, f"offset {offset} beyond size {size}")
@@ -145,14 +171,14 @@ async def put_object(request: web.Request) -> web.Response:
         raise _bad(web.HTTPBadRequest,
                    f"Content-Length {request.content_length} != size - offset ({size - offset})")
     if live_origin is None and final.exists():
-        held, verified_at = await node.local_verification(data_type, rel, final)
-        if held == sha:
+        verified_at = await _held(node, (origin, data_type, rel, sha), final, now=False)
+        if verified_at is not None:
             await _drop_live(node, request, data_type, rel)
-            return web.json_response({"node": node.name, "data_type": data_type, "path": rel,
+            return web.json_response({"node": node.name, "root_id": node.root_id,
+                                      "origin": origin, "data_type": data_type, "path": rel,
                                       "sha256": sha, "size": size, "verified_at": verified_at,
                                       "already_present": True})
-        raise _bad(web.HTTPConflict, f"{artifact_name} exists with different content; "
-                   "ringsync never overwrites", sha256=held)
+        # the copy under this version's name had rotted: quarantined by _held, repaired now
     pressure = node.backpressure.refuses(request.headers.get(H_URGENCY) == "urgent")
     if pressure is not None:
         raise web.HTTPServiceUnavailable(
@@ -162,7 +188,7 @@ async def put_object(request: web.Request) -> web.Response:
             headers={H_BACKPRESSURE: pressure, "Retry-After": "5"})
     if not node.has_room_for(size - offset):
         raise _bad(web.HTTPInsufficientStorage, f"{node.name} has no room for {size} bytes")
-    part = node.data.partial_path(data_type, rel, sha, live_origin)
+    part = node.data.partial_path(data_type, rel, sha, live_origin, origin)
     if part in node.uploads_in_progress:
         raise _bad(web.HTTPConflict, f"an upload of {artifact_name} is already in progress")
     have = part.stat().st_size if part.exists() else 0
@@ -208,7 +234,7 @@ async def put_object(request: web.Request) -> web.Response:
             await asyncio.to_thread(diskio.replace_live, part, target)
         else:
             try:
-                await asyncio.to_thread(diskio.publish, part, final)
+                await asyncio.to_thread(diskio.publish, part, final, node.data.root)
             except FileExistsError:
                 part.unlink(missing_ok=True)
                 node.transfers.finish(transfer, error="lost a race with another upload")
@@ -216,11 +242,30 @@ async def put_object(request: web.Request) -> web.Response:
                            f"{artifact_name} appeared during the upload") from None
     finally:
         node.uploads_in_progress.discard(part)
-    return await _stored(node, request, data_type, rel, size, sha, transfer, live_origin)
+    return await _stored(node, request, origin, data_type, rel, size, sha, transfer,
+                         live_origin)
 
 
-async def _stored(node: "Node", request: web.Request, data_type: str, rel: str, size: int,
-                  sha: str, transfer: Transfer, live_origin: str | None) -> web.Response:
+async def _held(node: "Node", ident: tuple[str, str, str, str], final: Path,
+                now: bool) -> float | None:
+    """When this node's copy of ``ident`` was hashed, if its bytes are that version (cached
+    while the file's identity is unchanged, unless ``now``); a copy that no longer matches
+    is quarantined (None)."""
+    try:
+        actual, at = await node.copies.verify(ident, final, now=now)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise _bad(web.HTTPServiceUnavailable, f"cannot read the stored copy: {exc}") from None
+    if actual == ident[3]:
+        return at
+    node.copies.quarantine(ident, final, actual)
+    return None
+
+
+async def _stored(node: "Node", request: web.Request, origin: str, data_type: str, rel: str,
+                  size: int, sha: str, transfer: Transfer,
+                  live_origin: str | None) -> web.Response:
     """Record a verified arrival: a finished artifact is registered as a verified replica
     (and any live snapshot of it dropped); a live snapshot is only reported."""
     source = request.headers.get(H_SOURCE, "unknown")
@@ -233,9 +278,10 @@ async def _stored(node: "Node", request: web.Request, data_type: str, rel: str, 
         except ValueError:
             mtime = verified_at
         node.manifest.register_sync(
-            SyncReceipt(data_type, rel, source, node.name, sha, size, verified_at, "http"),
+            SyncReceipt(data_type, rel, source, node.name, sha, size, verified_at, "http",
+                        origin=origin, root_id=node.root_id),
             Artifact(data_type, rel, request.headers.get(H_KEY) or None, size, sha, mtime,
-                     request.headers.get(H_ORIGIN, source)))
+                     origin))
         await _drop_live(node, request, data_type, rel)
     node.events.emit(DataSyncCompleted(source=source, target=node.name, files=1, bytes=size,
                                        artifacts=[f"{data_type}/{rel}"],
@@ -244,7 +290,8 @@ async def _stored(node: "Node", request: web.Request, data_type: str, rel: str, 
                                                 == "urgent" else "normal"),
                                        strategy="receive",
                                        seconds=round(time.time() - transfer.started, 3)))
-    return web.json_response({"node": node.name, "data_type": data_type, "path": rel,
+    return web.json_response({"node": node.name, "root_id": node.root_id, "origin": origin,
+                              "data_type": data_type, "path": rel,
                               "sha256": sha, "size": size, "verified_at": verified_at,
                               "already_present": False, "live": live_origin is not None},
                              status=201)

@@ -1,29 +1,30 @@
-"""``GET /v1/vouch/{data_type}/{path}?max_age=S``: a holder vouches for its stored copy, now.
+"""``GET /v1/vouch/{data_type}/{path}?origin=O&sha256=S``: a holder vouches for its copy, now.
 
-Before a node deletes a source it asks every holder this, at that moment. The holder
-answers from the bytes it stores: it re-hashes them, or answers from its own hashing
-made within the last ``max_age`` seconds while the file is unchanged since (``max_age=0``
-always re-hashes). The answer names the holder, so a vouch cannot be borrowed:
+Before a node deletes a source it asks every holder this, at that moment. The holder reads
+the bytes it stores for that version (``<data_type>/@<origin>/…v<sha16>…``) and hashes
+them now: never from a cached hash, whatever the config says (there is no option for one).
+The answer names the holder and its data root, so a vouch cannot be borrowed and two hosts
+on one data root count once:
 
-    200 {"node", "data_type", "path", "sha256", "size", "verified_at", "rehashed"}
-    404 {"error"}   no stored copy under that name (never a guess from the manifest)
-    400 {"error"}   a bad path or max_age
+    200 {"node", "root_id", "origin", "data_type", "path", "sha256", "size", "hashed_at",
+         "rehashed": true}
+        ``sha256`` is what the bytes hash to now; a copy that does not match ``S`` is
+        quarantined here at once (REPLICA_QUARANTINED) and the answer says so
+        (``quarantined_to``)
+    404 {"error"}   no stored copy of that version (never a guess from the manifest)
+    400 {"error"}   a bad path, origin or sha256, or the removed ``max_age``
 
-A stored copy here is the file under its final name; a source this node produced counts
-the same way (a deleting node never asks itself).
+Hashing waits for one of the node's ``push.hash_concurrency`` hash slots.
 """
 
 from __future__ import annotations
-
-import math
-import time
 
 from aiohttp import web
 
 from engine.paths import UnsafePath
 from engine.server.context import node_of
 
-MAX_AGE_LIMIT = 7 * 24 * 3600.0
+_HEX = frozenset("0123456789abcdef")
 
 
 def _error(status: type[web.HTTPException], message: str) -> web.HTTPException:
@@ -31,38 +32,39 @@ def _error(status: type[web.HTTPException], message: str) -> web.HTTPException:
                   content_type="application/json")
 
 
-def _max_age(request: web.Request, default: float) -> float:
-    raw = request.query.get("max_age")
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise _error(web.HTTPBadRequest, f"max_age is not a number: {raw[:40]!r}") from None
-    if not math.isfinite(value) or not 0 <= value <= MAX_AGE_LIMIT:
-        raise _error(web.HTTPBadRequest, f"max_age must be in 0..{MAX_AGE_LIMIT:g} seconds")
-    return value
-
-
 async def vouch(request: web.Request) -> web.Response:
     node = node_of(request)
     data_type, rel = request.match_info["data_type"], request.match_info["path"]
+    if "max_age" in request.query:
+        raise _error(web.HTTPBadRequest, "max_age is no longer accepted: a vouch always"
+                     " re-reads the stored bytes")
+    origin = request.query.get("origin", "")
+    sha = request.query.get("sha256", "").lower()
+    if origin not in node.config.hosts:
+        raise _error(web.HTTPBadRequest, f"origin must be a node of this cluster, not"
+                     f" {origin[:80]!r}")
+    if len(sha) != 64 or not set(sha) <= _HEX:
+        raise _error(web.HTTPBadRequest, "sha256 must be 64 hex digits")
+    ident = (origin, data_type, rel, sha)
     try:
-        final = node.data.object_path(data_type, rel)
+        final = node.copies.path(ident)
     except UnsafePath as exc:
         raise _error(web.HTTPBadRequest, str(exc)) from None
-    max_age = _max_age(request, node.config.push.vouch_max_age_seconds)
-    if not final.is_file():
-        raise _error(web.HTTPNotFound, f"{node.name} stores no {data_type}/{rel}")
-    asked = time.time()
+    missing = _error(web.HTTPNotFound, f"{node.name} stores no copy of {origin}'s"
+                     f" {data_type}/{rel} @{sha[:12]}")
     try:
-        sha, verified_at = await node.local_verification(data_type, rel, final, max_age=max_age)
+        actual, hashed_at = await node.copies.verify(ident, final, now=True)
         size = final.stat().st_size
     except FileNotFoundError:
-        raise _error(web.HTTPNotFound, f"{node.name} stores no {data_type}/{rel}") from None
-    return web.json_response({"node": node.name, "data_type": data_type, "path": rel,
-                              "sha256": sha, "size": size, "verified_at": verified_at,
-                              "rehashed": verified_at >= asked})
+        raise missing from None
+    except OSError as exc:
+        raise _error(web.HTTPServiceUnavailable, f"cannot read the copy: {exc}") from None
+    answer = {"node": node.name, "root_id": node.root_id, "origin": origin,
+              "data_type": data_type, "path": rel, "sha256": actual, "size": size,
+              "hashed_at": hashed_at, "rehashed": True}
+    if actual != sha:
+        answer["quarantined_to"] = node.copies.quarantine(ident, final, actual)
+    return web.json_response(answer)
 
 
 def add_routes(app: web.Application) -> None:

@@ -44,6 +44,8 @@ class PushResult:
     verified_at: float
     already_present: bool
     bytes_sent: int
+    root_id: str | None = None
+    """The target's data root id, as it answered."""
 
 
 class TransferError(Exception):

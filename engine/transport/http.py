@@ -25,7 +25,8 @@ import aiohttp
 from engine.bandwidth import BandwidthCoordinator
 from engine.health import HealthCheckResult
 from engine.server.objects import (H_BACKPRESSURE, H_KEY, H_LIVE, H_MTIME, H_OFFSET, H_ORIGIN,
-                                   H_REASON, H_SHA, H_SIZE, H_SOURCE, H_URGENCY, H_VERIFIED)
+                                   H_REASON, H_ROOT, H_SHA, H_SIZE, H_SOURCE, H_URGENCY,
+                                   H_VERIFIED)
 from engine.transfers import Transfer
 from engine.transport.base import PushRequest, PushResult, TransferError
 
@@ -98,9 +99,9 @@ class HttpTransport:
 
     async def _probe(self, request: PushRequest, url: str) -> int | PushResult:
         art = request.artifact
-        headers = {H_SHA: art.sha256}
+        headers = {H_SHA: art.sha256, H_ORIGIN: art.origin}
         if request.live:
-            headers.update({H_LIVE: "1", H_ORIGIN: art.origin, H_SOURCE: self.node})
+            headers.update({H_LIVE: "1", H_SOURCE: self.node})
         async with self.session.head(url, headers=headers) as resp:
             if resp.status == 200:
                 held = resp.headers.get(H_SHA, "")
@@ -109,7 +110,8 @@ class HttpTransport:
                                         f" ({held[:12]}…); ringsync never overwrites",
                                         retryable=False)
                 return PushResult(request.target, held, art.size,
-                                  float(resp.headers.get(H_VERIFIED, time.time())), True, 0)
+                                  float(resp.headers.get(H_VERIFIED, time.time())), True, 0,
+                                  resp.headers.get(H_ROOT))
             if resp.status == 404:
                 return int(resp.headers.get(H_OFFSET, "0"))
             if resp.status == 409:
@@ -143,7 +145,8 @@ class HttpTransport:
                                             " a live snapshot (older ringsync?)", retryable=False)
                     return PushResult(request.target, answer["sha256"], answer["size"],
                                       float(answer["verified_at"]),
-                                      bool(answer.get("already_present")), transfer.done)
+                                      bool(answer.get("already_present")), transfer.done,
+                                      answer.get("root_id"))
                 if resp.status == 409:
                     detail = await _json(resp)
                     if "offset" in detail:

@@ -1,0 +1,182 @@
+"""Scrubber: every stored copy re-hashed in the background, at a gentle rate, and repaired.
+
+A copy that was verified when it arrived can rot on disk afterwards; until someone reads it
+again it would count as verified for ever. The scrubber walks every copy this node stores
+(``verification.stored_copies``: every version of every origin) in passes, re-reading and
+hashing each (``verification.check_copy``), paced to ``scrub.bytes_per_second`` or, by
+default, to one full pass in ``scrub.pass_hours`` (24 h; at least
+``scrub.min_bytes_per_second``), like a ZFS scrub or a Ceph deep scrub. Hashing shares the
+node's hash slots with vouches, so a scrub never starves a deletion.
+
+A copy that no longer matches (or is gone) is quarantined, its replica row removed (a
+delta: the coordinator and gossip peers stop counting it), REPLICA_QUARANTINED is emitted,
+and the scrubber asks for the same version again from a good copy: the origin's source
+when it still has it, else another holder (``POST /v1/gossip/send``; the sender pushes
+through the one push path and this node's receiver verifies what arrives). When nobody
+can be asked, that is a DATA_SYNC_FAILED event (``reason: scrub``). Every pass ends with
+REPLICAS_VERIFIED (``requested_by: scrub``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from engine.daemons.verification import check_copy, stored_copies
+from engine.events import DataSyncFailed, ReplicasVerified
+from engine.health import HealthCheckResult
+from engine.manifest import Artifact
+
+if TYPE_CHECKING:
+    from engine.node import Node
+
+log = logging.getLogger(__name__)
+
+IDLE_SECONDS = 5.0
+"""Pause between passes when there is nothing to scrub (or a pass was quick)."""
+
+
+class Scrubber:
+    """The background scrub of one node; owns its task, its progress and its last error."""
+
+    def __init__(self, node: "Node") -> None:
+        self.node = node
+        self.config = node.config.scrub
+        self._task: asyncio.Task[None] | None = None
+        self.progress: dict[str, Any] = {
+            "passes": 0, "position": 0, "copies": 0, "bytes_done": 0, "bytes_total": 0,
+            "rate_bytes_per_second": 0, "pass_started_at": None, "last_pass_at": None,
+            "last_pass_seconds": None}
+        """Where the current pass is (copies and bytes) and when the last one ended."""
+        self.findings = {"checked": 0, "matched": 0, "mismatched": 0, "missing": 0,
+                         "repairs_asked": 0, "repairs_unsourced": 0}
+        """Running counts since start."""
+        self.last_error: str | None = None
+
+    async def start(self) -> None:
+        if self.config.enabled:
+            self._task = asyncio.create_task(self._run(), name=f"scrub:{self.node.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    def rate(self, total_bytes: int) -> float:
+        """Bytes per second for a pass over ``total_bytes``."""
+        if self.config.bytes_per_second:
+            return float(self.config.bytes_per_second)
+        return max(float(self.config.min_bytes_per_second),
+                   total_bytes / (self.config.pass_hours * 3600))
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.scrub_pass()
+            except Exception as exc:  # keep scrubbing; the failure is visible
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("scrub pass failed on %s", self.node.name)
+            await asyncio.sleep(IDLE_SECONDS)
+
+    async def scrub_pass(self) -> dict[str, int]:
+        """One pass over every copy stored now; returns its counts."""
+        node = self.node
+        held = stored_copies(node)
+        total = sum(art.size for art, _ in held)
+        rate = self.rate(total)
+        started = time.monotonic()
+        counts = {"matched": 0, "mismatched": 0, "missing": 0}
+        self.progress.update(position=0, copies=len(held), bytes_done=0, bytes_total=total,
+                             rate_bytes_per_second=round(rate), pass_started_at=time.time())
+        for i, (art, rep) in enumerate(held):
+            began = time.monotonic()
+            if not any(r.node == node.name for r in node.manifest.replicas(rep.ident)):
+                continue  # dropped meanwhile (a vouch found it bad, a delta, a deletion)
+            verdict = await check_copy(node, art, rep)
+            counts[verdict] += 1
+            self.findings["checked"] += 1
+            self.findings[verdict] += 1
+            if verdict != "matched":
+                await self.repair(art)
+            self.progress.update(position=i + 1,
+                                 bytes_done=self.progress["bytes_done"] + art.size)
+            spent = time.monotonic() - began
+            await asyncio.sleep(max(0.0, art.size / rate - spent))
+        seconds = round(time.monotonic() - started, 3)
+        self.progress.update(passes=self.progress["passes"] + 1, last_pass_at=time.time(),
+                             last_pass_seconds=seconds)
+        if held:
+            node.events.emit(ReplicasVerified(node=node.name, checked=len(held), **counts,
+                                              seconds=seconds, requested_by="scrub"))
+        return counts
+
+    # -- repair -----------------------------------------------------------------------------
+    def repair_sources(self, art: Artifact) -> list[str]:
+        """Whom to ask for a good copy of ``art``: its origin while it has the source, then
+        the other nodes the manifest says hold it verified, then the coordinator (which
+        knows, and may hold, more); never this node, a down node or one that is no longer
+        in the config. Each answers 404 unless it holds a copy it can stand behind."""
+        node, manifest = self.node, self.node.manifest
+        out = []
+        if (not art.superseded and art.origin != node.name
+                and art.ident not in manifest.deleted_sources(art.origin)):
+            out.append(art.origin)
+        out += sorted(r.node for r in manifest.replicas(art)
+                      if r.verified_at is not None and r.node not in (node.name, art.origin))
+        coordinator = node.config.coordinator.name  # it learns every holder by deltas
+        if coordinator not in out and coordinator != node.name:
+            out.append(coordinator)
+        return [n for n in out if n in node.config.hosts and not node.view.is_down(n)]
+
+    async def repair(self, art: Artifact) -> bool:
+        """Ask a good copy of ``art`` to be pushed here again; False (and an event) when no
+        node accepted."""
+        node = self.node
+        body = {"origin": art.origin, "data_type": art.data_type, "path": art.path,
+                "sha256": art.sha256, "to": node.name}
+        errors = []
+        for source in self.repair_sources(art):
+            url = f"{node.config.host(source).url}/v1/gossip/send"
+            try:
+                async with node.session.post(url, json=body,
+                                             timeout=aiohttp.ClientTimeout(total=10)) as resp:
+                    if resp.status == 202:
+                        self.findings["repairs_asked"] += 1
+                        log.info("scrub on %s: %s asked to send %s again", node.name, source,
+                                 art.label)
+                        return True
+                    errors.append(f"{source}: HTTP {resp.status}")
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                errors.append(f"{source}: {type(exc).__name__}")
+        self.findings["repairs_unsourced"] += 1
+        error = (f"no good copy of {art.label} could be asked for"
+                 f" ({'; '.join(errors) or 'no other holder known'})")
+        self.last_error = error
+        log.warning("scrub on %s: %s", node.name, error)
+        node.events.emit(DataSyncFailed(source=node.name, target=node.name, artifact=art.key,
+                                        error=error, attempt=0, retry_in_seconds=None,
+                                        reason="scrub", strategy="scrub"))
+        return False
+
+    # -- reporting --------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        return {"enabled": self.config.enabled, **self.progress, "findings": self.findings,
+                "last_error": self.last_error}
+
+    def health_check(self) -> HealthCheckResult:
+        """Healthy while it runs; a copy found bad is reported (it is quarantined, stops
+        counting and is asked for again), which the message says."""
+        f = self.findings
+        running = self._task is not None and not self._task.done()
+        if self.config.enabled and not running and self._task is not None:
+            return HealthCheckResult(False, "scrub stopped", self.status())
+        message = (f"scrub pass {self.progress['passes'] + 1}:"
+                   f" {self.progress['position']}/{self.progress['copies']} copies;"
+                   f" {f['mismatched']} rotted, {f['missing']} missing since start"
+                   if self.config.enabled else "scrub disabled")
+        return HealthCheckResult(True, message, self.status())

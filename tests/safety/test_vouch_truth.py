@@ -1,0 +1,136 @@
+"""A vouch is the bytes a holder reads now, on a data root that is really distinct.
+
+Each test is one way a source was deleted behind copies that were not what the manifest
+remembered (issue 11, defects 1-4 and 9). The verdict is read off the disks: whenever a
+source is gone, at least ``min_copies_before_delete`` other nodes hold its exact bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.safety.conftest import (FAKETIME_LIB, KIB, deleted, fill, holders, intact_copies,
+                                   pressure_config, replace_keeping_size_and_mtime, rot, sha,
+                                   wait_cleanups, write)
+from tests.support.cluster import wait_for
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
+
+REL = "npz/k/a.npz"
+
+
+def _on_two_holders(cluster, body: bytes) -> Path:
+    source = write(cluster, "gpu-1", REL, body)
+    fill(cluster, "gpu-1", "push", 360 * KIB)  # ~55 %: copies towards min_copies
+    wait_for(lambda: holders(cluster, "gpu-1", REL, sha(body)) >= {"coord", "cpu-1"}, 30,
+             what="a verified on coord and cpu-1")
+    return source
+
+
+def test_bit_rot_on_every_holder_deletes_nothing_until_good_copies_exist(safety_cluster):
+    cluster = safety_cluster(gpus=1, cpus=1, quota="64MiB", config=pressure_config())
+    body = os.urandom(200 * KIB)
+    source = _on_two_holders(cluster, body)
+    for holder in ("coord", "cpu-1"):  # inside what used to be a 60 s cached-hash window
+        rot(cluster.stored(holder, "gpu-1", REL))
+    fill(cluster, "gpu-1", "b", 350 * KIB)  # ~88 %: cleanup
+    wait_for(lambda: not source.exists(), 60, what="a deleted once good copies exist")
+    assert sorted(intact_copies(cluster, "gpu-1", REL, sha(body))) == ["coord", "cpu-1"]
+    for holder in ("coord", "cpu-1"):  # each holder found its own rot when asked
+        found = [e["payload"] for e in cluster.events(holder, "REPLICA_QUARANTINED")]
+        assert any(p["expected_sha256"] == sha(body) and p["actual_sha256"] != sha(body)
+                   for p in found), holder
+
+
+def test_a_source_replaced_with_the_same_size_and_mtime_is_a_new_version(safety_cluster):
+    cluster = safety_cluster(gpus=1, cpus=1, quota="64MiB", config=pressure_config())
+    old, new = os.urandom(200 * KIB), os.urandom(200 * KIB)
+    source = _on_two_holders(cluster, old)
+    replace_keeping_size_and_mtime(source, new)  # cp -p, rsync -a, tar x, a restore
+    fill(cluster, "gpu-1", "b", 350 * KIB)
+    wait_for(lambda: not source.exists(), 60, what="the new version deleted behind its copies")
+    assert deleted(cluster, "gpu-1")[REL]["sha256"] == sha(new)
+    assert sorted(intact_copies(cluster, "gpu-1", REL, sha(new))) == ["coord", "cpu-1"]
+    # the old version's copies are kept: they may be the only copy of that data
+    assert sorted(intact_copies(cluster, "gpu-1", REL, sha(old))) == ["coord", "cpu-1"]
+
+
+@pytest.mark.skipif(not FAKETIME_LIB.exists(), reason="needs libfaketime (Debian: faketime)")
+def test_a_holder_whose_clock_was_stepped_back_still_hashes_now(safety_cluster, tmp_path):
+    clock = tmp_path / "faketime"
+    clock.write_text("+2h\n")  # cpu-1 runs two hours ahead while the copy arrives
+    cluster = safety_cluster(start=False, gpus=1, cpus=1, quota="64MiB",
+                             config=pressure_config())
+    cluster.env["cpu-1"] = {"LD_PRELOAD": str(FAKETIME_LIB),
+                            "FAKETIME_TIMESTAMP_FILE": str(clock), "FAKETIME_NO_CACHE": "1",
+                            "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+    cluster.start()
+    assert cluster.status("cpu-1")["time"] > cluster.status("coord")["time"] + 3600
+    body = os.urandom(200 * KIB)
+    source = _on_two_holders(cluster, body)
+    rot(cluster.stored("cpu-1", "gpu-1", REL))
+    clock.write_text("+0\n")  # stepped back: its hash of the copy now looks 2 h in the future
+    wait_for(lambda: cluster.status("cpu-1")["time"] < cluster.status("coord")["time"] + 60, 10,
+             what="cpu-1's clock stepped back")
+    fill(cluster, "gpu-1", "b", 350 * KIB)
+    wait_for(lambda: not source.exists(), 60, what="a deleted once good copies exist")
+    assert sorted(intact_copies(cluster, "gpu-1", REL, sha(body))) == ["coord", "cpu-1"]
+
+
+def test_a_second_node_on_a_data_root_refuses_to_start(safety_cluster):
+    cluster = safety_cluster(start=False, gpus=1, cpus=2, quota="64MiB")
+    alias = cluster.root / "alias-of-cpu-1"
+    cluster.data_root("cpu-1").mkdir(parents=True)
+    alias.symlink_to(cluster.data_root("cpu-1"))  # two hosts, one physical data root
+    settings = yaml.safe_load(cluster.config_path.read_text())
+    settings["hosts"]["cpu-2"]["data_root"] = str(alias)
+    cluster.config_path.write_text(yaml.safe_dump(settings, sort_keys=False))
+    cluster.start(skip=("cpu-2",))
+    proc = subprocess.run(cluster.command("cpu-2"), capture_output=True, text=True, timeout=30,
+                          cwd=cluster.root, env={**os.environ, "PYTHONPATH": str(Path.cwd())})
+    assert proc.returncode == 1, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("ringsync:")]
+    assert len(lines) == 1 and "node cpu-1" in lines[0] and "cpu-2" in lines[0], proc.stderr
+    assert cluster.request("cpu-1", "GET", "/health", token=None).status in (200, 503)
+
+
+def test_copies_on_one_data_root_count_once(safety_cluster):
+    cluster = safety_cluster(start=False, gpus=1, cpus=2, quota="64MiB",
+                             config=pressure_config(min_copies_before_delete=3))
+    for name in ("cpu-1", "cpu-2"):  # a cloned disk: both roots carry one id
+        state = cluster.data_root(name) / ".ringsync"
+        state.mkdir(parents=True)
+        (state / "root_id").write_text("c10ned0000000000000000000000000\n")
+    cluster.start()
+    body = os.urandom(200 * KIB)
+    source = write(cluster, "gpu-1", REL, body)
+    fill(cluster, "gpu-1", "b", 700 * KIB)
+    wait_for(lambda: holders(cluster, "gpu-1", REL, sha(body)) == {"coord", "cpu-1", "cpu-2"},
+             30, what="a on all three holders")
+    wait_cleanups(cluster, "gpu-1", 5)
+    assert source.exists(), "deleted behind three copies on only two distinct data roots"
+    last = cluster.events("gpu-1", "CLEANUP_COMPLETED")[-1]["payload"]
+    assert last["short_of_copies"] >= 1
+
+
+def test_a_decommissioned_holder_does_not_stop_cleanup(safety_cluster):
+    cluster = safety_cluster(gpus=1, cpus=2, quota="64MiB", config=pressure_config())
+    cluster.stop_node("cpu-2")  # so a's second copy goes to cpu-1
+    body = os.urandom(200 * KIB)
+    source = _on_two_holders(cluster, body)
+    cluster.start_node("cpu-2")
+    cluster.stop_node("cpu-1")  # cpu-1 is decommissioned: gone from the config
+    settings = yaml.safe_load(cluster.config_path.read_text())
+    del settings["hosts"]["cpu-1"]
+    cluster.config_path.write_text(yaml.safe_dump(settings, sort_keys=False))
+    cluster.stop_node("gpu-1")
+    cluster.start_node("gpu-1")  # it reads the new config; its manifest still names cpu-1
+    fill(cluster, "gpu-1", "b", 350 * KIB)
+    wait_for(lambda: not source.exists(), 60, what="a deleted behind coord and cpu-2")
+    assert sorted(deleted(cluster, "gpu-1")[REL]["vouched_by"]) == ["coord", "cpu-2"]
+    assert {"coord", "cpu-2"} <= set(intact_copies(cluster, "gpu-1", REL, sha(body)))
