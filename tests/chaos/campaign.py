@@ -659,8 +659,10 @@ class Campaign:
         while time.monotonic() < deadline and self.strace.poll() is None:
             self._run_pending()
             try:
-                files = [p for p in trash.iterdir()
-                         if p.name not in before] if trash.is_dir() else []
+                # the renamed source (``<id>.trash``; older engines ``<uuid>-<name>``), not
+                # the intent (``<id>.json``), which is written before the rename
+                files = [p for p in trash.iterdir() if p.name not in before
+                         and not p.name.endswith(".json")] if trash.is_dir() else []
             except OSError:
                 files = []
             if files:
