@@ -297,9 +297,14 @@ class Campaign:
             if e.key in seen:
                 continue
             seen.add(e.key)
+            exists = source_path(self.roots[e.origin], e).exists()
             if e.key in self.seen_gone:
+                if exists:   # put back (a deletion undone after a crash): judge the next one too
+                    del self.seen_gone[e.key]
+                    self.checked = {c for c in self.checked if c[0] != e.key}
+                    log_line(self.log, f"source {e.label()} is back")
                 continue
-            if not source_path(self.roots[e.origin], e).exists():
+            if not exists:
                 self.seen_gone[e.key] = time.time()
                 self._check_deletion(e.key, via="vanished")
 
