@@ -340,7 +340,7 @@ class Campaign:
             log_line(self.log, f"deletion check {e.label()} via={via} copies={sorted(cc.roots)} "
                                f"credited={sorted(credited)} fault_damage={faults}")
             if n_ok < MIN_COPIES:
-                item = {"artifact": e.label(), "via": via, "intact_other_roots": sorted(cc.roots),
+                item = {"artifact": e.label(), "key": list(key), "version": e.version, "via": via, "intact_other_roots": sorted(cc.roots),
                         "credited": sorted(credited), "fault_damage": faults,
                         "event": {k: event[k] for k in ("sha256", "vouched_by")} if event else None,
                         "why": e.why}
@@ -761,6 +761,16 @@ class Campaign:
         res = self.result
         res.deletions = len(self.deleted_events)
         entries = self.ledger.snapshot()
+        # a source that only vanished (no ARTIFACT_DELETED) and is back, intact, was not deleted
+        for item in list(res.unsafe):
+            if item["via"] != "vanished":
+                continue
+            key = tuple(item["key"])
+            e = self.ledger.versions(key)[item["version"] - 1]
+            if key not in self.seen_gone and intact(self.reader, source_path(self.roots[e.origin], e), e):
+                res.unsafe.remove(item)
+                self.note(f"{item['artifact']} vanished while short of copies but was put back "
+                          f"intact: not counted as a deletion ({item})")
         # lost
         all_sha: dict[str, list[Path]] | None = None
         for e in entries:
