@@ -33,7 +33,7 @@ def main() -> int:
     ap.add_argument("--workdir", default=os.environ.get("CHAOS_WORKDIR"))
     args = ap.parse_args()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="ringsync-chaos-"))
-    print(f"chaos: logs under {workdir}", flush=True)
+    print(f"chaos: details per seed in {workdir}/seed-S/chaos-seed-S.log", flush=True)
     failed = False
     for seed in range(args.seed_start, args.seed_start + args.seeds):
         sdir = workdir / f"seed-{seed}"
@@ -48,7 +48,6 @@ def main() -> int:
                 shutil.rmtree(sdir / "cluster" / "nodes", ignore_errors=True)
                 shutil.rmtree(sdir / "snapshots", ignore_errors=True)
         print(result.line(), flush=True)
-        print(f"  details: {result.log_path}", flush=True)
         failed |= not result.ok
     return 1 if failed else 0
 
