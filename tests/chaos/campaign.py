@@ -597,6 +597,8 @@ class Campaign:
         snap = self.workdir / "snapshots" / name
         if not snap.exists() or name in self.down or name in self.stopped:
             return False
+        if sum(f.startswith("restore_root:") for f in self.result.faults) >= 2:
+            return False   # twice per seed is enough; more only crowds out the other kinds
         with self.lock:
             self._stop_term(name)
             root = self.roots[name]
