@@ -14,7 +14,8 @@ REPLICA_QUARANTINED event emitted; the caller decides about repairing it.
 
 ``reconcile`` runs at start: rows of copies that are gone or of the wrong size are dropped
 (or quarantined), and copies on disk the manifest does not know (a manifest restored from
-an older backup) are hashed and registered, so the manifest says what the disk holds.
+an older backup) are hashed and registered in the background (``adopt_unknown``), so the
+manifest says what the disk holds.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ class StoredCopies:
         """At most this many files are hashed at once on this node."""
         self._hashed: dict[Path, tuple[tuple[int, ...], str, float]] = {}
         self.totals = {"hashed_files": 0, "hashed_bytes": 0, "quarantined": 0}
+        self.unknown: list[tuple[tuple, Path]] = []
+        """Copies found on disk at start that the manifest did not know, to hash."""
 
     def path(self, ident: Ident) -> Path:
         """Where this node stores version ``ident`` as a received copy (raises UnsafePath)."""
@@ -137,15 +140,29 @@ class StoredCopies:
             if st.st_size != art.size:
                 self.quarantine(rep.ident, file, None)
                 counts["quarantined"] += 1
-        known = {rep.ident for _art, rep in self.manifest.held_by(self.name)}
+        known: dict[tuple[str, str, str], set[str]] = {}
+        for _art, rep in self.manifest.held_by(self.name):
+            known.setdefault(rep.ident[:3], set()).add(rep.sha256[:VERSION_DIGITS])
         for ident, file in self._copies_on_disk():
-            if ident[3] is None:
+            if ident[3] is None or ident[3] in known.get(ident[:3], ()):
                 continue
-            if any(k[:3] == ident[:3] and k[3].startswith(ident[3]) for k in known):
-                continue
-            self._adopt(ident, file)
+            self.unknown.append((ident, file))
             counts["found"] += 1
         return counts
+
+    async def adopt_unknown(self) -> int:
+        """Hash and register the copies ``reconcile`` found on disk but not in the manifest
+        (in the background, within the hash slots); returns how many were registered."""
+        adopted = 0
+        while self.unknown:
+            ident, file = self.unknown.pop()
+            try:
+                sha = await self.hash_file(file)
+            except OSError as exc:
+                log.warning("cannot adopt %s: %s", file, exc)
+                continue
+            adopted += self._adopt(ident, file, sha)
+        return adopted
 
     def _is_copy_row(self, art: Artifact) -> bool:
         try:
@@ -172,21 +189,20 @@ class StoredCopies:
                             Path(dirpath, name).relative_to(base / top).as_posix())
                         yield (origin, data_type, rel, sha16), Path(dirpath, name)
 
-    def _adopt(self, ident: tuple, file: Path) -> None:
-        """A copy on disk the manifest does not know: hash it; register it when its name's
-        version matches its bytes, else quarantine it."""
+    def _adopt(self, ident: tuple, file: Path, sha: str) -> int:
+        """A copy on disk the manifest did not know, hashed to ``sha``: registered when its
+        name's version matches its bytes (1), else quarantined (0)."""
         origin, data_type, rel, sha16 = ident
         try:
             check_relative(rel)
-            sha = sha256_file(file)
             st = file.stat()
         except (OSError, UnsafePath) as exc:
             log.warning("cannot adopt %s: %s", file, exc)
-            return
+            return 0
         if not sha.startswith(sha16):
             self.data.quarantine_file(data_type, f"{origin}/{rel}", file)
             log.warning("%s does not hash to its version: quarantined", file)
-            return
+            return 0
         full = (origin, data_type, rel, sha)
         if self.manifest.get_artifact(data_type, rel, origin, sha) is None:
             parts = rel.split("/")
@@ -199,16 +215,18 @@ class StoredCopies:
             self.manifest.set_replica(Replica(data_type, rel, self.name, sha, time.time(),
                                               origin=origin, root_id=self.root_id))
         log.info("found %s on disk, not in the manifest: hashed and registered", full)
+        return 1
 
 
 def _unversioned(rel: str) -> tuple[str, str | None]:
-    """``dir/stem.v<sha16>.suffix`` -> (``dir/stem.suffix``, sha16); (rel, None) otherwise."""
+    """``dir/stem.v<sha16>.suffix`` or ``dir/name.v<sha16>`` (``DataRoot.copy_path``) ->
+    (``dir/stem.suffix`` or ``dir/name``, sha16); (rel, None) for any other name."""
     head, _, name = rel.rpartition("/")
     parts = name.split(".")
-    for i in range(len(parts) - 1, 0, -1):
-        part = parts[i]
-        if (part.startswith("v") and len(part) == VERSION_DIGITS + 1
-                and set(part[1:]) <= set("0123456789abcdef")):
-            plain = ".".join(parts[:i] + parts[i + 1:])
-            return (f"{head}/{plain}" if head else plain), part[1:]
+    at = len(parts) - 2 if len(parts) >= 3 else len(parts) - 1
+    part = parts[at] if len(parts) >= 2 else ""
+    if (part.startswith("v") and len(part) == VERSION_DIGITS + 1
+            and set(part[1:]) <= set("0123456789abcdef")):
+        plain = ".".join(parts[:at] + parts[at + 1:])
+        return (f"{head}/{plain}" if head else plain), part[1:]
     return rel, None

@@ -12,7 +12,8 @@ A deletion of an own source goes through ``.ringsync/deleting/``:
 ``recover`` runs at every start, before anything scans or serves: an intent whose trash file
 is still there is put back under its name (never over a new file there: then it goes to the
 quarantine), since the vouches it had are not fresh any more; one whose trash is gone and
-whose source is not the recorded inode was unlinked, so the deletion is recorded (the
+whose source is not the recorded file (its whole identity: st_dev, st_ino, size, mtime,
+ctime) was unlinked, so the deletion is recorded (the
 manifest agrees with the disk); one whose source is still the recorded inode never got as
 far as the rename. A stray file without an intent is put in the quarantine. Nothing is left
 in ``deleting/`` afterwards, so nothing there counts against the quota for ever.
@@ -29,8 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine.diskio import fsync_dir
+from engine.diskio import fsync_dir, fsync_path
 from engine.manifest import Artifact
+from engine.manifest.store import stat_identity
 
 if TYPE_CHECKING:
     from engine.manifest import ClusterManifest
@@ -48,14 +50,6 @@ class Intent:
     source: Path
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def begin(data: "DataRoot", art: Artifact, source: Path, vouched_by: list[str]) -> Intent:
     """Write the durable intent to delete ``source`` (version ``art``)."""
     trash_dir = data.state / "deleting"
@@ -64,11 +58,11 @@ def begin(data: "DataRoot", art: Artifact, source: Path, vouched_by: list[str]) 
     intent = trash_dir / f"{name}.json"
     record = {"origin": art.origin, "data_type": art.data_type, "path": art.path,
               "sha256": art.sha256, "size": art.size, "source": str(source),
-              "dev": art.source_dev, "ino": art.source_ino,
+              "identity": list(art.source_identity),
               "vouched_by": sorted(vouched_by), "started_at": time.time()}
     tmp = trash_dir / f".{name}.tmp"
     tmp.write_text(json.dumps(record))
-    _fsync_file(tmp)
+    fsync_path(tmp)
     os.rename(tmp, intent)
     fsync_dir(trash_dir)
     return Intent(intent, trash_dir / f"{name}.trash", source)
@@ -118,9 +112,8 @@ def recover(data: "DataRoot", manifest: "ClusterManifest") -> list[str]:
             where = put_back(trash, source, data)
             done.append(f"put back {record['data_type']}/{record['path']} ({where})")
         else:
-            try:
-                st = source.stat()
-                same = (st.st_dev, st.st_ino) == (record.get("dev"), record.get("ino"))
+            try:  # the whole identity: a freed inode number is soon given to a new file
+                same = list(stat_identity(source.stat())) == record.get("identity")
             except FileNotFoundError:
                 same = False
             if not same:

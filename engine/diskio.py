@@ -37,13 +37,17 @@ def write_at(fd: int, pieces: list[bytes], position: int) -> int:
     return position
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename, link or unlink in ``path`` durable."""
+def fsync_path(path: Path) -> None:
+    """fsync a file's data, or (a directory) make a rename, link or unlink in it durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+fsync_dir = fsync_path
+"""The name the directory case reads best under."""
 
 
 def make_dirs(directory: Path, root: Path) -> None:

@@ -164,6 +164,7 @@ class Node:
                                        self.config.transfer.chunk_bytes)
         self._used_bytes = await asyncio.to_thread(self._measure_used)
         capacity = asyncio.create_task(self._capacity_loop(), name="capacity")
+        adopt = asyncio.create_task(self.copies.adopt_unknown(), name="adopt-copies")
         await self.view_refresher.start()
         if self.membership:
             await self.membership.start()
@@ -198,7 +199,8 @@ class Node:
             await self.membership.stop()
         await self.view_refresher.stop()
         capacity.cancel()
-        await asyncio.gather(capacity, return_exceptions=True)
+        adopt.cancel()
+        await asyncio.gather(capacity, adopt, return_exceptions=True)
         await self.session.close()
         await self.hooks.stop()
         self.events.close()

@@ -42,6 +42,21 @@ class Thresholds:
 
 
 @dataclass(frozen=True)
+class ScrubRow:
+    """Where a node's scrub of its stored copies is, and what it found since start."""
+
+    passes: int = 0
+    """Full passes completed."""
+    position: int = 0
+    """Copies checked in the current pass."""
+    copies: int = 0
+    """Copies the current pass covers."""
+    rotted: int = 0
+    """Copies found not matching (or missing), quarantined and asked for again."""
+    rate_bytes_per_second: int = 0
+
+
+@dataclass(frozen=True)
 class NodeRow:
     """One node as the nodes pane shows it."""
 
@@ -65,6 +80,8 @@ class NodeRow:
     """Why the node announces backpressure (``disk``, ``queue``); None when it takes syncs."""
     open_breakers: tuple[str, ...] = ()
     """Targets this node's circuit breaker holds back (open or half-open)."""
+    scrub: ScrubRow | None = None
+    """The background scrub's progress and findings (None: the node did not say)."""
 
     @property
     def free_bytes(self) -> int:

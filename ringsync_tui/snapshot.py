@@ -9,7 +9,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from ringsync_tui.model import (BandwidthRow, ClusterSnapshot, NodeRow, Thresholds,
+from ringsync_tui.model import (BandwidthRow, ClusterSnapshot, NodeRow, ScrubRow, Thresholds,
                                 TransferRow)
 
 MAX_RECENT = 30
@@ -45,7 +45,19 @@ def node_row(name: str, state: str, status: Mapping[str, Any] | None,
         backpressure=str(pressure["reason"]) if pressure.get("active") else None,
         open_breakers=tuple(sorted(
             target for target, b in ((status.get("routing") or {}).get("breakers") or {}).items()
-            if isinstance(b, dict) and b.get("state") != "closed")))
+            if isinstance(b, dict) and b.get("state") != "closed")),
+        scrub=scrub_row(status.get("scrub")))
+
+
+def scrub_row(scrub: Any) -> ScrubRow | None:
+    """The scrub figures of a ``/status`` answer (None when it has none)."""
+    if not isinstance(scrub, Mapping) or not scrub.get("enabled"):
+        return None
+    findings = scrub.get("findings") or {}
+    return ScrubRow(passes=int(scrub.get("passes", 0)), position=int(scrub.get("position", 0)),
+                    copies=int(scrub.get("copies", 0)),
+                    rotted=int(findings.get("mismatched", 0)) + int(findings.get("missing", 0)),
+                    rate_bytes_per_second=int(scrub.get("rate_bytes_per_second", 0)))
 
 
 def transfer_row(node: str, t: Mapping[str, Any]) -> TransferRow:

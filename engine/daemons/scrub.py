@@ -3,9 +3,10 @@
 A copy that was verified when it arrived can rot on disk afterwards; until someone reads it
 again it would count as verified for ever. The scrubber walks every copy this node stores
 (``verification.stored_copies``: every version of every origin) in passes, re-reading and
-hashing each (``verification.check_copy``), paced to ``scrub.bytes_per_second`` or, by
-default, to one full pass in ``scrub.pass_hours`` (24 h; at least
-``scrub.min_bytes_per_second``), like a ZFS scrub or a Ceph deep scrub. Hashing shares the
+hashing each (``verification.check_copy``), paced to ``scrub.bytes_per_second`` (passes
+follow each other), or by default one pass every ``scrub.pass_hours`` (24 h) paced to finish
+within it (at least ``scrub.min_bytes_per_second``, so a small store finishes early and
+waits for the next), like a ZFS scrub or a Ceph deep scrub. Hashing shares the
 node's hash slots with vouches, so a scrub never starves a deletion.
 
 A copy that no longer matches (or is gone) is quarantined, its replica row removed (a
@@ -76,12 +77,16 @@ class Scrubber:
 
     async def _run(self) -> None:
         while True:
+            started = time.monotonic()
             try:
                 await self.scrub_pass()
             except Exception as exc:  # keep scrubbing; the failure is visible
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("scrub pass failed on %s", self.node.name)
-            await asyncio.sleep(IDLE_SECONDS)
+            # one pass per pass_hours (a small store is done early and waits); with a fixed
+            # bytes_per_second the passes follow each other
+            period = 0.0 if self.config.bytes_per_second else self.config.pass_hours * 3600
+            await asyncio.sleep(max(IDLE_SECONDS, started + period - time.monotonic()))
 
     async def scrub_pass(self) -> dict[str, int]:
         """One pass over every copy stored now; returns its counts."""

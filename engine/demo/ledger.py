@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-__all__ = ["LedgerEntry", "append_ledger", "sha256_file", "read_ledger", "is_intact", "find_intact_copy"]
+__all__ = ["LedgerEntry", "append_ledger", "sha256_file", "read_ledger", "is_intact",
+           "find_intact_copy", "intact_copies", "stored_files"]
 
 _CHUNK = 1024 * 1024
 _ID_BATCH = 500  # stay far below SQLite's host-parameter limit
@@ -165,15 +166,39 @@ def is_intact(file_path: Path, entry: LedgerEntry) -> bool:
         return False
 
 
-def find_intact_copy(entry: LedgerEntry, data_roots: list[Path]) -> Path | None:
-    """The first ``root/<data_type>/<path>`` among ``data_roots`` that exists and is intact."""
+def stored_files(root: Path, entry: LedgerEntry) -> list[Path]:
+    """Every file under data root ``root`` that may hold ``entry``: the origin's own source
+    (``<data_type>/<path>``) and every stored version of it received from ``entry.node``
+    (``<data_type>/@<node>/<dir>/<stem>.v<sha16><suffix>``, see ``engine.paths``)."""
     rel = PurePosixPath(entry.path)
     if rel.is_absolute() or ".." in rel.parts or not rel.parts:
-        return None
+        return []
     if entry.data_type in ("", ".", "..") or "/" in entry.data_type or "\\" in entry.data_type:
-        return None
+        return []
+    base = Path(root) / entry.data_type
+    found = [base / Path(*rel.parts)]
+    stem, dot, suffix = rel.name.rpartition(".")
+    pattern = f"{stem}.v{'[0-9a-f]' * 16}.{suffix}" if dot and stem else f"{rel.name}.v*"
+    versions = base / f"@{entry.node}" / Path(*rel.parts[:-1]) if len(rel.parts) > 1 \
+        else base / f"@{entry.node}"
+    if versions.is_dir():
+        found += sorted(versions.glob(pattern))
+    return [p for p in found if p.is_file()]
+
+
+def intact_copies(entry: LedgerEntry, data_roots: list[Path]) -> list[Path]:
+    """One intact file per data root that holds ``entry`` (a later version of a database
+    that contains the entry's games counts)."""
+    out = []
     for root in data_roots:
-        candidate = Path(root) / entry.data_type / Path(*rel.parts)
-        if candidate.exists() and is_intact(candidate, entry):
-            return candidate
-    return None
+        for candidate in stored_files(root, entry):
+            if is_intact(candidate, entry):
+                out.append(candidate)
+                break
+    return out
+
+
+def find_intact_copy(entry: LedgerEntry, data_roots: list[Path]) -> Path | None:
+    """The first intact file of ``entry`` among ``data_roots`` (``stored_files``)."""
+    found = intact_copies(entry, data_roots)
+    return found[0] if found else None

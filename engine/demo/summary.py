@@ -21,7 +21,7 @@ from typing import Any
 
 from engine.config import ClusterConfig
 from engine.daemons.push import LEVELS
-from engine.demo.ledger import LedgerEntry, find_intact_copy, is_intact, read_ledger
+from engine.demo.ledger import LedgerEntry, find_intact_copy, intact_copies, read_ledger
 
 EVENTS_LOG = Path(".ringsync") / "events.jsonl"
 
@@ -32,11 +32,6 @@ def ledger_entries(ledgers: Path) -> list[LedgerEntry]:
     for path in sorted(ledgers.glob("*.jsonl")):
         out.extend(read_ledger(path))
     return out
-
-
-def copy_path(root: Path, entry: LedgerEntry) -> Path:
-    """Where ``entry`` lives under a data root."""
-    return root / entry.data_type / Path(*entry.path.split("/"))
 
 
 class CoordinatorCheck:
@@ -53,7 +48,7 @@ class CoordinatorCheck:
             key = (entry.node, entry.data_type, entry.path)
             if key in self._verified:
                 continue
-            if is_intact(copy_path(self.root, entry), entry):
+            if intact_copies(entry, [self.root]):
                 self._verified.add(key)
             else:
                 left.append(entry)
@@ -111,8 +106,7 @@ def compute_summary(config: ClusterConfig, ledgers: Path,
                 per_node[name]["pushed_files"] += int(payload.get("files") or 0)
                 per_node[name]["pushed_bytes"] += moved
     deleted_entries = [e for e in entries if (e.node, f"{e.data_type}/{e.path}") in deleted]
-    copies = [sum(1 for root in roots if is_intact(copy_path(root, e), e))
-              for e in deleted_entries]
+    copies = [len(intact_copies(e, roots)) for e in deleted_entries]
     return {
         "generated": len(entries),
         "verified_on_coordinator": verified,

@@ -83,7 +83,7 @@ class PeerMerge:
         one the cursor belongs to, or an answer asked from the cursor ends before it (the
         peer's manifest went backwards under the same id: restored or rolled back), the peer
         is a new incarnation: the cursor goes back to 0 so it is re-read whole, and every
-        replica row it had vouched for here is dropped first (a first-hand merge), so a copy
+        replica row it had vouched for here is dropped first (either kind of merge), so a copy
         it no longer has is never counted from memory; the rows it still has come back with
         the re-read.
         """
@@ -117,8 +117,7 @@ class PeerMerge:
             forgotten = 0
             if restarted:  # re-read it from the beginning, believing nothing it said before
                 cursor = 0
-                if not relay:
-                    forgotten = self._forget_replicas(peer, seq)
+                forgotten = self._forget_replicas(peer, seq)
             changed = forgotten + (
                 self._merge_artifacts(peer, changes.get("artifacts", ()), seq, relay)
                        + self._merge_replicas(peer, changes.get("replicas", ()), seq))
@@ -222,6 +221,9 @@ class PeerMerge:
             elif (local["root_id"], local["verified_at"], local["removed"]) == (
                     row.get("root_id"), row["verified_at"], removed):
                 continue
+            elif (local["verified_at"] is not None and row["verified_at"] is not None
+                  and local["verified_at"] > row["verified_at"] and not local["removed"]):
+                continue  # the holder's later answer (a receipt) arrived here first
             self._db.execute(
                 "INSERT INTO replicas(origin, data_type, path, sha256, node, root_id,"
                 " verified_at, removed, seq) VALUES (?,?,?,?,?,?,?,?,?)"

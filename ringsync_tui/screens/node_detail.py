@@ -177,6 +177,14 @@ class NodeDetailScreen(ComponentStyles, Screen[None]):
         if node.open_breakers:
             title.append_tokens([(" · breaker open to ", muted),
                                  (", ".join(node.open_breakers), style("node-detail--warning"))])
+        if node.scrub is not None:
+            scrub = node.scrub
+            title.append_tokens([
+                (" · scrub ", muted),
+                (f"pass {scrub.passes + 1} {scrub.position}/{scrub.copies}"
+                 f" at {human_bytes(scrub.rate_bytes_per_second)}/s", ""),
+                *([(" · ", muted), (f"{scrub.rotted} rotted copies quarantined",
+                                     style("node-detail--warning"))] if scrub.rotted else [])])
         if node.last_error:
             title.append_tokens([(" · last error: ", muted),
                                  (node.last_error, style("node-detail--error"))])

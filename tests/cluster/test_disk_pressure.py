@@ -64,6 +64,14 @@ def deleted(cluster: Cluster, node: str) -> dict[str, list[str]]:
             for e in cluster.events(node, "ARTIFACT_DELETED")}
 
 
+def held_file(cluster: Cluster, node: str, rel: str, origin: str = "gpu-1") -> Path | None:
+    """``origin``'s source ``rel`` on ``origin`` itself, elsewhere ``node``'s stored copy."""
+    if node == origin:
+        path = cluster.data_root(node) / rel
+        return path if path.exists() else None
+    return cluster.stored(node, origin, rel)
+
+
 def holders(cluster: Cluster, node: str, path: str) -> set[str]:
     for art in cluster.get_json(node, "/v1/artifacts?limit=5000")["artifacts"]:
         if art["path"] == path:
@@ -111,26 +119,25 @@ def test_a_filling_gpu_node_pushes_goes_urgent_cleans_and_loses_no_game(make_clu
     for artifact, vouched in gone.items():
         assert len(set(vouched)) >= 2 and "gpu-1" not in vouched, (artifact, vouched)
         assert not (gpu / artifact).exists()
-    roots = {name: cluster.data_root(name) for name in cluster.nodes}
-
     def short() -> list[tuple[str, set[str]]]:
         """Files not present and intact on at least 2 nodes (gpu-1's own copy included)."""
         out = []
         for rel, sha in npz.items():
-            intact = {n for n, root in roots.items()
-                      if (root / rel).exists() and sha_of(root / rel) == sha}
+            intact = {n for n in cluster.nodes
+                      if (f := held_file(cluster, n, rel)) is not None and sha_of(f) == sha}
             out += [(rel, intact)] if len(intact) < 2 else []
         for rel, rows in dbs.items():
-            intact = {n for n, root in roots.items() if db_rows(root / rel) == rows}
+            intact = {n for n in cluster.nodes
+                      if (f := held_file(cluster, n, rel)) is not None and db_rows(f) == rows}
             out += [(rel, intact)] if len(intact) < 2 else []
         return out
 
     # the newest files may still be on their way to a second node
     wait_for(lambda: not short(), 30, what=f"every file intact on 2 nodes: {short()}")
     for rel in dbs:
-        shas = {sha_of(root / rel) for n, root in roots.items()
-                if n != "gpu-1" and (root / rel).exists()}
-        assert len(shas) == 1, (rel, shas)  # every replica is the same snapshot
+        copies = [f for n in cluster.nodes if n != "gpu-1"
+                  for f in cluster.copies(n, "gpu-1", rel)]
+        assert len({sha_of(f) for f in copies}) == 1, (rel, copies)  # one snapshot everywhere
 
     pushed = [e["payload"] for e in cluster.events("gpu-1", "DATA_SYNC_COMPLETED")
               if e["payload"]["reason"] == "disk_pressure"]
@@ -168,28 +175,40 @@ def _cleanups(cluster: Cluster, node: str) -> list[dict[str, Any]]:
 def test_only_live_vouches_count_a_tampered_copy_and_a_down_holder_do_not(make_cluster) -> None:
     cluster = make_cluster(gpus=1, cpus=1, quota="64MiB", config={
         "hosts": {"gpu-1": {"disk_quota": "1MiB"}},
-        "push": {"interval_seconds": 0.3, "vouch_max_age_seconds": 0}})
+        "push": {"interval_seconds": 0.3}})  # a vouch always re-hashes: no max age to set
     size = 200 * KIB
-    a = write(cluster, "gpu-1", "npz/k/a.npz", os.urandom(size))
+    bodies = {"npz/k/a.npz": os.urandom(size), "npz/k/b.npz": os.urandom(2 * size),
+              "npz/k/c.npz": os.urandom(size + 100 * KIB), "npz/k/d.npz": os.urandom(2 * size)}
+    a = write(cluster, "gpu-1", "npz/k/a.npz", bodies["npz/k/a.npz"])
     time.sleep(0.3)
-    b = write(cluster, "gpu-1", "npz/k/b.npz", os.urandom(2 * size))  # 60 %: push level
+    b = write(cluster, "gpu-1", "npz/k/b.npz", bodies["npz/k/b.npz"])  # 60 %: push level
     for path in ("k/a.npz", "k/b.npz"):
         wait_for(lambda p=path: holders(cluster, "gpu-1", p) == {"coord", "cpu-1"}, 20,
                  what=f"{path} on coord and cpu-1")
 
     # 1. cpu-1's copy of a rots (same size, same mtime): the manifest still says verified.
-    _tamper_in_place(cluster.data_root("cpu-1") / "npz/k/a.npz")
-    c = write(cluster, "gpu-1", "npz/k/c.npz", os.urandom(size + 100 * KIB))  # ~90 %: cleanup
+    rotted = cluster.stored("cpu-1", "gpu-1", "npz/k/a.npz")
+    _tamper_in_place(rotted)
+    rotted_bytes = rotted.read_bytes()
+    c = write(cluster, "gpu-1", "npz/k/c.npz", bodies["npz/k/c.npz"])  # ~90 %: cleanup
     wait_for(lambda: "npz/k/b.npz" in deleted(cluster, "gpu-1"), 20, what="b deleted")
     assert a.exists(), "a was deleted on the manifest's word while cpu-1's copy no longer matches"
     assert sorted(deleted(cluster, "gpu-1")["npz/k/b.npz"]) == ["coord", "cpu-1"]
     assert "npz/k/a.npz" not in deleted(cluster, "gpu-1")
     assert not b.exists()
+    # the live vouch read the rotted bytes: cpu-1 quarantined its copy on the spot
+    (bad,) = [e["payload"] for e in cluster.events("cpu-1", "REPLICA_QUARANTINED")
+              if e["payload"]["artifact"] == "npz/k/a.npz"]
+    assert bad["expected_sha256"] == sha_of(a) and bad["actual_sha256"] != sha_of(a)
+    assert (cluster.data_root("cpu-1") / bad["quarantined_to"]).read_bytes() == rotted_bytes
+    # (a push may already have repaired it: a copy under that version's name is intact)
+    assert all(f.read_bytes() == bodies["npz/k/a.npz"]
+               for f in cluster.copies("cpu-1", "gpu-1", "npz/k/a.npz"))
 
     # 2. cpu-1 goes down (a + c = 49 %): nothing it would have to vouch for is deleted.
     cluster.stop_node("cpu-1")
     runs_before = len(_cleanups(cluster, "gpu-1"))
-    d = write(cluster, "gpu-1", "npz/k/d.npz", os.urandom(2 * size))  # ~88 %
+    d = write(cluster, "gpu-1", "npz/k/d.npz", bodies["npz/k/d.npz"])  # ~88 %
     wait_for(lambda: len(_cleanups(cluster, "gpu-1")) >= runs_before + 5, 20,
              what="cleanup runs while cpu-1 is down")
     assert set(deleted(cluster, "gpu-1")) == {"npz/k/b.npz"}
@@ -199,14 +218,19 @@ def test_only_live_vouches_count_a_tampered_copy_and_a_down_holder_do_not(make_c
     assert health.status == 503 and "short of verified copies" in health.json()["details"][
         "sync_push"]["message"]
 
-    # 3. cpu-1 is back: c reaches it, coord and cpu-1 vouch, c goes (59 %); a never does.
+    # 3. cpu-1 is back: what it lacks reaches it (its quarantined copy of a is repaired by
+    # the push), and sources go again, each only on coord's and cpu-1's live vouches, until
+    # usage is under 75 %. Every deleted source is intact on both vouching holders.
     cluster.start_node("cpu-1")
-    wait_for(lambda: "npz/k/c.npz" in deleted(cluster, "gpu-1"), 30,
-             what="c deleted once cpu-1 vouches again")
+    wait_for(lambda: len(deleted(cluster, "gpu-1")) >= 2, 30,
+             what="a deletion once cpu-1 vouches again")
     wait_for(lambda: cluster.status("gpu-1")["push"]["percent"] < 75, 30, what="under 75 %")
-    assert a.exists()
     for artifact, vouched in deleted(cluster, "gpu-1").items():
         assert sorted(vouched) == ["coord", "cpu-1"], (artifact, vouched)
+        assert not (cluster.data_root("gpu-1") / artifact).exists()
+        for holder in vouched:
+            assert [f for f in cluster.copies(holder, "gpu-1", artifact)
+                    if f.read_bytes() == bodies[artifact]], (artifact, holder)
 
 
 def test_the_coordinator_rehomes_a_deleted_source_whose_copy_was_lost(make_cluster) -> None:
@@ -227,7 +251,7 @@ def test_the_coordinator_rehomes_a_deleted_source_whose_copy_was_lost(make_clust
              and cluster.get_json("coord", "/v1/manifest?since=0")["deletions"], 15,
              what="the coordinator learning the deletion and the other copy by deltas")
 
-    (cluster.data_root(other) / "npz/k/a.npz").unlink()  # a disk loses the copy
+    cluster.stored(other, "gpu-1", "npz/k/a.npz").unlink()  # a disk loses the copy
     verified = cluster.request(other, "POST", "/v1/control/verify", body=b"{}")
     assert verified.status == 202
     wait_for(lambda: other not in {r["node"] for r in _coord_replicas(cluster, "k/a.npz")}, 15,
@@ -238,8 +262,8 @@ def test_the_coordinator_rehomes_a_deleted_source_whose_copy_was_lost(make_clust
 
     def copies() -> set[str]:
         return {n for n in cluster.nodes if n != "gpu-1"
-                and (cluster.data_root(n) / "npz/k/a.npz").exists()
-                and (cluster.data_root(n) / "npz/k/a.npz").read_bytes() == body}
+                and any(f.read_bytes() == body
+                        for f in cluster.copies(n, "gpu-1", "npz/k/a.npz"))}
 
     wait_for(lambda: len(copies()) >= 2, 15, what="a second copy again")
     assert "coord" in copies()
@@ -247,13 +271,21 @@ def test_the_coordinator_rehomes_a_deleted_source_whose_copy_was_lost(make_clust
             if e["payload"]["reason"] == "orphan_games_recovery"]
     assert done and done[0]["artifacts"] == ["npz/k/a.npz"]
 
-    # a new file under the deleted name is reported, not pushed over the vouched copies
-    write(cluster, "gpu-1", "npz/k/a.npz", os.urandom(100 * KIB))
-    reused = wait_for(lambda: [e["payload"] for e in cluster.events("gpu-1", "DATA_SYNC_FAILED")
-                               if e["payload"]["reason"] == "scan"], 10, what="the report")
-    assert reused[0]["artifact"] == "npz/k/a.npz" and "used name" in reused[0]["error"]
+    # a new file under the deleted name is a new version: synced beside the vouched copies
+    # of the deleted one, which it never replaces
+    holding = copies()
+    old = {n: cluster.copies(n, "gpu-1", "npz/k/a.npz") for n in holding}
+    newer = os.urandom(100 * KIB)
+    write(cluster, "gpu-1", "npz/k/a.npz", newer)
+    wait_for(lambda: any(f.read_bytes() == newer for f in cluster.copies("coord", "gpu-1",
+                                                                           "npz/k/a.npz")),
+             15, what="the new version on the coordinator")
+    assert not [e for e in cluster.events("gpu-1", "DATA_SYNC_FAILED")
+                if e["payload"]["reason"] == "scan"]
     time.sleep(1.0)
-    assert all((cluster.data_root(n) / "npz/k/a.npz").read_bytes() == body for n in copies())
+    assert copies() >= holding
+    for n, files in old.items():
+        assert [f for f in files if f.exists() and f.read_bytes() == body], n
 
 
 def _coord_replicas(cluster: Cluster, path: str) -> list[dict[str, Any]]:

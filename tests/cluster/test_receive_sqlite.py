@@ -105,6 +105,7 @@ def events_for(cluster: Cluster, node: str, type_: str, artifact: str) -> list[d
 def assert_quarantined(cluster: Cluster, rel: str, body: bytes, check_name: str) -> None:
     root = cluster.data_root("coord")
     assert not (root / "games" / rel).exists(), "an unsound database was published"
+    assert not cluster.copies("coord", "gpu-1", f"games/{rel}"), "an unsound database was published"
     assert coord_state(cluster, rel) == {"replicas": [], "artifacts": [], "receipts": [],
                                          "listed": []}
     quarantined = root / ".ringsync" / "quarantine" / "games" / rel
@@ -144,7 +145,7 @@ def test_a_sound_database_is_stored_and_counted(two: Cluster, tmp_path: Path) ->
     body = make_db(tmp_path / "good.db")
     resp = put(two, "coord", "games", "hex8_2p/good.db", body, source="gpu-1")
     assert resp.status == 201, resp.body
-    assert (two.data_root("coord") / "games/hex8_2p/good.db").read_bytes() == body
+    assert two.stored("coord", "gpu-1", "games/hex8_2p/good.db").read_bytes() == body
     state = coord_state(two, "hex8_2p/good.db")
     assert [(r["node"], r["sha256"]) for r in state["replicas"]] == [("coord", sha(body))]
     assert not (two.data_root("coord") / ".ringsync/quarantine/games/hex8_2p/good.db").exists()
@@ -192,6 +193,7 @@ def test_the_sender_reports_a_refused_database_and_backs_off(two: Cluster, tmp_p
             "a refused push was retried before its backoff ran out"
     root = two.data_root("coord")
     assert not (root / "games" / rel).exists()
+    assert not two.copies("coord", "gpu-1", f"games/{rel}")
     assert coord_state(two, rel)["replicas"] == []
     quarantined = sorted((root / ".ringsync" / "quarantine" / "games" / "hex8_3p").iterdir())
     assert [p.name for p in quarantined] == ["refused.db"]  # the same bytes are kept once
@@ -226,7 +228,7 @@ def test_a_live_snapshot_is_kept_apart_replaced_and_dropped_when_the_artifact_ar
     status, answer = put_live(two, rel, first)
     assert (status, answer["live"], answer["sha256"]) == (201, True, sha(first))
     assert live.read_bytes() == first
-    assert not (root / "games" / rel).exists()
+    assert not (root / "games" / rel).exists() and not two.copies("coord", "gpu-1", f"games/{rel}")
     assert coord_state(two, rel) == {"replicas": [], "artifacts": [], "receipts": [], "listed": []}
     head = two.request("coord", "HEAD", f"/v1/objects/games/{rel}",
                        headers={"X-Ringsync-Live": "1", "X-Ringsync-Origin": "gpu-1",
@@ -246,6 +248,6 @@ def test_a_live_snapshot_is_kept_apart_replaced_and_dropped_when_the_artifact_ar
 
     status, answer = put_live(two, rel, second, live=False)  # the finished artifact arrives
     assert (status, answer["live"]) == (201, False)
-    assert (root / "games" / rel).read_bytes() == second
+    assert two.stored("coord", "gpu-1", f"games/{rel}").read_bytes() == second
     assert not live.exists()
     assert [r["node"] for r in coord_state(two, rel)["replicas"]] == ["coord"]

@@ -61,7 +61,7 @@ def test_recover_brings_artifacts_up_to_min_copies_verified(four: Cluster) -> No
     for path in ("hex8_2p/r.npz", "hex8_2p/r.db"):
         wait_for(lambda p=path: set(holders(four, "gpu-1", p)) == {"coord"}, 15,
                  what=f"{path} verified on the coordinator only")
-    assert not (four.data_root("cpu-1") / "npz/hex8_2p/r.npz").exists()
+    assert not four.copies("cpu-1", "gpu-1", "npz/hex8_2p/r.npz")
 
     answer = recover(four, "gpu-1")
     assert answer == {"node": "gpu-1", "under_replicated": 2, "scheduled": 2, "paused": False,
@@ -71,11 +71,12 @@ def test_recover_brings_artifacts_up_to_min_copies_verified(four: Cluster) -> No
                        and holders(four, "gpu-1", p), 15, what=f"a second copy of {path}")
         assert set(got) == {"coord", "cpu-1"}
     for rel in ("npz/hex8_2p/r.npz", "games/hex8_2p/r.db"):
-        copies = {n: sha_of(four.data_root(n) / rel) for n in ("coord", "cpu-1")}
+        copies = {n: sha_of(four.stored(n, "gpu-1", rel)) for n in ("coord", "cpu-1")}
         assert len(set(copies.values())) == 1, copies
         assert holders(four, "cpu-1", rel.split("/", 1)[1]) == {"cpu-1": copies["cpu-1"]}
-    assert not (four.data_root("gpu-2") / "npz/hex8_2p/r.npz").exists()  # 2 copies are enough
-    db = sqlite3.connect(f"file:{four.data_root('cpu-1') / 'games/hex8_2p/r.db'}?mode=ro", uri=True)
+    assert not four.copies("gpu-2", "gpu-1", "npz/hex8_2p/r.npz")  # 2 copies are enough
+    db = sqlite3.connect(f"file:{four.stored('cpu-1', 'gpu-1', 'games/hex8_2p/r.db')}?mode=ro",
+                         uri=True)
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     db.close()
 
@@ -96,7 +97,7 @@ def test_recover_on_a_paused_node_starts_no_transfer(four: Cluster) -> None:
     assert answer["scheduled"] == 0
     cycles = four.status("gpu-1")["sync"]["cycles"]
     wait_for(lambda: four.status("gpu-1")["sync"]["cycles"] >= cycles + 3, 10, what="cycles")
-    assert not (four.data_root("cpu-1") / "npz/k/held.npz").exists()
+    assert not four.copies("cpu-1", "gpu-1", "npz/k/held.npz")
     transfers = four.status("gpu-1")["transfers"]
     assert [t for t in transfers["recent"] + transfers["in_flight"] if t["target"] == "cpu-1"] == []
     assert not [e for e in four.events("gpu-1", "DATA_SYNC_STARTED")
@@ -104,7 +105,8 @@ def test_recover_on_a_paused_node_starts_no_transfer(four: Cluster) -> None:
 
     four.request("gpu-1", "POST", "/v1/control/resume", body=b"{}")
     assert recover(four, "gpu-1")["scheduled"] == 1
-    wait_for((four.data_root("cpu-1") / "npz/k/held.npz").exists, 15, what="the recovery push")
+    wait_for(lambda: four.stored("cpu-1", "gpu-1", "npz/k/held.npz"), 15,
+             what="the recovery push")
 
 
 @pytest.mark.parametrize("body", [b'{"reason": ""}', b'{"reason": 5}', b'{"by": []}', b"[1]",
@@ -119,8 +121,8 @@ async def test_the_coordinator_rehomes_an_orphan_of_a_down_node(make_cluster) ->
     async with embedded_node(cluster, "coord") as coord:
         body = os.urandom(120_000)
         write(cluster, "gpu-1", "npz/k/orphan.npz", body)
-        stored = cluster.data_root("coord") / "npz/k/orphan.npz"
-        await until(stored.exists, 15, "the first copy on the coordinator")
+        await until(lambda: cluster.stored("coord", "gpu-1", "npz/k/orphan.npz"), 15,
+                    "the first copy on the coordinator")
         cluster.stop_node("gpu-1")
         await until(lambda: coord.membership.is_down("gpu-1"), 10, "gpu-1 reported down")
 
@@ -134,14 +136,14 @@ async def test_the_coordinator_rehomes_an_orphan_of_a_down_node(make_cluster) ->
 
         def copies() -> list[str]:
             return [n for n in ("gpu-2", "cpu-1")
-                    if (cluster.data_root(n) / "npz/k/orphan.npz").exists()]
+                    if cluster.stored(n, "gpu-1", "npz/k/orphan.npz")]
 
         placed = await until(copies, 15, "the coordinator's push of the orphan")
         assert len(placed) == 1  # coordinator's copy + one more = min_copies besides the origin
-        assert (cluster.data_root(placed[0]) / "npz/k/orphan.npz").read_bytes() == body
+        assert cluster.stored(placed[0], "gpu-1", "npz/k/orphan.npz").read_bytes() == body
         target_view = cluster.get_json(placed[0], "/v1/artifacts")["artifacts"][0]
         assert target_view["origin"] == "gpu-1" and target_view["path"] == "k/orphan.npz"
-        art = coord.manifest.get_artifact("npz", "k/orphan.npz")
+        art = coord.manifest.get_artifact("npz", "k/orphan.npz", origin="gpu-1")
         # (gpu-1's own row for its source arrives by manifest delta; it never counts)
         assert coord.manifest.verified_holders(art) - {"gpu-1"} == {"coord", placed[0]}
         done = [e["payload"] for e in cluster.events("coord", "DATA_SYNC_COMPLETED")

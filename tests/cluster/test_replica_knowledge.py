@@ -45,7 +45,7 @@ def test_the_coordinator_learns_every_replica_by_deltas(make_cluster) -> None:
     sha = sha_of(cluster.data_root("gpu-1") / REL)
     wait_for(lambda: (replicas(cluster, "gpu-1").get("coord") or {}).get("verified_at"), 15,
              what="the first copy, verified on the coordinator")
-    assert not (cluster.data_root("cpu-1") / REL).exists()
+    assert not cluster.copies("cpu-1", "gpu-1", REL)
 
     # The second copy: gpu-1 pushes to cpu-1; the coordinator is not part of that transfer.
     resp = cluster.request("gpu-1", "POST", "/v1/control/recover",
@@ -81,7 +81,7 @@ def test_the_coordinator_learns_every_replica_by_deltas(make_cluster) -> None:
     assert cluster.get_json("coord", "/health")["details"]["manifest_pull"]["is_healthy"]
 
     # cpu-1's copy goes bad; its verification removes its row; the coordinator follows.
-    stored = cluster.data_root("cpu-1") / REL
+    stored = cluster.stored("cpu-1", "gpu-1", REL)
     tampered = bytearray(stored.read_bytes())
     tampered[500] ^= 0xFF
     stored.write_bytes(bytes(tampered))

@@ -21,9 +21,11 @@ def test_generator_output_reaches_the_coordinator_verified(cluster: Cluster) -> 
     for rel, body in data.items():
         write(cluster, "gpu-1", rel, body)
     for rel, body in data.items():
-        target = cluster.data_root("coord") / rel
-        wait_for(target.exists, 15, what=f"{rel} on the coordinator")
+        target = wait_for(lambda: cluster.stored("coord", "gpu-1", rel), 15,
+                          what=f"{rel} on the coordinator")
         assert target.read_bytes() == body
+        assert f".v{hashlib.sha256(body).hexdigest()[:16]}." in target.name
+        assert not (cluster.data_root("coord") / rel).exists(), "a copy took a source's name"
     # The sender records the receiver's verification as a receipt and a verified replica
     # (when the receiver's answer reaches it, a moment after the file is visible there).
     def verified() -> set[tuple[str, str]]:
@@ -45,7 +47,7 @@ def test_generator_output_reaches_the_coordinator_verified(cluster: Cluster) -> 
 
 def test_a_verified_artifact_is_not_sent_again(cluster: Cluster) -> None:
     write(cluster, "gpu-1", "npz/k/once.npz", os.urandom(100_000))
-    wait_for((cluster.data_root("coord") / "npz/k/once.npz").exists, 15, what="arrival")
+    wait_for(lambda: cluster.stored("coord", "gpu-1", "npz/k/once.npz"), 15, what="arrival")
 
     def receipts() -> list[dict]:
         return [r for r in cluster.get_json("coord", "/v1/manifest?since=0")["receipts"]
@@ -68,12 +70,13 @@ def test_unfinished_database_waits_and_is_sent_as_a_consistent_snapshot(cluster:
     for i in range(50):
         writer.execute("INSERT INTO games VALUES (?, ?)", (f"g{i}", i % 2))
         writer.commit()
-    coord_copy = cluster.data_root("coord") / "games" / "hex8_2p" / "gpu-2_000001.db"
+    rel = "games/hex8_2p/gpu-2_000001.db"
     wait_for(lambda: cluster.status("gpu-2")["sync"]["cycles"] >= 4, 10, what="sync cycles")
-    assert not coord_copy.exists(), "a database with an open writer was pushed"
+    assert not cluster.copies("coord", "gpu-2", rel), "a database with an open writer was pushed"
     writer.close()  # finished: no -wal left
     source_sha = sha_of(db_path)
-    wait_for(coord_copy.exists, 15, what="the finished database on the coordinator")
+    coord_copy = wait_for(lambda: cluster.stored("coord", "gpu-2", rel), 15,
+                          what="the finished database on the coordinator")
     check = sqlite3.connect(f"file:{coord_copy}?mode=ro", uri=True)
     assert check.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert check.execute("SELECT COUNT(*) FROM games").fetchone()[0] == 50
@@ -94,7 +97,7 @@ def test_failures_back_off_and_recover_when_the_coordinator_returns(make_cluster
     assert all(d is not None and d > 0 for d in delays)
     assert "unreachable" in failures[0]["payload"]["error"]
     cluster.start_node("coord")
-    wait_for((cluster.data_root("coord") / "npz/k/late.npz").exists, 20, what="the retry")
+    wait_for(lambda: cluster.stored("coord", "gpu-1", "npz/k/late.npz"), 20, what="the retry")
 
 
 def test_membership_down_then_recovered(make_cluster) -> None:
@@ -118,9 +121,9 @@ def test_pause_stops_new_transfers_and_resume_restarts_them(cluster: Cluster) ->
     wait_for(lambda: cluster.status("gpu-1")["sync"]["pending"] == 1, 10, what="pending work")
     cycles = cluster.status("gpu-1")["sync"]["cycles"]
     wait_for(lambda: cluster.status("gpu-1")["sync"]["cycles"] >= cycles + 3, 10, what="cycles")
-    assert not (cluster.data_root("coord") / "npz/k/held.npz").exists()
+    assert not cluster.copies("coord", "gpu-1", "npz/k/held.npz")
     cluster.request("gpu-1", "POST", "/v1/control/resume", body=b"{}")
-    wait_for((cluster.data_root("coord") / "npz/k/held.npz").exists, 10, what="the push")
+    wait_for(lambda: cluster.stored("coord", "gpu-1", "npz/k/held.npz"), 10, what="the push")
     types = [e["type"] for e in cluster.events("gpu-1")]
     assert types.index("SYNC_PAUSED") < types.index("SYNC_RESUMED")
 
@@ -131,12 +134,13 @@ def test_sigterm_stops_a_node_within_5s_leaving_no_partial_file(make_cluster) ->
 
     from tests.support.cluster import TOKEN
 
-    cluster = make_cluster(gpus=0)
+    cluster = make_cluster(gpus=1)
     size = 50_000_000
     sock = socket.create_connection(("127.0.0.1", cluster.nodes["coord"].port))
     sock.sendall((f"PUT /v1/objects/npz/inflight.npz HTTP/1.1\r\nHost: x\r\n"
                   f"Authorization: Bearer {TOKEN}\r\nContent-Length: {size}\r\n"
-                  f"X-Ringsync-Size: {size}\r\nX-Ringsync-Sha256: {'a' * 64}\r\n\r\n").encode()
+                  f"X-Ringsync-Size: {size}\r\nX-Ringsync-Sha256: {'a' * 64}\r\n"
+                  f"X-Ringsync-Origin: gpu-1\r\n\r\n").encode()
                  + os.urandom(3_000_000))
     wait_for(lambda: cluster.status("coord")["transfers"]["in_flight"], 10, what="the upload")
     began = time.monotonic()
@@ -167,8 +171,8 @@ def test_large_push_streams_in_bounded_memory(make_cluster) -> None:
     with open(path, "wb") as fh:
         for _ in range(size // (8 << 20)):
             fh.write(os.urandom(8 << 20))
-    target = cluster.data_root("coord") / "models" / "big" / "checkpoint.pt"
-    wait_for(target.exists, 60, what="the 256 MiB push")
+    target = wait_for(lambda: cluster.stored("coord", "gpu-1", "models/big/checkpoint.pt"), 60,
+                      what="the 256 MiB push")
     assert target.stat().st_size == size
     for pid in (coord_pid, gpu_pid):
         growth_mib = (vm_kib(pid, "VmHWM") - before[pid]) / 1024
@@ -178,7 +182,7 @@ def test_large_push_streams_in_bounded_memory(make_cluster) -> None:
 def test_a_corrupt_database_is_reported_once_and_does_not_block_others(cluster: Cluster) -> None:
     bad = write(cluster, "gpu-1", "games/k/broken.db", b"SQLite format 3\x00" + os.urandom(8000))
     write(cluster, "gpu-1", "npz/k/fine.npz", os.urandom(5000))
-    wait_for((cluster.data_root("coord") / "npz/k/fine.npz").exists, 15, what="the good file")
+    wait_for(lambda: cluster.stored("coord", "gpu-1", "npz/k/fine.npz"), 15, what="the good file")
     failed = wait_for(lambda: [e for e in cluster.events("gpu-1", "DATA_SYNC_FAILED")
                                if e["payload"]["artifact"] == "games/k/broken.db"], 10,
                       what="the corrupt database to be reported")
@@ -187,7 +191,7 @@ def test_a_corrupt_database_is_reported_once_and_does_not_block_others(cluster: 
     wait_for(lambda: cluster.status("gpu-1")["sync"]["cycles"] >= cycles + 3, 10, what="cycles")
     assert len([e for e in cluster.events("gpu-1", "DATA_SYNC_FAILED")
                 if e["payload"]["artifact"] == "games/k/broken.db"]) == 1
-    assert not (cluster.data_root("coord") / "games/k/broken.db").exists()
+    assert not cluster.copies("coord", "gpu-1", "games/k/broken.db")
     assert bad.exists()
 
 
@@ -203,8 +207,8 @@ def test_a_push_cut_off_by_a_crash_resumes_sending_only_the_rest(make_cluster) -
              what="the push to be under way")
     cluster.stop_node("coord", signal.SIGKILL)
     cluster.start_node("coord")
-    target = cluster.data_root("coord") / "models/m/ckpt.pt"
-    wait_for(target.exists, 30, what="the resumed push")
+    target = wait_for(lambda: cluster.stored("coord", "gpu-1", "models/m/ckpt.pt"), 30,
+                      what="the resumed push")
     assert sha_of(target) == hashlib.sha256(body).hexdigest()
     finished = [t for t in cluster.status("coord")["transfers"]["recent"]
                 if t["artifact"] == "models/m/ckpt.pt" and t["error"] is None]

@@ -34,7 +34,7 @@ def summaries(cluster: Cluster, node: str) -> list[dict[str, Any]]:
 
 
 def holds(node: Node, path: str) -> bool:
-    art = node.manifest.get_artifact("npz", path)
+    art = node.manifest.get_artifact("npz", path, origin="gpu-1")
     return art is not None and node.name in node.manifest.verified_holders(art)
 
 
@@ -60,11 +60,12 @@ async def test_verify_quarantines_a_tampered_copy_and_stops_counting_it(make_clu
         assert first[0]["requested_by"] == "test" and first[0]["node"] == "coord"
 
         # Tamper with one copy (same size), delete another.
-        stored = cluster.data_root("coord") / "npz"
+        copy_a = cluster.stored("coord", "gpu-1", "npz/k/a.npz")
+        copy_b = cluster.stored("coord", "gpu-1", "npz/k/b.npz")
         tampered = bytearray(bodies["k/b.npz"])
         tampered[1000] ^= 0xFF
-        (stored / "k/b.npz").write_bytes(bytes(tampered))
-        (stored / "k/a.npz").unlink()
+        copy_b.write_bytes(bytes(tampered))
+        copy_a.unlink()
         assert (await post_verify(coord, {}))[0] == 202
         second = (await until(lambda: summaries(cluster, "coord")[1:], 20, "the second run"))[0]
         assert {k: second[k] for k in ("checked", "matched", "mismatched", "missing")} == \
@@ -77,11 +78,13 @@ async def test_verify_quarantines_a_tampered_copy_and_stops_counting_it(make_clu
         bad = quarantined["npz/k/b.npz"]
         assert bad["severity"] == "error"
         assert bad["payload"]["expected_sha256"] == sha_of(cluster.data_root("gpu-1") / "npz/k/b.npz")
-        assert bad["payload"]["quarantined_to"] == ".ringsync/quarantine/npz/k/b.npz"
+        assert bad["payload"]["quarantined_to"] == ".ringsync/quarantine/npz/gpu-1/k/b.npz"
         moved = cluster.data_root("coord") / bad["payload"]["quarantined_to"]
         assert moved.read_bytes() == bytes(tampered)
         assert bad["payload"]["actual_sha256"] == sha_of(moved)
-        assert not (stored / "k/b.npz").exists()
+        assert not copy_b.exists()
+        assert (sha_of(cluster.stored("coord", "gpu-1", "npz/k/0big.npz"))
+                == sha_of(cluster.data_root("gpu-1") / "npz/k/0big.npz"))
         gone = quarantined["npz/k/a.npz"]["payload"]
         assert gone["actual_sha256"] is None and gone["quarantined_to"] is None
 
@@ -93,23 +96,33 @@ async def test_verify_quarantines_a_tampered_copy_and_stops_counting_it(make_clu
         assert replicas == {"k/0big.npz": {"coord"}, "k/a.npz": set(), "k/b.npz": set()}
 
 
-def test_a_changed_source_is_counted_but_never_moved(make_cluster) -> None:
+def test_a_source_changed_behind_the_scanners_back_is_a_new_version_never_moved(
+        make_cluster) -> None:
+    """A source rewritten in place with its mtime put back is still seen as changed (its
+    ctime moved): the new bytes are a new version, pushed beside the old one; the source is
+    never moved or quarantined, and a verification (which checks stored copies, not a
+    node's own sources) leaves it alone."""
     cluster = make_cluster(gpus=1)
-    source = write(cluster, "gpu-1", "npz/k/src.npz", os.urandom(30_000))
-    wait_for((cluster.data_root("coord") / "npz/k/src.npz").exists, 15, what="the push")
+    rel = "npz/k/src.npz"
+    original = os.urandom(30_000)
+    source = write(cluster, "gpu-1", rel, original)
+    wait_for(lambda: cluster.stored("coord", "gpu-1", rel), 15, what="the push")
     st = source.stat()
-    changed = bytearray(source.read_bytes())
+    changed = bytearray(original)
     changed[10] ^= 0xFF
     source.write_bytes(bytes(changed))
-    os.utime(source, ns=(st.st_atime_ns, st.st_mtime_ns))  # looks unchanged to the scanner
+    os.utime(source, ns=(st.st_atime_ns, st.st_mtime_ns))  # mtime and size as before
 
+    versions = wait_for(lambda: len(c := cluster.copies("coord", "gpu-1", rel)) == 2 and c, 15,
+                        what="the new version on the coordinator")
+    assert sorted(p.read_bytes() for p in versions) == sorted([original, bytes(changed)])
     resp = cluster.request("gpu-1", "POST", "/v1/control/verify", body=b'{"by": "test"}')
-    assert resp.status == 202 and resp.json()["replicas"] == 1
+    assert resp.status == 202 and resp.json()["replicas"] == 0, resp.body
     summary = wait_for(lambda: summaries(cluster, "gpu-1"), 15, what="the summary")[0]
-    assert (summary["checked"], summary["mismatched"], summary["matched"]) == (1, 1, 0)
+    assert (summary["checked"], summary["mismatched"], summary["matched"]) == (0, 0, 0)
     assert cluster.events("gpu-1", "REPLICA_QUARANTINED") == []
     assert source.read_bytes() == bytes(changed)  # the source is where it was, untouched
     assert not (cluster.data_root("gpu-1") / ".ringsync" / "quarantine").exists()
-    art = cluster.get_json("gpu-1", "/v1/artifacts")["artifacts"][0]
-    own = [r for r in art["replicas"] if r["node"] == "gpu-1"]
-    assert own and own[0]["sha256"] != art["sha256"]  # no longer counts as a copy
+    current = [a for a in cluster.get_json("gpu-1", "/v1/artifacts")["artifacts"]
+               if a["path"] == "k/src.npz"]
+    assert [a["sha256"] for a in current] == [sha_of(source)]

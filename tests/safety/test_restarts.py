@@ -69,14 +69,20 @@ def _manifest_deletions(cluster) -> list[dict]:
     return cluster.get_json("gpu-1", "/v1/manifest?since=0")["deletions"]
 
 
-@needs_strace
-def test_a_crash_between_the_rename_and_the_unlink_puts_the_file_back(safety_cluster, tmp_path):
+def _a_on_two_holders(safety_cluster):
+    """gpu-1 at the push level with a (200 KiB) verified on coord and cpu-1."""
     cluster = safety_cluster(gpus=1, cpus=1, quota="64MiB", config=pressure_config())
     body = os.urandom(200 * KIB)
     source = write(cluster, "gpu-1", "npz/k/a.npz", body)
     fill(cluster, "gpu-1", "push", 360 * KIB)
     wait_for(lambda: holders(cluster, "gpu-1", "npz/k/a.npz", sha(body)) >= {"coord", "cpu-1"},
              30, what="a on two holders")
+    return cluster, body, source
+
+
+@needs_strace
+def test_a_crash_between_the_rename_and_the_unlink_puts_the_file_back(safety_cluster, tmp_path):
+    cluster, body, source = _a_on_two_holders(safety_cluster)
     proc = cluster.nodes["gpu-1"].proc
     tracer = start_strace(proc.pid, tmp_path / "strace.out", "signal=KILL:when=1")
     try:
@@ -96,12 +102,7 @@ def test_a_crash_between_the_rename_and_the_unlink_puts_the_file_back(safety_clu
 
 @needs_strace
 def test_a_crash_after_the_unlink_is_recorded_at_restart(safety_cluster, tmp_path):
-    cluster = safety_cluster(gpus=1, cpus=1, quota="64MiB", config=pressure_config())
-    body = os.urandom(200 * KIB)
-    source = write(cluster, "gpu-1", "npz/k/a.npz", body)
-    fill(cluster, "gpu-1", "push", 360 * KIB)
-    wait_for(lambda: holders(cluster, "gpu-1", "npz/k/a.npz", sha(body)) >= {"coord", "cpu-1"},
-             30, what="a on two holders")
+    cluster, body, source = _a_on_two_holders(safety_cluster)
     proc = cluster.nodes["gpu-1"].proc
     out = tmp_path / "strace.out"
     tracer = start_strace(proc.pid, out, "delay_exit=5000000:when=1")  # hold it after unlink
@@ -149,3 +150,34 @@ def test_the_scrub_finds_rot_nobody_asked_about_and_repairs_it(safety_cluster):
     assert "ringsync_scrub_findings_total" in metrics
     assert any(e["payload"]["requested_by"] == "scrub"
                for e in cluster.events("cpu-1", "REPLICAS_VERIFIED"))
+
+
+def test_copies_a_restored_manifest_forgot_are_found_on_disk(safety_cluster):
+    cluster = safety_cluster(gpus=1, cpus=1, quota="64MiB", config=pressure_config())
+    write(cluster, "gpu-1", "npz/k/a.npz", os.urandom(100 * KIB))
+    fill(cluster, "gpu-1", "push", 450 * KIB)
+    wait_for(lambda: cluster.stored("cpu-1", "gpu-1", "npz/k/a.npz"), 30, what="a on cpu-1")
+    state = cluster.data_root("cpu-1") / ".ringsync"
+    cluster.stop_node("cpu-1")
+    backup = cluster.root / "manifest-backup"
+    backup.mkdir()
+    for name in ("manifest.db", "manifest.db-wal", "manifest.db-shm"):
+        if (state / name).exists():
+            shutil.copy2(state / name, backup / name)
+    cluster.start_node("cpu-1")
+    b = os.urandom(100 * KIB)
+    write(cluster, "gpu-1", "npz/k/b.npz", b)
+    wait_for(lambda: cluster.stored("cpu-1", "gpu-1", "npz/k/b.npz"), 30, what="b on cpu-1")
+    cluster.stop_node("cpu-1")  # only its manifest goes back in time; its disk keeps b
+    for name in ("manifest.db", "manifest.db-wal", "manifest.db-shm"):
+        (state / name).unlink(missing_ok=True)
+        if (backup / name).exists():
+            shutil.copy2(backup / name, state / name)
+    cluster.start_node("cpu-1")
+    own = lambda: {(r["path"], r["sha256"]) for r in  # noqa: E731
+                   cluster.get_json("cpu-1", "/v1/manifest?since=0")["replicas"]
+                   if r["node"] == "cpu-1" and not r["removed"]}
+    wait_for(lambda: ("k/b.npz", sha(b)) in own(), 20, what="b hashed and registered again")
+    assert "not in the manifest: hashed and registered" in cluster.log("cpu-1")
+    wait_for(lambda: _coord_knows(cluster, "cpu-1", "k/b.npz"), 20,
+             what="the coordinator counting cpu-1's b again")

@@ -227,6 +227,23 @@ class Cluster:
     def data_root(self, name: str) -> Path:
         return self.nodes[name].data_root
 
+    def stored(self, name: str, origin: str, rel: str) -> Path | None:
+        """``name``'s stored copy of ``origin``'s ``<data_type>/<path>`` (``rel``), any version
+        (the newest by mtime when there are several), or None: received copies live under
+        ``<data_type>/@<origin>/<dir>/<stem>.v<sha16><suffix>``."""
+        copies = self.copies(name, origin, rel)
+        return copies[-1] if copies else None
+
+    def copies(self, name: str, origin: str, rel: str) -> list[Path]:
+        """Every stored version of ``origin``'s ``rel`` on ``name``, oldest first."""
+        data_type, _, path = rel.partition("/")
+        head, _, file = path.rpartition("/")
+        stem, dot, suffix = file.rpartition(".")
+        pattern = f"{stem}.v{'[0-9a-f]' * 16}.{suffix}" if dot and stem else f"{file}.v*"
+        base = self.data_root(name) / data_type / f"@{origin}" / head
+        found = [p for p in base.glob(pattern) if p.is_file()] if base.is_dir() else []
+        return sorted(found, key=lambda p: p.stat().st_mtime_ns)
+
     def events(self, name: str, type_: str | None = None) -> list[dict[str, Any]]:
         path = self.data_root(name) / ".ringsync" / "events.jsonl"
         if not path.exists():

@@ -209,7 +209,7 @@ def test_live_databases_are_snapshotted_consistently_and_never_touched(
     coord = cluster.data_root("coord")
     manifest = cluster.get_json("coord", "/v1/manifest?since=0")
     for name in DATABASES:
-        assert not (coord / "games" / "hex8_2p" / name).exists()
+        assert not cluster.copies("coord", "gpu-1", f"games/hex8_2p/{name}")
         assert not [r for r in manifest["replicas"] if r["path"] == f"hex8_2p/{name}"]
         assert not [a for a in manifest["artifacts"] if a["path"] == f"hex8_2p/{name}"]
     assert cluster.events("coord", "REPLICA_QUARANTINED") == []

@@ -84,8 +84,9 @@ async def test_p_makes_the_selected_gpu_node_push_now(slow_cluster: Cluster) -> 
         await asyncio.sleep(0.6)  # finished: idle longer than finished_after
         await select(app, pilot, "gpu-2")
         await pilot.press("p")
-        target = slow_cluster.data_root("coord") / "npz" / "hex8_2p" / "pressed-p.npz"
-        await until(target.exists, 10, "gpu-2 to push after p")
+        rel = "npz/hex8_2p/pressed-p.npz"
+        target = await until(lambda: slow_cluster.stored("coord", "gpu-2", rel), 10,
+                             "gpu-2 to push after p")
         assert sha(target) == sha(artifact)
         requested = slow_cluster.events("gpu-2", "PRIORITY_SYNC_REQUESTED")
         assert requested and requested[-1]["payload"]["reason"] == "operator_priority"
@@ -104,11 +105,11 @@ async def test_space_pauses_all_sync_and_stops_new_transfers(make_cluster) -> No
         assert "PAUSED" in str(app.main.query_one("#header").render())
         write_artifact(cluster, "gpu-1", "while-paused.npz")
         await asyncio.sleep(2.0)  # several 0.3 s cycles
-        target = cluster.data_root("coord") / "npz" / "hex8_2p" / "while-paused.npz"
-        assert not target.exists(), "a paused cluster started a transfer"
+        rel = "npz/hex8_2p/while-paused.npz"
+        assert not cluster.stored("coord", "gpu-1", rel), "a paused cluster started a transfer"
         assert not cluster.status("gpu-1")["transfers"]["in_flight"]
         await pilot.press("space")
-        await until(target.exists, 10, "the push after resuming")
+        await until(lambda: cluster.stored("coord", "gpu-1", rel), 10, "the push after resuming")
         assert not any(cluster.status(n)["paused"] for n in ("gpu-1", "gpu-2"))
 
 
@@ -129,14 +130,14 @@ async def test_r_brings_an_artifact_up_to_the_required_copies(slow_cluster: Clus
         artifact = write_artifact(slow_cluster, "gpu-1", "few-copies.npz")
         await asyncio.sleep(0.6)
         await app.source.priority_sync("gpu-1")  # one copy: on the coordinator
-        rel = Path("npz") / "hex8_2p" / "few-copies.npz"
-        await until((slow_cluster.data_root("coord") / rel).exists, 10, "the first copy")
+        rel = "npz/hex8_2p/few-copies.npz"
+        await until(lambda: slow_cluster.stored("coord", "gpu-1", rel), 10, "the first copy")
         holders = lambda: [n for n in ("coord", "gpu-2", "cpu-1")  # noqa: E731
-                           if (slow_cluster.data_root(n) / rel).exists()]
+                           if slow_cluster.stored(n, "gpu-1", rel)]
         assert holders() == ["coord"]
         await pilot.press("r")  # nothing selected: the whole cluster
         await until(lambda: len(holders()) >= 2, 15, "a second verified copy")
-        assert all(sha(slow_cluster.data_root(n) / rel) == sha(artifact) for n in holders())
+        assert all(sha(slow_cluster.stored(n, "gpu-1", rel)) == sha(artifact) for n in holders())
         await until(lambda: notified(app, "recovery on the cluster"), 5, "notification")
 
 
@@ -145,8 +146,8 @@ async def test_v_verifies_the_selected_nodes_copies(slow_cluster: Cluster) -> No
         write_artifact(slow_cluster, "gpu-1", "to-verify.npz")
         await asyncio.sleep(0.6)
         await app.source.priority_sync("gpu-1")
-        stored = slow_cluster.data_root("coord") / "npz" / "hex8_2p" / "to-verify.npz"
-        await until(stored.exists, 10, "a copy on the coordinator")
+        await until(lambda: slow_cluster.stored("coord", "gpu-1", "npz/hex8_2p/to-verify.npz"),
+                    10, "a copy on the coordinator")
         await select(app, pilot, "coord")
         await pilot.press("v")
         await until(lambda: any(r.type == "REPLICAS_VERIFIED" and r.node == "coord"

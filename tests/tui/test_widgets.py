@@ -22,7 +22,7 @@ from textual.widgets import DataTable, Static
 from engine.resources import styles_dir
 from ringsync_tui.format import clock
 from ringsync_tui.model import (ArtifactRow, BandwidthRow, ClusterSnapshot, EventRow,
-                                NodeDetail, NodeRow, Thresholds, TransferRow)
+                                NodeDetail, NodeRow, ScrubRow, Thresholds, TransferRow)
 from ringsync_tui.screens.help import HelpScreen
 from ringsync_tui.screens.node_detail import NodeDetailScreen
 from ringsync_tui.snapshot import sorted_nodes
@@ -638,7 +638,9 @@ def artifact(name: str, holders: tuple[str, ...]) -> ArtifactRow:
 async def test_node_detail_screen_shows_the_node() -> None:
     detail = NodeDetail(
         node=node("gpu-1", percent=63, pending=3, paused=True, strategy="push_from_generator",
-                  backpressure="queue", open_breakers=("coord",)),
+                  backpressure="queue", open_breakers=("coord",),
+                  scrub=ScrubRow(passes=2, position=5, copies=9, rotted=1,
+                                 rate_bytes_per_second=4 * 2**20)),
         artifacts=(artifact("safe.npz", ("coord", "cpu-1", "gpu-1")),
                    artifact("thin.npz", ("coord", "gpu-1")),
                    artifact("alone.npz", ("gpu-1",))),
@@ -656,6 +658,8 @@ async def test_node_detail_screen_shows_the_node() -> None:
         assert "push_from_generator" in title
         assert "backpressure (queue): urgent syncs only" in title
         assert "breaker open to coord" in title
+        assert "scrub pass 3 5/9 at 4.0 MiB/s" in title
+        assert "1 rotted copies quarantined" in title
         gauge = screen.query_one(DiskGauge)
         assert gauge.percent == 63 and gauge.render().plain.endswith(" 63%")
         assert "37.0 GiB free" in str(screen.query_one("#detail-space", Static).content)

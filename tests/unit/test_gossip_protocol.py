@@ -26,7 +26,7 @@ def own(m: ClusterManifest, path: str) -> Artifact:
     """An artifact of ``m``'s node with its own verified replica, as the scanner registers it."""
     a = art(path, m.node)
     m.upsert_artifact(a)
-    m.set_replica(Replica("npz", path, m.node, SHA_A, 1.0))
+    m.set_replica(Replica("npz", path, m.node, SHA_A, 1.0, origin=m.node))
     return a
 
 
@@ -92,7 +92,10 @@ def known(g: Gossip) -> set[str]:
 
 
 def holders(g: Gossip, path: str) -> set[str]:
-    return {r.node for r in g.manifest.replicas("npz", path)}
+    """Nodes with a live replica row of any origin's version of ``npz/path``."""
+    rows = g.manifest._db.execute("SELECT node FROM replicas WHERE data_type='npz' AND path=?"
+                                  " AND removed=0", (path,))
+    return {r["node"] for r in rows}
 
 
 def test_one_exchange_pushes_and_pulls(gossip) -> None:
@@ -149,7 +152,7 @@ def test_a_holders_replica_spreads_only_from_the_holder(gossip) -> None:
     own(a.manifest, "a1.npz")
     exchange(b, a)
     b.manifest.register_sync(SyncReceipt("npz", "a1.npz", "gpu-1", "gpu-2", SHA_A, 100, 5.0,
-                                         "http"))
+                                         "http", origin="gpu-1"))
     exchange(c, b)
     assert holders(c, "a1.npz") == {"gpu-2"}
     exchange(a, c)

@@ -76,10 +76,14 @@ def test_without_capacity_non_gpu_nodes_come_first_then_config_order(
 def test_never_the_origin_this_node_holders_or_ephemeral_hosts(
         tmp_path: Path, manifest: ClusterManifest) -> None:
     r = router(tmp_path, manifest, node="coord")  # an orphan re-homed by the coordinator
-    targets = r.replica_targets("npz", "k/a.npz", 10)
+    targets = r.replica_targets("npz", "k/a.npz", 10, origin="gpu-1")
     assert targets == ["cpu-1", "gpu-2"]  # not gpu-1 (origin), coord (self), gpu-3 (ephemeral)
-    assert r.replica_targets("npz", "k/a.npz", 10, exclude={"cpu-1"}) == ["gpu-2"]
-    assert r.replica_targets("npz", "k/a.npz", 0) == []
+    assert r.replica_targets("npz", "k/a.npz", 10, exclude={"cpu-1"},
+                             origin="gpu-1") == ["gpu-2"]
+    assert r.replica_targets("npz", "k/a.npz", 0, origin="gpu-1") == []
+    # without an origin the path names this node's own file (coord's k/a.npz: another
+    # artifact), so gpu-1 is a target like any other
+    assert r.replica_targets("npz", "k/a.npz", 10) == ["cpu-1", "gpu-1", "gpu-2"]
 
 
 def test_down_and_excluded_nodes_are_skipped(tmp_path: Path, manifest: ClusterManifest) -> None:
@@ -111,7 +115,7 @@ def test_free_space_orders_nodes_of_one_role(tmp_path: Path, manifest: ClusterMa
     manifest.set_capacity("gpu-2", used_bytes=0, total_bytes=10 * GiB)
     manifest.set_capacity("cpu-2", used_bytes=1 * GiB, total_bytes=10 * GiB)
     r.config = config(tmp_path, None, **{"cpu-2": {"role": "cpu"}})
-    assert r.replica_targets("npz", "k/a.npz", 10) == ["cpu-2", "cpu-1", "gpu-2"]
+    assert r.replica_targets("npz", "k/a.npz", 10, origin="gpu-1") == ["cpu-2", "cpu-1", "gpu-2"]
 
 
 def test_an_unknown_artifact_excludes_only_this_node(tmp_path: Path,
@@ -133,9 +137,12 @@ def test_backpressure_holds_normal_pushes_and_sends_urgent_ones_to_a_durable_nod
     # once a durable node holds it, it stays the urgent target (no copy on every node in turn)
     from engine.manifest import Replica
 
-    manifest.set_replica(Replica("npz", "k/a.npz", "cpu-1", "a" * 64, 5.0))
+    manifest.set_replica(Replica("npz", "k/a.npz", "cpu-1", "a" * 64, 5.0, origin="gpu-1"))
     assert r.get_sync_targets("npz", "k", "k/a.npz", urgent=True) == ["cpu-1"]
-    manifest.set_replica(Replica("npz", "k/a.npz", "coord", "a" * 64, 5.0))
+    # a copy of another version does not count as holding this one
+    manifest.set_replica(Replica("npz", "k/a.npz", "coord", "b" * 64, 5.0, origin="gpu-1"))
+    assert r.get_sync_targets("npz", "k", "k/a.npz", urgent=True) == ["cpu-1"]
+    manifest.set_replica(Replica("npz", "k/a.npz", "coord", "a" * 64, 5.0, origin="gpu-1"))
     assert r.get_sync_targets("npz", "k", "k/a.npz", urgent=True) == []  # the coordinator has it
     r.backpressure("coord", None)
     assert r.get_sync_targets("npz", "k", "k/a.npz") == ["coord"]
@@ -228,14 +235,27 @@ def test_pull_sources_are_first_hand_holders_then_the_origin(
         tmp_path: Path, manifest: ClusterManifest) -> None:
     from engine.manifest import Replica
 
-    manifest.set_replica(Replica("npz", "k/a.npz", "cpu-1", "a" * 64, 5.0))
-    manifest.set_replica(Replica("npz", "k/a.npz", "gpu-3", "b" * 64, 5.0))  # other bytes
+    manifest.set_replica(Replica("npz", "k/a.npz", "cpu-1", "a" * 64, 5.0, origin="gpu-1"))
+    manifest.set_replica(Replica("npz", "k/a.npz", "gpu-3", "b" * 64, 5.0,
+                                 origin="gpu-1"))  # another version
+    manifest.set_replica(Replica("npz", "k/a.npz", "coord", "a" * 64, 5.0,
+                                 origin="gpu-2"))  # another origin's file of that name
     r = router(tmp_path, manifest, node="gpu-2", settings=GOSSIP)
-    art = manifest.get_artifact("npz", "k/a.npz")
+    art = manifest.get_artifact("npz", "k/a.npz", "gpu-1")
     assert art is not None
     assert r.pull_sources(art) == ["cpu-1", "gpu-1"]
     r.view.down.add("cpu-1")
     assert r.pull_sources(art) == ["gpu-1"]
+    r.view.down.clear()
+    # the origin is no source of a version it superseded, nor of one it deleted
+    manifest.upsert_artifact(Artifact("npz", "k/a.npz", "k", 1000, "c" * 64, 2.0, "gpu-1"))
+    old = manifest.get_artifact("npz", "k/a.npz", "gpu-1", "a" * 64)
+    assert old is not None and old.superseded
+    assert r.pull_sources(old) == ["cpu-1"]
+    current = manifest.get_artifact("npz", "k/a.npz", "gpu-1")
+    assert current is not None and r.pull_sources(current) == ["gpu-1"]
+    manifest.record_deletion(current, ["cpu-1"])
+    assert r.pull_sources(current) == []
 
 
 def test_a_policy_s_replication_target_adds_durable_copies_to_the_coordinator_s(

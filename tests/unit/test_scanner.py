@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from engine.manifest import Artifact
+from engine.manifest.store import stat_identity
 from engine.paths import DataRoot
 from engine.scanner import (Candidate, Scanner, UnreadableArtifact, is_database,
                             live_snapshot_database, snapshot_database)
@@ -70,7 +71,9 @@ def test_young_files_are_not_candidates(data: DataRoot) -> None:
     mtime = f.stat().st_mtime
     assert s.candidates({}, now=mtime + 9.5) == []
     (cand,) = s.candidates({}, now=mtime + 10.5)
-    assert cand == Candidate("npz", "hex8_2p/a.npz", f, f.stat().st_size, f.stat().st_mtime_ns)
+    st = f.stat()
+    assert cand == Candidate("npz", "hex8_2p/a.npz", f, st.st_size, st.st_mtime_ns,
+                             stat_identity(st))
 
 
 def test_finished_after_zero_makes_everything_finished(data: DataRoot) -> None:
@@ -175,14 +178,42 @@ def test_known_unchanged_is_skipped_changed_is_not(data: DataRoot) -> None:
     g = write(data, "npz", "b.npz", b"two")
     st = f.stat()
     s = scanner(data)
-    known = {("npz", "a.npz"): (st.st_size, st.st_mtime_ns),
-             ("npz", "b.npz"): (g.stat().st_size, g.stat().st_mtime_ns + 1)}  # mtime differs
+    gid = stat_identity(g.stat())
+    known = {("npz", "a.npz"): stat_identity(st),
+             ("npz", "b.npz"): (*gid[:3], gid[3] + 1, gid[4])}  # mtime differs
     assert names(s.candidates(known, now=LATER)) == {"npz/b.npz"}
     # same size, new mtime: a change
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
     assert names(s.candidates(known, now=LATER)) == {"npz/a.npz", "npz/b.npz"}
-    # (None, None): known to the manifest but never hashed from a source here
-    assert names(s.candidates({("npz", "a.npz"): (None, None)}, now=LATER)) >= {"npz/a.npz"}
+    # (None, ...): known to the manifest but never hashed from a source here
+    assert names(s.candidates({("npz", "a.npz"): (None,) * 5}, now=LATER)) >= {"npz/a.npz"}
+
+
+def test_a_source_whose_ctime_or_inode_changed_is_changed(data: DataRoot) -> None:
+    """(size, mtime) can be forged with ``utime``; the identity also holds st_dev, st_ino and
+    st_ctime_ns, which cannot be."""
+    f = write(data, "npz", "a.npz", b"one")
+    s = scanner(data)
+    st = f.stat()
+    known = {("npz", "a.npz"): stat_identity(st)}
+    assert s.candidates(known, now=LATER) == []
+    # the same bytes written again and the mtime put back: size and mtime equal, ctime newer
+    time.sleep(0.01)
+    f.write_bytes(b"two")
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    now = f.stat()
+    assert (now.st_size, now.st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    assert now.st_ctime_ns != st.st_ctime_ns
+    (cand,) = s.candidates(known, now=LATER)
+    assert cand.identity == stat_identity(now)
+    # replaced by another file (a new inode) with the same size and mtime
+    known = {("npz", "a.npz"): stat_identity(now)}
+    other = f.with_name("a.npz.new")
+    other.write_bytes(b"two")
+    os.utime(other, ns=(now.st_atime_ns, now.st_mtime_ns))
+    os.rename(other, f)
+    assert f.stat().st_ino != now.st_ino
+    assert names(s.candidates(known, now=LATER)) == {"npz/a.npz"}
 
 
 def test_known_none_is_still_returned_by_candidates(data: DataRoot) -> None:
@@ -204,7 +235,10 @@ def test_prepare_plain_file(data: DataRoot) -> None:
     a = s.prepare(cand)
     assert a == Artifact("npz", "hex8_2p/batch_1.npz", "hex8_2p", len(content),
                          hashlib.sha256(content).hexdigest(), cand.mtime_ns / 1e9, "gpu-1",
-                         len(content), f.stat().st_mtime_ns)
+                         len(content), f.stat().st_mtime_ns, f.stat().st_dev, f.stat().st_ino,
+                         f.stat().st_ctime_ns)
+    assert a.source_identity == stat_identity(f.stat())
+    assert Scanner.unchanged(a, f.stat())
     assert s.push_source(a) == f
     assert list(data.snapshots.iterdir()) == []  # only databases are snapshotted
 
