@@ -580,10 +580,10 @@ class Campaign:
                 proc.kill()
                 proc.wait()
 
-    def snapshot_root(self) -> None:
+    def snapshot_root(self) -> bool:
         name = self.restore_node
-        if name in self.down or name in self.stopped:
-            return
+        if name in self.down or name in self.stopped or not self.cluster.pid(name):
+            return False   # taken with the node stopped by us, not mid-fault: try again soon
         self._stop_term(name)
         snap = self.workdir / "snapshots" / name
         shutil.rmtree(snap, ignore_errors=True)
@@ -591,6 +591,7 @@ class Campaign:
         self._restart(name)
         self.snapshot_at = time.time()
         log_line(self.log, f"snapshot of {name}'s data root taken (node stopped)")
+        return True
 
     def f_restore_root(self) -> bool:
         name = self.restore_node
@@ -701,8 +702,7 @@ class Campaign:
             self._run_pending()
             now = time.monotonic()
             if snapshot_due and now >= snapshot_due:
-                snapshot_due = 0
-                self.snapshot_root()
+                snapshot_due = 0 if self.snapshot_root() else now + 2
             if now >= next_fault:
                 kind = order.pop(0) if order else self.rng.choice(FAULTS)
                 if kind == "restore_root" and (now < restore_due or not self.snapshot_at):
