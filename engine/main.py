@@ -62,10 +62,7 @@ def run_engine(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"ringsync: config error: {exc}", file=sys.stderr)
         return 2
-    except (RootInUse, ManifestSchemaError) as exc:
-        print(f"ringsync: cannot start node {args.node}: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
+    except (OSError, RootInUse, ManifestSchemaError) as exc:
         print(f"ringsync: cannot start node {args.node}: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 
 from engine.aio import wait_event
 from engine.config import ClusterConfig, ConfigError, load_config
+from engine.manifest.store import ManifestSchemaError
+from engine.rootlock import RootInUse
 from engine.main import log_to_file
 
 if TYPE_CHECKING:
@@ -95,7 +97,7 @@ def run_dashboard(config_path: Path, node: str | None, theme: str) -> int:
         return 2
     try:
         asyncio.run(run_embedded(config, name, theme))
-    except OSError as exc:
+    except (OSError, RootInUse, ManifestSchemaError) as exc:
         print(f"ringsync: cannot start node {name}: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS receipts (
     size         INTEGER NOT NULL,
     verified_at  REAL NOT NULL,
     transport    TEXT NOT NULL,
+    root_id      TEXT,                  -- the target's data root id, as it answered
     seq          INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS capacity (

@@ -377,10 +377,10 @@ class ClusterManifest(PeerMerge):
                 self._write_artifact(artifact, seq, keep_source=known is not None)
             self._db.execute(
                 "INSERT INTO receipts(origin, data_type, path, source_node, target_node, sha256,"
-                " size, verified_at, transport, seq) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                " size, verified_at, transport, root_id, seq) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (receipt.origin, receipt.data_type, receipt.path, receipt.source_node,
                  receipt.target_node, receipt.sha256, receipt.size, receipt.verified_at,
-                 receipt.transport, seq))
+                 receipt.transport, receipt.root_id, seq))
             self._set_replica(Replica(receipt.data_type, receipt.path, receipt.target_node,
                                       receipt.sha256, receipt.verified_at,
                                       origin=receipt.origin, root_id=receipt.root_id), seq)
@@ -388,8 +388,7 @@ class ClusterManifest(PeerMerge):
 
     def receipts(self, limit: int = 100) -> list[SyncReceipt]:
         rows = self._db.execute("SELECT * FROM receipts ORDER BY id DESC LIMIT ?", (limit,))
-        return [SyncReceipt(**{k: r[k] for k in SyncReceipt.__dataclass_fields__
-                               if k != "root_id"}) for r in rows]
+        return [SyncReceipt(**{k: r[k] for k in SyncReceipt.__dataclass_fields__}) for r in rows]
 
     # -- deletions --------------------------------------------------------------------------
     def record_deletion(self, art: Artifact, vouched_by: list[str],

@@ -227,7 +227,7 @@ async def put_object(request: web.Request) -> web.Response:
         if is_database(rel):
             result = await check_database_async(part, node.config.transfer.integrity_check_max_bytes)
             if not result.ok:
-                raise await _reject_database(node, source, data_type, rel, part, digest,
+                raise await _reject_database(node, source, origin, data_type, rel, part, digest,
                                              result.describe(), transfer)
         if live_origin is not None:
             target = node.data.live_path(live_origin, data_type, rel)
@@ -297,13 +297,15 @@ async def _stored(node: "Node", request: web.Request, origin: str, data_type: st
                              status=201)
 
 
-async def _reject_database(node: "Node", source: str, data_type: str, rel: str, part: Path,
+async def _reject_database(node: "Node", source: str, origin: str, data_type: str, rel: str,
+                           part: Path,
                            digest: str, error: str, transfer: Transfer) -> web.HTTPException:
     """A database with the declared hash that SQLite finds unsound: quarantined, never
     published nor counted; reported as REPLICA_QUARANTINED and DATA_SYNC_FAILED."""
     artifact_name = f"{data_type}/{rel}"
     try:
-        moved = await asyncio.to_thread(node.data.quarantine_file, data_type, rel, part, digest)
+        moved = await asyncio.to_thread(node.data.quarantine_file, data_type, f"{origin}/{rel}",
+                                        part, digest)
         where: str | None = moved.relative_to(node.data.root).as_posix()
     except OSError:
         part.unlink(missing_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import os
@@ -38,7 +39,7 @@ def test_every_route_but_health_needs_the_token(one: Cluster, path: str, token) 
                                          ("POST", "/v1/control/verify")])
 def test_writes_and_controls_need_the_token(one: Cluster, method: str, path: str) -> None:
     assert one.request("gpu-1", method, path, body=b"{}", token="nope").status == 401
-    assert not (one.data_root("gpu-1") / "npz" / "x.npz").exists()
+    assert not [p for p in (one.data_root("gpu-1") / "npz").rglob("x*") if p.is_file()]
     assert one.status("gpu-1")["paused"] is False
 
 
@@ -48,12 +49,12 @@ def test_health_is_open_and_structured(one: Cluster) -> None:
     assert resp.status == 200 and body["is_healthy"] is True
     assert set(body) == {"is_healthy", "message", "details"}
     components = {"auto_sync", "router", "membership", "manifest_pull", "backpressure",
-                  "live_snapshots", "verification", "transport:http", "hooks"}
+                  "live_snapshots", "verification", "scrub", "transport:http", "hooks"}
     assert components <= set(body["details"])
     for part in body["details"].values():  # each component is a HealthCheckResult of its own
         assert set(part) == {"is_healthy", "message", "details"} and part["is_healthy"] is True
     gpu = one.request("gpu-1", "GET", "/health", token=None).json()["details"]
-    assert {"sync_push", "transport:http", "router", "backpressure"} <= set(gpu)
+    assert {"sync_push", "transport:http", "router", "backpressure", "scrub"} <= set(gpu)
 
 
 def test_an_unhealthy_component_makes_health_503_and_names_it(make_cluster) -> None:
@@ -80,15 +81,71 @@ def test_status_describes_the_node(one: Cluster) -> None:
     assert disk["total_bytes"] > 0 and 0 <= disk["percent"] <= 100
     assert set(status["transfers"]) == {"in_flight", "recent"}
     assert isinstance(status["artifacts"], dict)
+    assert status["root_id"] and status["manifest_id"] and "scrub" in status
+    assert status["root_id"] != one.status("coord")["root_id"]
+
+
+def test_a_restart_keeps_the_root_id_and_takes_a_new_manifest_incarnation(make_cluster) -> None:
+    cluster = make_cluster(gpus=1)
+    before = cluster.status("gpu-1")
+    assert (cluster.data_root("gpu-1") / ".ringsync" / "root_id").read_text().strip() \
+        == before["root_id"]
+    assert cluster.stop_node("gpu-1") == 0
+    cluster.start_node("gpu-1")
+    after = cluster.status("gpu-1")
+    assert after["root_id"] == before["root_id"]
+    assert after["manifest_id"] != before["manifest_id"]
+    assert cluster.get_json("gpu-1", "/v1/manifest?since=0")["manifest_id"] == after["manifest_id"]
+
+
+def test_a_second_node_on_a_data_root_refuses_to_start(tmp_path) -> None:
+    """gpu-2's data root is gpu-1's under another name (a symlink, like one export mounted
+    twice): whichever starts second refuses, with one line naming both."""
+    shared = tmp_path / "shared"
+    cluster = Cluster(tmp_path / "c", gpus=2, config={"hosts": {"gpu-2": {"data_root": str(shared)}}})
+    cluster.data_root("gpu-1").mkdir(parents=True)
+    shared.symlink_to(cluster.data_root("gpu-1"), target_is_directory=True)
+    try:
+        cluster.start(skip=("gpu-2",))
+        root_id = cluster.status("gpu-1")["root_id"]
+        cluster.start_node("gpu-2", wait=False)
+        assert cluster.nodes["gpu-2"].proc.wait(20) == 1
+        said = [line for line in cluster.log("gpu-2").splitlines() if line.strip()]
+        assert len(said) == 1 and "gpu-1" in said[0] and "gpu-2" in said[0], said
+        assert "Traceback" not in cluster.log("gpu-2")
+        assert cluster.status("gpu-1")["root_id"] == root_id  # the running node is untouched
+        assert cluster.request("gpu-1", "GET", "/health", token=None).status == 200
+    finally:
+        cluster.stop_all()
+
+
+def test_a_vouch_rehashes_the_version_it_is_asked_about(one: Cluster) -> None:
+    body = os.urandom(4000)
+    assert put(one, "coord", "npz", "k/vouched.npz", body).status == 201
+    digest = hashlib.sha256(body).hexdigest()
+    ask = f"/v1/vouch/npz/k/vouched.npz?origin=gpu-1&sha256={digest}"
+    first = one.get_json("coord", ask)
+    assert set(first) == {"node", "root_id", "origin", "data_type", "path", "sha256", "size",
+                          "hashed_at", "rehashed"}
+    assert (first["node"], first["origin"], first["sha256"], first["size"], first["rehashed"]) \
+        == ("coord", "gpu-1", digest, 4000, True)
+    assert first["root_id"] == one.status("coord")["root_id"]
+    second = one.get_json("coord", ask)
+    assert second["hashed_at"] > first["hashed_at"]  # hashed again, never from a cache
+    assert one.request("coord", "GET", ask + "&max_age=60").status == 400
+    assert one.request("coord", "GET", ask.replace("origin=gpu-1", "origin=nobody")).status == 400
+    assert one.request("coord", "GET", ask.replace(digest, "0" * 64)).status == 404
+    assert one.request("coord", "GET", ask.replace("origin=gpu-1", "origin=coord")).status == 404
+    assert one.request("coord", "GET", "/v1/vouch/npz/k/vouched.npz").status == 400
 
 
 def test_quota_is_the_capacity_and_is_enforced(make_cluster) -> None:
     cluster = make_cluster(gpus=1, quota="1MiB")
     disk = cluster.status("gpu-1")["disk"]
     assert disk["total_bytes"] == 1024 * 1024 and disk["quota_bytes"] == disk["total_bytes"]
-    resp = put(cluster, "gpu-1", "npz", "big.npz", os.urandom(2 * 1024 * 1024))
+    resp = put(cluster, "gpu-1", "npz", "big.npz", os.urandom(2 * 1024 * 1024), origin="coord")
     assert resp.status == 507
-    assert not (cluster.data_root("gpu-1") / "npz" / "big.npz").exists()
+    assert not cluster.copies("gpu-1", "coord", "npz/big.npz")
 
 
 def test_manifest_since_returns_only_changes(one: Cluster) -> None:
@@ -96,6 +153,10 @@ def test_manifest_since_returns_only_changes(one: Cluster) -> None:
     put(one, "coord", "npz", "a.npz", b"a" * 100)
     first = one.get_json("coord", f"/v1/manifest?since={start}")
     assert [a["path"] for a in first["artifacts"]] == ["a.npz"] and first["complete"]
+    assert [a["origin"] for a in first["artifacts"]] == ["gpu-1"] and first["manifest_id"]
+    assert [(r["origin"], r["root_id"]) for r in first["replicas"]] == \
+        [("gpu-1", one.status("coord")["root_id"])]
+    assert [r["origin"] for r in first["receipts"]] == ["gpu-1"]
     put(one, "coord", "npz", "b.npz", b"b" * 100)
     delta = one.get_json("coord", f"/v1/manifest?since={first['seq']}")
     assert [a["path"] for a in delta["artifacts"]] == ["b.npz"]

@@ -20,7 +20,7 @@ import pytest
 from engine.config.schema import PushThresholds
 from engine.daemons.push import pressure_level
 from tests.support.cluster import Cluster, wait_for
-from tests.support.files import sha_of, write
+from tests.support.files import rot, sha_of, write
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 
@@ -153,19 +153,9 @@ def test_a_filling_gpu_node_pushes_goes_urgent_cleans_and_loses_no_game(make_clu
     assert 'ringsync_disk_pressure_level{node="gpu-1"}' in metrics
     # the manifest logs each deletion with its vouching holders, and travels as a delta
     rows = cluster.get_json("gpu-1", "/v1/manifest?since=0")["deletions"]
+    assert {r["origin"] for r in rows} == {"gpu-1"} and not [r for r in rows if "node" in r]
     assert {f"{r['data_type']}/{r['path']}": sorted(__import__("json").loads(r["vouched_by"]))
             for r in rows} == {a: sorted(v) for a, v in gone.items()}
-
-
-def _tamper_in_place(path: Path) -> None:
-    """Flip bytes in the middle of a file, keeping its size and mtime (like bit rot)."""
-    st = path.stat()
-    with open(path, "r+b") as fh:
-        fh.seek(st.st_size // 2)
-        data = fh.read(16)
-        fh.seek(st.st_size // 2)
-        fh.write(bytes(b ^ 0xFF for b in data))
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def _cleanups(cluster: Cluster, node: str) -> list[dict[str, Any]]:
@@ -188,7 +178,7 @@ def test_only_live_vouches_count_a_tampered_copy_and_a_down_holder_do_not(make_c
 
     # 1. cpu-1's copy of a rots (same size, same mtime): the manifest still says verified.
     rotted = cluster.stored("cpu-1", "gpu-1", "npz/k/a.npz")
-    _tamper_in_place(rotted)
+    rot(rotted)
     rotted_bytes = rotted.read_bytes()
     c = write(cluster, "gpu-1", "npz/k/c.npz", bodies["npz/k/c.npz"])  # ~90 %: cleanup
     wait_for(lambda: "npz/k/b.npz" in deleted(cluster, "gpu-1"), 20, what="b deleted")

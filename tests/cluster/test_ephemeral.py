@@ -46,8 +46,8 @@ def assert_stored(cluster: Cluster, payload: dict[str, Any], body: bytes) -> Non
     assert payload["durable_on"] and "gpu-1" not in payload["durable_on"], payload  # the
     # only ephemeral host is gpu-1: every other node is durable
     for node in payload["durable_on"]:
-        stored = cluster.data_root(node) / payload["artifact"]
-        assert stored.exists(), f"{payload['artifact']} reported safe on {node}, not there"
+        stored = cluster.version(node, "gpu-1", payload["artifact"], payload["sha256"])
+        assert stored, f"{payload['artifact']} reported safe on {node}, not there"
         assert sha_of(stored) == payload["sha256"], f"{node} holds other bytes"
 
 
@@ -131,12 +131,12 @@ def test_sigterm_pushes_what_is_not_safe_before_the_node_exits(make_cluster) -> 
         assert cluster.stop_node("gpu-1", signal.SIGTERM, timeout=30) == 0
     took = time.monotonic() - began
     assert took < 20, took
-    stored = cluster.data_root("coord") / rel
-    assert stored.exists() and sha_of(stored) == sha(body)
+    stored = cluster.version("coord", "gpu-1", rel, sha(body))
+    assert stored and sha_of(stored) == sha(body)
     coord = cluster.get_json("coord", "/v1/manifest?since=0")
     assert any(r["path"] == "hex8_2p/last_words.npz" and r["node"] == "coord"
                and r["sha256"] == sha(body) and r["verified_at"] for r in coord["replicas"])
-    assert not (cluster.data_root("coord") / "npz/hex8_2p/still_writing.npz").exists()
+    assert not cluster.copies("coord", "gpu-1", "npz/hex8_2p/still_writing.npz")
     payload = safe_events(cluster)[rel]
     assert payload["durable_on"] == ["coord"]
     assert_stored(cluster, payload, body)

@@ -29,8 +29,9 @@ async def test_priority_sync_makes_another_node_push_now(slow_cluster: Cluster) 
         answer = await facade.trigger_priority_sync(
             reason="orphan_games_recovery", source_node="gpu-2", config_key="hex8_2p")
         assert answer["accepted"] and answer["node"] == "gpu-2"
-        target = slow_cluster.data_root("coord") / "npz" / "hex8_2p" / "orphan.npz"
-        await until(target.exists, 10, "the priority push")
+        target = await until(lambda: slow_cluster.stored("coord", "gpu-2",
+                                                         "npz/hex8_2p/orphan.npz"),
+                             10, "the priority push")
         assert target.read_bytes() == artifact.read_bytes()
         requested = [e["payload"] for e in slow_cluster.events("gpu-2", "PRIORITY_SYNC_REQUESTED")]
         assert {"reason": "orphan_games_recovery", "source_node": "gpu-2",
@@ -93,8 +94,8 @@ async def test_node_artifacts_verify_and_recover_name_their_node(slow_cluster: C
         source = write(slow_cluster, "gpu-1", "npz/k/listed.npz", os.urandom(20_000))
         await asyncio.sleep(0.6)  # finished (idle 0.3 s)
         await facade.trigger_priority_sync("test", source_node="gpu-1")
-        stored = slow_cluster.data_root("coord") / "npz" / "k" / "listed.npz"
-        await until(stored.exists, 10, "the push")
+        await until(lambda: slow_cluster.stored("coord", "gpu-1", "npz/k/listed.npz"), 10,
+                    "the push")
 
         async def figures() -> dict:
             return (await facade.get_sync_status())["sync"]
@@ -118,7 +119,10 @@ async def test_node_artifacts_verify_and_recover_name_their_node(slow_cluster: C
         assert {r["node"] for r in art["replicas"]} == {"gpu-1", "coord"}
         local = await facade.node_artifacts("coord")
         assert local["node"] == "coord" and local["artifacts"][0]["sha256"] == art["sha256"]
-        assert (await facade.verify("gpu-1"))["replicas"] == 1
+        # a verification checks the copies a node stores: gpu-1 stores none (its source is
+        # not a copy), the coordinator stores gpu-1's
+        assert (await facade.verify("gpu-1"))["replicas"] == 0
+        assert (await facade.verify("coord"))["replicas"] == 1
         for call in (facade.node_artifacts("nope"), facade.verify("nope"), facade.recover("nope")):
             with pytest.raises(FacadeError, match="unknown node 'nope'"):
                 await call

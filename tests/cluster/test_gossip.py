@@ -37,9 +37,9 @@ CONFIG = {
 
 
 def stored(cluster: Cluster, node: str) -> str | None:
-    """SHA-256 of ``node``'s stored copy (None: no file)."""
-    path = cluster.data_root(node) / REL
-    return sha_of(path) if path.is_file() else None
+    """SHA-256 of ``node``'s stored copy of gpu-1's file (None: no copy)."""
+    path = cluster.stored(node, "gpu-1", REL)
+    return sha_of(path) if path is not None else None
 
 
 def sources(cluster: Cluster, node: str) -> set[str]:
@@ -106,16 +106,26 @@ def test_gossip_routes_answer_bad_input_with_json_errors(make_cluster) -> None:
                           {"node": "gpu-1", "manifest_id": "x", "seq": 0, "since": 0})
     assert status == 409 and "gossip" in answer["error"]  # the coordinator runs another strategy
 
-    send = {"data_type": "npz", "path": PATH, "sha256": sha, "to": "coord"}
+    send = {"origin": "gpu-1", "data_type": "npz", "path": PATH, "sha256": sha, "to": "coord"}
     for bad, word in (({**send, "sha256": "xyz"}, "sha256"), ({**send, "path": "../x"}, "path"),
+                      ({k: v for k, v in send.items() if k != "origin"}, "origin"),
+                      ({**send, "origin": "nobody"}, "origin"),
                       ({**send, "to": "gpu-1"}, "to"), ({**send, "data_type": "logs"}, "data type"),
                       ({k: v for k, v in send.items() if k != "to"}, "to"), ([], "object")):
         status, answer = post(cluster, "gpu-1", "/v1/gossip/send", bad)
         assert status == 400 and word in answer["error"], (bad, answer)
     status, answer = post(cluster, "gpu-1", "/v1/gossip/send", {**send, "path": "k/none.npz"})
     assert status == 404, answer
+    # a version is (origin, path, sha256): another hash is another version, which gpu-2
+    # does not know; another origin's file of that name is another artifact
     status, answer = post(cluster, "gpu-2", "/v1/gossip/send", {**send, "sha256": "0" * 64})
-    assert status == 409 and sha in answer["error"], answer
+    assert status == 404 and "0" * 12 in answer["error"], answer
+    status, answer = post(cluster, "gpu-2", "/v1/gossip/send", {**send, "origin": "gpu-2",
+                                                                 "to": "gpu-1"})
+    assert status == 404, answer
+    # every node serves a send, gossip or not: the coordinator holds no copy of it
+    status, answer = post(cluster, "coord", "/v1/gossip/send", {**send, "to": "gpu-2"})
+    assert status == 404, answer
 
     # a holder that is not the origin sends its own verified copy on request
     status, answer = post(cluster, "gpu-2", "/v1/gossip/send", send)

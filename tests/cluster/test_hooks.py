@@ -7,6 +7,7 @@ at the coordinator's.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import time
@@ -37,6 +38,11 @@ SLOW = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); ti
 
 
 
+def copy_name(stem: str, body: bytes) -> str:
+    """Where the coordinator stores gpu-1's ``npz/hex8_2p/<stem>.npz`` of these bytes."""
+    return f"npz/@gpu-1/hex8_2p/{stem}.v{hashlib.sha256(body).hexdigest()[:16]}.npz"
+
+
 def test_hooks_export_report_failures_and_never_hold_up_syncing(make_cluster,
                                                                 tmp_path: Path) -> None:
     export, failing = tmp_path / "export.py", tmp_path / "fail_hook.py"
@@ -62,8 +68,9 @@ def test_hooks_export_report_failures_and_never_hold_up_syncing(make_cluster,
         return path.read_text().splitlines() if path.exists() else []
 
     # The export hook runs on the coordinator with its stored copy and the config key.
-    write(cluster, "gpu-1", "npz/hex8_2p/gpu-1_0.npz", os.urandom(20_000))
-    first = f"{coord / 'npz/hex8_2p/gpu-1_0.npz'} hex8_2p"
+    first_body = os.urandom(20_000)
+    write(cluster, "gpu-1", "npz/hex8_2p/gpu-1_0.npz", first_body)
+    first = f"{coord / copy_name('gpu-1_0', first_body)} hex8_2p"  # its stored copy's path
     wait_for(lambda: first in exported("coord"), 15, what="the coordinator's export")
     source = cluster.data_root("gpu-1").resolve() / "npz/hex8_2p/gpu-1_0.npz"
     wait_for(lambda: f"{source} hex8_2p" in exported("gpu-1"), 10, what="the sender's export")
@@ -81,10 +88,11 @@ def test_hooks_export_report_failures_and_never_hold_up_syncing(make_cluster,
     slow_pid = tmp_path / "slow-coord.pid"
     wait_for(lambda: slow_pid.exists() and slow_pid.read_text(), 15, what="the slow hook")
     began = time.monotonic()
-    write(cluster, "gpu-1", "npz/hex8_2p/gpu-1_1.npz", os.urandom(20_000))
-    wait_for((coord / "npz/hex8_2p/gpu-1_1.npz").exists, 5, what="the next file to sync")
+    second_body = os.urandom(20_000)
+    write(cluster, "gpu-1", "npz/hex8_2p/gpu-1_1.npz", second_body)
+    wait_for((coord / copy_name("gpu-1_1", second_body)).exists, 5, what="the next file to sync")
     assert time.monotonic() - began < 5
-    second = f"{coord / 'npz/hex8_2p/gpu-1_1.npz'} hex8_2p"
+    second = f"{coord / copy_name('gpu-1_1', second_body)} hex8_2p"
     wait_for(lambda: second in exported("coord"), 5, what="the export of the next file")
     hooks_status = wait_for(lambda: (s := cluster.status("coord")["hooks"])["failed"] >= 2 and s,
                             5, what="the second failure")

@@ -108,12 +108,12 @@ def assert_quarantined(cluster: Cluster, rel: str, body: bytes, check_name: str)
     assert not cluster.copies("coord", "gpu-1", f"games/{rel}"), "an unsound database was published"
     assert coord_state(cluster, rel) == {"replicas": [], "artifacts": [], "receipts": [],
                                          "listed": []}
-    quarantined = root / ".ringsync" / "quarantine" / "games" / rel
+    quarantined = root / ".ringsync" / "quarantine" / "games" / "gpu-1" / rel
     assert quarantined.read_bytes() == body
     (event,) = events_for(cluster, "coord", "REPLICA_QUARANTINED", f"games/{rel}")
     assert event["payload"] == {"node": "coord", "artifact": f"games/{rel}",
                                 "expected_sha256": sha(body), "actual_sha256": sha(body),
-                                "quarantined_to": f".ringsync/quarantine/games/{rel}"}
+                                "quarantined_to": f".ringsync/quarantine/games/gpu-1/{rel}"}
     (failed,) = events_for(cluster, "coord", "DATA_SYNC_FAILED", f"games/{rel}")
     assert f"PRAGMA {check_name} failed" in failed["payload"]["error"]
     incoming = root / ".ringsync" / "incoming"
@@ -137,7 +137,7 @@ def test_a_corrupt_database_with_the_right_hash_is_quarantined(two: Cluster, tmp
     assert "PRAGMA integrity_check failed" in error, error
     if corruption == "sqlite_header_then_noise":
         assert "file is not a database" in error
-    assert resp.json()["quarantined_to"] == f".ringsync/quarantine/games/{rel}"
+    assert resp.json()["quarantined_to"] == f".ringsync/quarantine/games/gpu-1/{rel}"
     assert_quarantined(two, rel, body, "integrity_check")
 
 
@@ -148,7 +148,7 @@ def test_a_sound_database_is_stored_and_counted(two: Cluster, tmp_path: Path) ->
     assert two.stored("coord", "gpu-1", "games/hex8_2p/good.db").read_bytes() == body
     state = coord_state(two, "hex8_2p/good.db")
     assert [(r["node"], r["sha256"]) for r in state["replicas"]] == [("coord", sha(body))]
-    assert not (two.data_root("coord") / ".ringsync/quarantine/games/hex8_2p/good.db").exists()
+    assert not (two.data_root("coord") / ".ringsync/quarantine/games/gpu-1/hex8_2p/good.db").exists()
 
 
 def test_integrity_check_up_to_the_limit_quick_check_above(two: Cluster, tmp_path: Path) -> None:
@@ -195,7 +195,7 @@ def test_the_sender_reports_a_refused_database_and_backs_off(two: Cluster, tmp_p
     assert not (root / "games" / rel).exists()
     assert not two.copies("coord", "gpu-1", f"games/{rel}")
     assert coord_state(two, rel)["replicas"] == []
-    quarantined = sorted((root / ".ringsync" / "quarantine" / "games" / "hex8_3p").iterdir())
+    quarantined = sorted((root / ".ringsync" / "quarantine" / "games" / "gpu-1" / "hex8_3p").iterdir())
     assert [p.name for p in quarantined] == ["refused.db"]  # the same bytes are kept once
     assert len(events_for(two, "coord", "REPLICA_QUARANTINED", f"games/{rel}")) >= 4
     sender = two.get_json("gpu-1", "/v1/manifest?since=0")

@@ -36,8 +36,10 @@ def six_nodes(make_cluster, **config: Any) -> Cluster:
 
 
 def stored(cluster: Cluster, node: str, rel: str) -> str | None:
-    path = cluster.data_root(node) / rel
-    return sha_of(path) if path.exists() else None
+    """SHA-256 of ``node``'s newest stored copy of ``rel``, from whichever origin (None: no
+    copy; a node's own source is not a copy)."""
+    copies = [c for origin in cluster.nodes for c in cluster.copies(node, origin, rel)]
+    return sha_of(max(copies, key=lambda c: c.stat().st_mtime_ns)) if copies else None
 
 
 def metrics(cluster: Cluster, node: str) -> str:
@@ -93,7 +95,8 @@ def stalled_upload(cluster: Cluster, node: str, rel: str, size: int = 1 << 20) -
     sock = socket.create_connection(("127.0.0.1", cluster.nodes[node].port))
     head = (f"PUT /v1/objects/{rel} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {TOKEN}\r\n"
             f"X-Ringsync-Size: {size}\r\nX-Ringsync-Sha256: {'0' * 64}\r\n"
-            f"X-Ringsync-Source: test\r\nX-Ringsync-Urgency: urgent\r\n"
+            f"X-Ringsync-Source: test\r\nX-Ringsync-Origin: gpu-1\r\n"
+            f"X-Ringsync-Urgency: urgent\r\n"
             f"Content-Length: {size}\r\n\r\n")
     sock.sendall(head.encode() + b"x" * 1024)
     return sock
@@ -124,11 +127,12 @@ def test_backpressure_holds_normal_pushes_and_urgent_ones_go_elsewhere(make_clus
     # the receiver itself refuses a normal upload with 503 and takes an urgent one
     body = os.urandom(1000)
     headers = {"X-Ringsync-Size": "1000", "X-Ringsync-Sha256": hashlib.sha256(body).hexdigest(),
-               "X-Ringsync-Source": "test", "Content-Length": "1000"}
+               "X-Ringsync-Source": "test", "X-Ringsync-Origin": "gpu-1",
+               "Content-Length": "1000"}
     refused = cluster.request("coord", "PUT", "/v1/objects/npz/x/normal.npz", body,
                               {**headers, "X-Ringsync-Urgency": "normal"})
     assert refused.status == 503 and refused.headers["x-ringsync-backpressure"] == reason
-    assert not (cluster.data_root("coord") / "npz/x/normal.npz").exists()
+    assert not cluster.copies("coord", "gpu-1", "npz/x/normal.npz")
     taken = cluster.request("coord", "PUT", "/v1/objects/npz/x/urgent.npz", body,
                             {**headers, "X-Ringsync-Urgency": "urgent"})
     assert taken.status in (200, 201), taken.body

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.support.cluster import REPO, Cluster, wait_for
+from tests.support.files import rot, write  # noqa: F401 (the safety tests import them here)
 
 FAKETIME_LIB = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 KIB = 1024
@@ -69,29 +70,8 @@ def pressure_config(**push: Any) -> dict[str, Any]:
             "scrub": {"enabled": False}}
 
 
-def write(cluster: Cluster, node: str, rel: str, data: bytes) -> Path:
-    """A finished file: written under a hidden name, renamed into place."""
-    path = cluster.data_root(node) / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.rename(path)
-    return path
-
-
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def rot(path: Path) -> None:
-    """Silent bit rot: flip bytes in the middle, keep size and mtime."""
-    st = path.stat()
-    with open(path, "r+b") as fh:
-        fh.seek(st.st_size // 2)
-        data = fh.read(16)
-        fh.seek(st.st_size // 2)
-        fh.write(bytes(b ^ 0xFF for b in data))
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def replace_keeping_size_and_mtime(path: Path, data: bytes) -> None:

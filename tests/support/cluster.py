@@ -244,6 +244,15 @@ class Cluster:
         found = [p for p in base.glob(pattern) if p.is_file()] if base.is_dir() else []
         return sorted(found, key=lambda p: p.stat().st_mtime_ns)
 
+    def version(self, name: str, origin: str, rel: str, sha256: str) -> Path | None:
+        """``name``'s stored copy of exactly version ``sha256`` of ``origin``'s ``rel``, or
+        None (the engine's own naming, ``DataRoot.copy_path``)."""
+        from engine.paths import DataRoot
+
+        data_type, _, path = rel.partition("/")
+        copy = DataRoot(self.data_root(name)).copy_path(origin, data_type, path, sha256)
+        return copy if copy.is_file() else None
+
     def events(self, name: str, type_: str | None = None) -> list[dict[str, Any]]:
         path = self.data_root(name) / ".ringsync" / "events.jsonl"
         if not path.exists():

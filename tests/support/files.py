@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 from tests.support.cluster import Cluster
@@ -16,6 +17,17 @@ def write(cluster: Cluster, node: str, rel: str, data: bytes) -> Path:
     tmp.write_bytes(data)
     tmp.rename(path)
     return path
+
+
+def rot(path: Path) -> None:
+    """Silent bit rot: flip bytes in the middle of a file, keeping its size and mtime."""
+    st = path.stat()
+    with open(path, "r+b") as fh:
+        fh.seek(st.st_size // 2)
+        data = fh.read(16)
+        fh.seek(st.st_size // 2)
+        fh.write(bytes(b ^ 0xFF for b in data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def sha_of(path: Path) -> str:
