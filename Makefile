@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.stamp
 
 PYTEST_ARGS ?=
 
-.PHONY: venv test demo bench bench-tui bench-cleanup bench-scrub bench-gossip system-deps clean
+.PHONY: venv test chaos demo bench bench-tui bench-cleanup bench-scrub bench-gossip system-deps clean
 
 venv: $(STAMP)
 
@@ -26,6 +26,17 @@ system-deps:
 
 test: venv system-deps
 	$(PY) -m pytest -q tests/ $(PYTEST_ARGS)
+
+# The seeded fault campaign (docs/chaos.md): SEEDS seeds from SEED_START, one line per seed
+# (chaos seed=S lost=L unsafe_deletes=U torn=T deletions=D faults=F); fails on any L/U/T > 0 or
+# D = 0. `make test` runs one short seed (tests/chaos/test_chaos.py).
+SEEDS ?= 3
+SEED_START ?= 1
+CHAOS_FAULT_SECONDS ?= 150
+CHAOS_HEAL_SECONDS ?= 60
+chaos: venv system-deps
+	$(PY) bench/chaos.py --seeds $(SEEDS) --seed-start $(SEED_START) \
+		--fault-seconds $(CHAOS_FAULT_SECONDS) --heal-seconds $(CHAOS_HEAL_SECONDS)
 
 demo: venv
 	$(VENV)/bin/ringsync demo
