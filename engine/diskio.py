@@ -83,3 +83,26 @@ def replace_live(part: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     os.replace(part, target)
     fsync_dir(target.parent)
+
+
+RESERVE_BYTES = 256 * 2**10
+"""Space a node keeps aside in ``.ringsync/reserve`` so it can open its manifest (WAL and
+shared-memory files) and start on a disk its data filled: released at start when the
+manifest cannot be opened, made again once there is room."""
+
+
+def ensure_reserve(path: Path, size: int = RESERVE_BYTES) -> bool:
+    """Keep ``size`` bytes allocated at ``path``; False when the disk has no room for it."""
+    try:
+        if path.exists() and path.stat().st_blocks * 512 >= size:
+            return True
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, size)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return True
+    except OSError:
+        path.unlink(missing_ok=True)
+        return False

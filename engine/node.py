@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from engine import diskio
 from engine.bandwidth import BandwidthCoordinator, set_bandwidth_coordinator
 from engine.cluster_feed import ClusterEventFeed
 from engine.config import ClusterConfig
@@ -40,10 +42,10 @@ from engine.events.hooks import HookRunner
 from engine.gossip.holder import Sender
 from engine.facade import SyncFacade, set_sync_facade
 from engine.health import HealthCheckResult
-from engine import deletion_journal
 from engine.copies import StoredCopies
 from engine.manifest import ClusterManifest
 from engine.rootlock import RootLock, root_id
+from engine.startup import StartupChecks
 from engine.metrics import NodeMetrics
 from engine.paths import DataRoot
 from engine.router import SyncRouter
@@ -97,17 +99,14 @@ class Node:
     async def _start(self) -> None:
         self.root_id = root_id(self.data.state)
         """This data root's permanent id (``engine.rootlock``)."""
-        self.manifest = ClusterManifest(self.data.state / "manifest.db", self.name)
-        self.manifest.new_incarnation()  # peers re-read it whole: it may have been restored
+        self.manifest = self._open_manifest()
         self.events = EventBus(self.name, self.data.state / "events.jsonl")
         self.copies = StoredCopies(self.name, self.data, self.manifest, self.events,
                                    self.root_id, self.config.push.hash_concurrency)
         """The copies this node stores: their hashes (read now), quarantine, reconcile."""
-        for line in deletion_journal.recover(self.data, self.manifest):
-            log.warning("interrupted deletion: %s", line)
-        counts = self.copies.reconcile()
-        if any(counts.values()):
-            log.warning("manifest reconciled with the disk: %s", counts)
+        self.startup = StartupChecks(self)
+        """New incarnation, interrupted deletions, reconcile: retried while the disk is full."""
+        self.startup.run()
         self.hooks = HookRunner(self.config.hooks, self.name, self.events, self.data,
                                 self.manifest)
         """Runs the configured ``hooks:`` commands off the bus (never blocking it)."""
@@ -155,6 +154,20 @@ class Node:
         except OSError:
             await self._runner.cleanup()
             raise
+
+    def _open_manifest(self) -> ClusterManifest:
+        """Open the manifest; on a full disk, with the space kept aside for that."""
+        reserve = self.data.state / "reserve"
+        try:
+            manifest = ClusterManifest(self.data.state / "manifest.db", self.name)
+        except sqlite3.OperationalError as exc:
+            if not reserve.exists():
+                raise
+            log.error("cannot open the manifest (%s): using the space kept aside", exc)
+            reserve.unlink()
+            manifest = ClusterManifest(self.data.state / "manifest.db", self.name)
+        diskio.ensure_reserve(reserve)
+        return manifest
 
     async def _components(self, _app: web.Application) -> AsyncIterator[None]:
         self.session = aiohttp.ClientSession(
@@ -239,6 +252,10 @@ class Node:
                 log.info("removed abandoned partial upload %s", part.name)
             self._used_bytes = await asyncio.to_thread(self._measure_used)
             self.backpressure.check()
+            if not self.startup.done:
+                self.startup.run()
+            elif not (self.data.state / "reserve").exists():
+                await asyncio.to_thread(diskio.ensure_reserve, self.data.state / "reserve")
 
     def _wake_sync(self, reason: str) -> None:
         """A target came back or released backpressure (``reason`` is ``<why>:<node>``): a
@@ -341,7 +358,8 @@ class Node:
                                     "backpressure": self.backpressure.status()}}}
 
     def health_check(self) -> HealthCheckResult:
-        parts = {"auto_sync": self.daemon.health_check(), "router": self.router.health_check(),
+        parts = {"startup": self.startup.health_check(),
+                 "auto_sync": self.daemon.health_check(), "router": self.router.health_check(),
                  "backpressure": self.backpressure.health_check(),
                  "live_snapshots": self.live.health_check(),
                  "verification": self.verifier.health_check(),

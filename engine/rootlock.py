@@ -75,10 +75,13 @@ class RootLock:
             os.close(fd)
             raise RootInUse(f"data root {self.state.parent} is in use by {holder}; node"
                             f" {self.node} refuses to start on it") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"node": self.node, "pid": os.getpid(),
-                                  "host": socket.gethostname()}).encode() + b"\n", 0)
         self._fd = fd
+        try:  # who holds it, for the other node's error line; a full disk may refuse it
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps({"node": self.node, "pid": os.getpid(),
+                                      "host": socket.gethostname()}).encode() + b"\n", 0)
+        except OSError:
+            pass
 
     def release(self) -> None:
         if self._fd is not None:

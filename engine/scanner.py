@@ -171,6 +171,14 @@ class Scanner:
             return self.snapshot_path(art.data_type, art.path)
         return self.data.source_path(art.data_type, art.path)
 
+    def source_back(self, art: Artifact) -> bool:
+        """A source recorded as deleted is on disk again with the same bytes (the scanner
+        registered its new identity): it is an own source like any other again."""
+        try:
+            return self.unchanged(art, self.data.source_path(art.data_type, art.path).stat())
+        except (OSError, ValueError):
+            return False
+
     @staticmethod
     def unchanged(art: Artifact, st: os.stat_result) -> bool:
         """The source is exactly the file that was hashed as ``art`` (identity on disk)."""

@@ -197,7 +197,7 @@ class AutoSyncDaemon:
         gone = manifest.deleted_sources(self.node.name)
         work: list[tuple[Artifact, str]] = []
         for art in manifest.artifacts(origin=self.node.name):
-            if art.ident in gone:
+            if art.ident in gone and not self.scanner.source_back(art):
                 continue  # no bytes here any more; holders re-home it (Recovery.orphans)
             held = holders.get(art.ident, set())
             for target in router.get_sync_targets(art.data_type, art.config_key, art.path,

@@ -87,7 +87,7 @@ class Cleaner:
         for art in node.manifest.artifacts(origin=node.name):
             if not total or 100.0 * used / total < push.cleanup_percent:
                 break
-            if art.ident in gone:
+            if art.ident in gone and not node.daemon.scanner.source_back(art):
                 continue
             if art.ident in busy:
                 report.busy += 1

@@ -88,7 +88,8 @@ class Recovery:
             held = holders.get(art.ident, set()) - {me}
             if len(held) >= self.required:  # only then can the counting rules matter
                 held = self.node.vouches.remembered(art, held)
-            if len(held) < self.required and art.ident not in gone:
+            if len(held) < self.required and (art.ident not in gone
+                                               or self.daemon.scanner.source_back(art)):
                 first = self.node.router.get_sync_targets(art.data_type, art.config_key, art.path)
                 found.append(Shortfall(art, frozenset(held), tuple(first)))
         return found + self.orphans()
@@ -99,7 +100,8 @@ class Recovery:
         manifest only says whom to ask."""
         manifest, me = self.node.manifest, self.node.name
         gone = manifest.deleted_sources(me)
-        mine = [a for a in manifest.artifacts(origin=me) if a.ident not in gone]
+        mine = [a for a in manifest.artifacts(origin=me)
+                if a.ident not in gone or self.daemon.scanner.source_back(a)]
         orphans = self.orphans(everything=True)
         counted = await asyncio.gather(*(self.node.vouches.counted(a) for a in mine),
                                        *(self.node.vouches.counted(o.artifact) for o in orphans))

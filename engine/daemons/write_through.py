@@ -186,7 +186,7 @@ class WriteThrough:
         gone = manifest.deleted_sources(me)
         queued = {(e.data_type, e.path): e.sha256 for e in self.queue.pending()}
         items = [(a.data_type, a.path, a.sha256, a.size) for a in manifest.artifacts(origin=me)
-                 if a.ident not in gone
+                 if (a.ident not in gone or self.daemon.scanner.source_back(a))
                  and not holders.get(a.ident, set()) & self.durable
                  and queued.get((a.data_type, a.path)) != a.sha256
                  and self._bytes_here(a.data_type, a.path, a)]

@@ -53,6 +53,8 @@ class EventBus:
         self._listeners: list[tuple[EventType | None, Listener]] = []
         self.last_seq = self._last_logged_seq()
         """Sequence number of the newest event (0 before the first)."""
+        self.log_errors = 0
+        """Events that could not be written to the log (a full disk); they were delivered."""
         self.log_id = self._log_id()
         """Names this numbering: a node whose log starts over gets a new id, so followers
         know to start from 1 again instead of waiting for numbers they have already seen."""
@@ -95,8 +97,14 @@ class EventBus:
         event = Event(self.last_seq, time.time(), self.node, payload)
         self._recent.append(event)
         if self._log:
-            self._log.write(json.dumps(event.to_dict(), separators=(",", ":")) + "\n")
-            self._log.flush()
+            try:
+                self._log.write(json.dumps(event.to_dict(), separators=(",", ":")) + "\n")
+                self._log.flush()
+            except OSError as exc:  # a full disk: the event still reaches every listener
+                self.log_errors += 1
+                if self.log_errors == 1 or self.log_errors % 1000 == 0:
+                    log.error("cannot write event log of %s (%d events unwritten): %s",
+                              self.node, self.log_errors, exc)
         for wanted, listener in list(self._listeners):
             if wanted is None or wanted == event.type:
                 try:

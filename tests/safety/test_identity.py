@@ -85,3 +85,21 @@ def test_a_name_reused_after_a_deletion_is_a_new_version(safety_cluster):
              what="the new file under the old name on a holder")
     assert sorted(intact_copies(cluster, "gpu-1", rel, sha(first))) == ["coord", "cpu-1"]
     assert deleted(cluster, "gpu-1")[rel]["sha256"] == sha(first)
+
+
+def test_the_same_bytes_back_under_a_deleted_name_are_an_own_source_again(safety_cluster):
+    cluster = safety_cluster(gpus=1, cpus=1, quota="64MiB", config=pressure_config())
+    rel = "npz/k/again.npz"
+    body = os.urandom(200 * KIB)
+    source = write(cluster, "gpu-1", rel, body)
+    ballast = fill(cluster, "gpu-1", "a", 700 * KIB)
+    wait_for(lambda: not source.exists(), 30, what="the file deleted")
+    ballast.unlink()
+    write(cluster, "gpu-1", rel, body)  # a restore puts the very same bytes back
+    fill(cluster, "gpu-1", "b", 700 * KIB)
+    wait_for(lambda: not source.exists(), 30,
+             what="the restored file deleted again behind its copies (never stuck)")
+    deletions = [e for e in cluster.events("gpu-1", "ARTIFACT_DELETED")
+                 if e["payload"]["artifact"] == rel]
+    assert len(deletions) == 2
+    assert sorted(intact_copies(cluster, "gpu-1", rel, sha(body))) == ["coord", "cpu-1"]

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import time
 
 import pytest
@@ -181,3 +182,34 @@ def test_copies_a_restored_manifest_forgot_are_found_on_disk(safety_cluster):
     assert "not in the manifest: hashed and registered" in cluster.log("cpu-1")
     wait_for(lambda: _coord_knows(cluster, "cpu-1", "k/b.npz"), 20,
              what="the coordinator counting cpu-1's b again")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small filesystem needs root")
+def test_a_holder_on_a_full_disk_still_starts_and_vouches(safety_cluster):
+    cluster = safety_cluster(start=False, gpus=1, cpus=1, quota="64MiB",
+                             config=pressure_config())
+    root = cluster.data_root("cpu-1")
+    root.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(root)], check=True)
+    try:
+        cluster.start()
+        body = os.urandom(100 * KIB)
+        write(cluster, "gpu-1", "npz/k/a.npz", body)
+        fill(cluster, "gpu-1", "push", 500 * KIB)
+        wait_for(lambda: cluster.stored("cpu-1", "gpu-1", "npz/k/a.npz"), 30, what="a on cpu-1")
+        cluster.stop_node("cpu-1")
+        ballast = root / "npz" / "ballast.tmp"
+        subprocess.run(["dd", "if=/dev/zero", f"of={ballast}", "bs=64k"],
+                       capture_output=True)  # until the filesystem is full
+        cluster.start_node("cpu-1")  # the space kept aside lets it open its manifest
+        assert "using the space kept aside" in cluster.log("cpu-1")
+        health = cluster.request("cpu-1", "GET", "/health", token=None).json()
+        assert health["details"]["startup"]["is_healthy"], health["details"]["startup"]
+        answer = cluster.request(
+            "cpu-1", "GET", f"/v1/vouch/npz/k/a.npz?origin=gpu-1&sha256={sha(body)}").json()
+        assert answer["sha256"] == sha(body) and answer["rehashed"] is True
+        ballast.unlink()  # room again: the reserve is made again
+        wait_for(lambda: (root / ".ringsync" / "reserve").exists(), 15, what="the reserve again")
+    finally:
+        cluster.stop_all()
+        subprocess.run(["umount", "-l", str(root)], check=False)
