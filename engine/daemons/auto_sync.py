@@ -236,6 +236,7 @@ class AutoSyncDaemon:
     async def _cycle(self, report: CycleReport, reason: str, config_key: str | None,
                      scan: bool = True) -> CycleReport:
         report.scanned = await self.scan() if scan else 0
+        self.recovery.rehome()  # the coordinator: orphans short of copies, from its own
         if self.write_through is not None:  # queued (durably) before any push is tried
             self.write_through.enqueue_unsafe()
         if self.paused:

@@ -191,6 +191,21 @@ class Recovery:
         return {"node": node.name, "under_replicated": len(found), "scheduled": scheduled,
                 "paused": daemon.paused, "reason": reason}
 
+    def rehome(self) -> int:
+        """On the coordinator, every sync cycle: push orphans (versions whose origin can no
+        longer push them) that are below the required copies on from this node's stored
+        copy, in the background; returns the pushes started. Without it a copy lost on a
+        holder (a rolled-back disk, a quarantine) would stay lost until an operator asked."""
+        if self.node.membership is None or self.daemon.paused:
+            return 0
+        jobs = self._schedule(self.orphans())
+        if jobs:
+            task = asyncio.create_task(self._run(jobs, ORPHAN_RECOVERY),
+                                       name=f"rehome:{self.node.name}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return sum(len(targets) for _, targets in jobs)
+
     async def replicate(self, found: list[Shortfall], reason: str, urgency: str = "normal",
                         limit: int | None = None) -> dict[str, list[Artifact]]:
         """Push the first ``limit`` of ``found`` (all when None) now and wait for them;
