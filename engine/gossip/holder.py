@@ -1,7 +1,7 @@
 """The holder's side of a pull: what this node may send for an artifact, and the sending.
 
 ``Sender.start`` answers a send request (``POST /v1/gossip/send``): it refuses what this
-node cannot send (``SendRefused``: 404 no verified copy, 409 other content, 503 paused or
+node cannot send (``SendRefused``: 404 no verified copy of that version, 503 paused or
 its breaker to the asker open) and otherwise pushes the stored copy in a background task
 through the one push path (``AutoSyncDaemon.push_copy``, reason ``gossip``: bandwidth,
 transfer tracking, receipts, DATA_SYNC_FAILED on failure). A node sends only a copy it can

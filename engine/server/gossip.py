@@ -6,8 +6,8 @@
                            ``to`` in the background -> 202 {node, artifact, to, started}
 
 Errors are JSON ``{"error"}``: 400 bad input (not JSON, a missing or mistyped field, an
-unsafe path, an unknown host), 404 no verified copy here, 409 this node has other content
-under that name or runs another strategy, 413 a body over ``MAX_BODY_BYTES``, 503 paused
+unsafe path, an unknown host), 404 no verified copy of that version here, 409 (exchange
+and delta only) this node runs another strategy, 413 a body over ``MAX_BODY_BYTES``, 503 paused
 (or this node's circuit breaker to ``to`` is open).
 """
 
