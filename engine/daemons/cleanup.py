@@ -42,7 +42,8 @@ from engine.diskio import fsync_dir
 from engine.events import ArtifactDeleted, CleanupCompleted
 from engine.manifest import Artifact
 from engine.openfiles import opened_elsewhere
-from engine.scanner import Scanner, is_database
+from engine.hashing import sha256_file
+from engine.scanner import Scanner, is_database, snapshot_database
 
 if TYPE_CHECKING:
     from engine.node import Node
@@ -140,17 +141,21 @@ class Cleaner:
     def _delete(self, art: Artifact, vouched: list[str]) -> tuple[int, Intent] | None:
         """Delete the source (and its snapshot) behind a durable intent; the bytes freed and
         the intent to finish once the manifest has the deletion, or None when it was put back
-        because it turned out to be open or changed (blocking)."""
+        because it turned out to be open or changed (blocking).
+
+        The last word is the bytes: once the source is renamed out of every writer's reach,
+        it is hashed again (a database: snapshotted again) and unlinked only when that is
+        still the vouched version. An in-place rewrite with its mtime put back between the
+        checks (``cp -p`` over the file, ``rsync --inplace -t``) keeps inode, size and mtime,
+        and the rename itself changes ctime, so no stat can tell."""
         data = self.node.data
         source = data.source_path(art.data_type, art.path)
-        try:
-            before = source.stat()
-        except OSError:
-            return None
-        if not Scanner.unchanged(art, before):
-            return None
         intent = deletion_journal.begin(data, art, source, vouched)
         try:
+            before = source.stat()
+            if not Scanner.unchanged(art, before):
+                deletion_journal.finish(intent)
+                return None
             os.rename(source, intent.trash)
         except OSError:
             deletion_journal.finish(intent)
@@ -161,7 +166,9 @@ class Cleaner:
         same = ((after.st_dev, after.st_ino, after.st_size, after.st_mtime_ns)
                 == (before.st_dev, before.st_ino, before.st_size, before.st_mtime_ns))
         if (not same or opened_elsewhere(intent.trash)
-                or (is_database(art.path) and _has_sidecar(source))):
+                or (is_database(art.path) and _has_sidecar(source))
+                or self._content(art, intent.trash) != art.sha256):
+            log.warning("%s changed while it was being deleted: put back", art.label)
             deletion_journal.put_back(intent.trash, source, data)
             deletion_journal.finish(intent)
             return None
@@ -173,6 +180,22 @@ class Cleaner:
             freed += snapshot.stat().st_size
             snapshot.unlink(missing_ok=True)
         return freed, intent
+
+    def _content(self, art: Artifact, file: Path) -> str | None:
+        """What ``file`` holds as ``art``'s bytes: its SHA-256, or a database's snapshot's
+        (byte-identical for an unchanged database); None when it cannot be read."""
+        try:
+            if not is_database(art.path):
+                return sha256_file(file)
+            check = file.with_name(f".{file.name}.check.tmp")  # a crash: recover drops it
+            try:
+                if not snapshot_database(file, check):
+                    return None
+                return sha256_file(check)
+            finally:
+                check.unlink(missing_ok=True)
+        except OSError:
+            return None
 
     def _deleted(self, art: Artifact, vouched: list[str], freed: int, reason: str,
                  intent: Intent) -> None:

@@ -18,6 +18,7 @@ from types import SimpleNamespace
 import pytest
 
 from engine import deletion_journal
+from engine.hashing import sha256_file
 from engine.daemons.cleanup import Cleaner
 from engine.manifest import Artifact, ClusterManifest
 from engine.manifest.store import stat_identity
@@ -62,7 +63,7 @@ def _artifact(cleaner: Cleaner, rel: str, data: bytes | None = None) -> tuple[Pa
     os.utime(file, ns=(st.st_atime_ns, st.st_mtime_ns - 5 * 10**9))  # idle for 5 s
     st = file.stat()
     dev, ino, size, mtime_ns, ctime_ns = stat_identity(st)
-    return file, Artifact(data_type, path, "k", size, "0" * 64, st.st_mtime, "gpu-1",
+    return file, Artifact(data_type, path, "k", size, sha256_file(file), st.st_mtime, "gpu-1",
                           size, mtime_ns, dev, ino, ctime_ns)
 
 
@@ -192,3 +193,26 @@ def test_opened_elsewhere_by_lease_and_by_proc(tmp_path: Path) -> None:
         st = file.stat()
         assert (st.st_dev, st.st_ino) in open_inodes()  # the fallback sees it too
     assert not opened_elsewhere(file)
+
+
+def test_a_file_rewritten_in_place_after_the_last_stat_is_put_back(
+        cleaner: Cleaner, monkeypatch: pytest.MonkeyPatch) -> None:
+    """cp -p over the file (same inode, size and mtime) right before the rename: the rename
+    changes ctime anyway, so only the bytes tell; they are hashed again once the file is out
+    of every writer's reach, and it is put back."""
+    file, art = _artifact(cleaner, "npz/k/inplace.npz", b"x" * 1000)
+    st = file.stat()
+    real_rename = os.rename
+
+    def rewrite_then_rename(src, dst):
+        if Path(src) == file:
+            with open(file, "r+b") as fh:  # the same inode, rewritten in place
+                fh.write(b"y" * 1000)
+            os.utime(file, ns=(st.st_atime_ns, st.st_mtime_ns))
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rewrite_then_rename)
+    assert cleaner._delete(art, ["coord", "cpu-1"]) is None
+    monkeypatch.undo()
+    assert file.read_bytes() == b"y" * 1000  # put back, never unlinked
+    assert not list((cleaner.node.data.state / "deleting").glob("*.trash"))
