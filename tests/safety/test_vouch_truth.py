@@ -8,7 +8,9 @@ source is gone, at least ``min_copies_before_delete`` other nodes hold its exact
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -27,7 +29,7 @@ REL = "npz/k/a.npz"
 def _on_two_holders(cluster, body: bytes) -> Path:
     source = write(cluster, "gpu-1", REL, body)
     fill(cluster, "gpu-1", "push", 360 * KIB)  # ~55 %: copies towards min_copies
-    wait_for(lambda: holders(cluster, "gpu-1", REL, sha(body)) >= {"coord", "cpu-1"}, 30,
+    wait_for(lambda: holders(cluster, "gpu-1", REL, sha(body)) >= {"coord", "cpu-1"}, 45,
              what="a verified on coord and cpu-1")
     return source
 
@@ -137,3 +139,39 @@ def test_a_decommissioned_holder_does_not_stop_cleanup(safety_cluster):
     wait_for(lambda: not source.exists(), 60, what="a deleted behind coord and cpu-2")
     assert sorted(deleted(cluster, "gpu-1")[REL]["vouched_by"]) == ["coord", "cpu-2"]
     assert {"coord", "cpu-2"} <= set(intact_copies(cluster, "gpu-1", REL, sha(body)))
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+def test_a_source_rewritten_in_place_while_it_is_deleted_is_not_lost(safety_cluster, tmp_path):
+    """cp -p / rsync --inplace -t over the source after cleanup's last stat, before its
+    rename (strace holds every rename of gpu-1 for 1.5 s to open that window): same inode,
+    size and mtime, and the rename changes ctime anyway. Found by adversarial review: it was
+    unlinked, and the new bytes existed nowhere."""
+    cluster = safety_cluster(gpus=1, cpus=1, quota="64MiB", config={
+        **pressure_config(), "auto_sync": {"interval_seconds": 10}})  # the scanner keeps out
+    old, new = os.urandom(200 * KIB), os.urandom(200 * KIB)
+    source = _on_two_holders(cluster, old)
+    deleting = cluster.data_root("gpu-1") / ".ringsync" / "deleting"
+    tracer = subprocess.Popen(
+        ["strace", "-f", "-qq", "-p", str(cluster.nodes["gpu-1"].proc.pid), "-o",
+         str(tmp_path / "strace.out"), "-e", "trace=rename,renameat,renameat2",
+         "-e", "inject=rename,renameat,renameat2:delay_enter=1500000"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    try:
+        fill(cluster, "gpu-1", "b", 350 * KIB)  # ~88 %: cleanup
+        wait_for(lambda: deleting.is_dir() and any(n.endswith(".json")
+                                                   for n in os.listdir(deleting)), 30,
+                 what="the deletion's intent")
+        time.sleep(0.5)  # its stat is done; its rename of the source is held
+        st = source.stat()
+        with open(source, "r+b") as fh:  # in place: the same inode, size and mtime
+            fh.write(new)
+        os.utime(source, ns=(st.st_atime_ns, st.st_mtime_ns))
+        wait_for(lambda: not [n for n in os.listdir(deleting)], 30, what="the deletion to end")
+    finally:
+        tracer.terminate()
+        tracer.wait(10)
+    assert source.exists() and source.read_bytes() == new, \
+        "the rewritten bytes were unlinked and exist nowhere"
+    assert "changed while it was being deleted: put back" in cluster.log("gpu-1")
