@@ -13,8 +13,10 @@ A copy that no longer matches (or is gone) is quarantined, its replica row remov
 delta: the coordinator and gossip peers stop counting it), REPLICA_QUARANTINED is emitted,
 and the scrubber asks for the same version again from a good copy: the origin's source
 when it still has it, else another holder (``POST /v1/gossip/send``; the sender pushes
-through the one push path and this node's receiver verifies what arrives). When nobody
-can be asked, that is a DATA_SYNC_FAILED event (``reason: scrub``). Every pass ends with
+through the one push path and this node's receiver verifies what arrives). A repair stays
+pending until the copy is back here, verified: asked again when nobody could send it (a
+DATA_SYNC_FAILED event, ``reason: scrub``, once, and ``/health`` unhealthy meanwhile) or
+when an accepted send has not arrived within ``REASK_SECONDS``. Every pass ends with
 REPLICAS_VERIFIED (``requested_by: scrub``).
 """
 
@@ -38,7 +40,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 IDLE_SECONDS = 5.0
-"""Pause between passes when there is nothing to scrub (or a pass was quick)."""
+"""How often pending repairs are looked at (and the shortest pause between passes)."""
+REASK_SECONDS = 60.0
+"""A repair whose copy has not arrived this long after a node accepted is asked again."""
 
 
 class Scrubber:
@@ -54,8 +58,11 @@ class Scrubber:
             "last_pass_seconds": None}
         """Where the current pass is (copies and bytes) and when the last one ended."""
         self.findings = {"checked": 0, "matched": 0, "mismatched": 0, "missing": 0,
-                         "repairs_asked": 0, "repairs_unsourced": 0}
+                         "repairs_asked": 0, "repairs_unsourced": 0, "repaired": 0}
         """Running counts since start."""
+        self.repairs: dict[tuple[str, str, str, str], tuple[Artifact, float | None]] = {}
+        """Versions whose copy here was quarantined and has not come back verified yet, with
+        when a node last accepted to send it (None: nobody could be asked)."""
         self.last_error: str | None = None
 
     async def start(self) -> None:
@@ -76,17 +83,25 @@ class Scrubber:
                    total_bytes / (self.config.pass_hours * 3600))
 
     async def _run(self) -> None:
+        next_pass = 0.0
         while True:
-            started = time.monotonic()
+            if time.monotonic() >= next_pass:
+                started = time.monotonic()
+                try:
+                    await self.scrub_pass()
+                except Exception as exc:  # keep scrubbing; the failure is visible
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    log.exception("scrub pass failed on %s", self.node.name)
+                # one pass per pass_hours (a small store is done early and waits); with a
+                # fixed bytes_per_second the passes follow each other
+                period = 0.0 if self.config.bytes_per_second else self.config.pass_hours * 3600
+                next_pass = started + period
             try:
-                await self.scrub_pass()
-            except Exception as exc:  # keep scrubbing; the failure is visible
+                await self.retry_repairs()
+            except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                log.exception("scrub pass failed on %s", self.node.name)
-            # one pass per pass_hours (a small store is done early and waits); with a fixed
-            # bytes_per_second the passes follow each other
-            period = 0.0 if self.config.bytes_per_second else self.config.pass_hours * 3600
-            await asyncio.sleep(max(IDLE_SECONDS, started + period - time.monotonic()))
+                log.exception("scrub repairs failed on %s", self.node.name)
+            await asyncio.sleep(IDLE_SECONDS)
 
     async def scrub_pass(self) -> dict[str, int]:
         """One pass over every copy stored now; returns its counts."""
@@ -138,10 +153,24 @@ class Scrubber:
             out.append(coordinator)
         return [n for n in out if n in node.config.hosts and not node.view.is_down(n)]
 
+    async def retry_repairs(self) -> None:
+        """Forget the repairs whose copy arrived (verified here); ask again for those nobody
+        could send, and for those asked more than ``REASK_SECONDS`` ago (a push that failed)."""
+        now = time.monotonic()
+        for ident, (art, asked_at) in list(self.repairs.items()):
+            if any(r.node == self.node.name and r.verified_at is not None
+                   for r in self.node.manifest.replicas(ident)):
+                del self.repairs[ident]
+                self.findings["repaired"] += 1
+            elif asked_at is None or now - asked_at >= REASK_SECONDS:
+                await self.repair(art)
+
     async def repair(self, art: Artifact) -> bool:
-        """Ask a good copy of ``art`` to be pushed here again; False (and an event) when no
-        node accepted."""
+        """Ask a good copy of ``art`` to be pushed here again; False (and an event, once per
+        repair) when no node accepted. Either way it stays a pending repair until the copy is
+        here, verified (``retry_repairs``)."""
         node = self.node
+        first = art.ident not in self.repairs
         body = {"origin": art.origin, "data_type": art.data_type, "path": art.path,
                 "sha256": art.sha256, "to": node.name}
         errors = []
@@ -152,16 +181,20 @@ class Scrubber:
                                              timeout=aiohttp.ClientTimeout(total=10)) as resp:
                     if resp.status == 202:
                         self.findings["repairs_asked"] += 1
+                        self.repairs[art.ident] = (art, time.monotonic())
                         log.info("scrub on %s: %s asked to send %s again", node.name, source,
                                  art.label)
                         return True
                     errors.append(f"{source}: HTTP {resp.status}")
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 errors.append(f"{source}: {type(exc).__name__}")
-        self.findings["repairs_unsourced"] += 1
+        self.repairs[art.ident] = (art, None)
         error = (f"no good copy of {art.label} could be asked for"
-                 f" ({'; '.join(errors) or 'no other holder known'})")
+                 f" ({'; '.join(errors) or 'no other holder known'}); asking again")
         self.last_error = error
+        if not first:
+            return False
+        self.findings["repairs_unsourced"] += 1
         log.warning("scrub on %s: %s", node.name, error)
         node.events.emit(DataSyncFailed(source=node.name, target=node.name, artifact=art.key,
                                         error=error, attempt=0, retry_in_seconds=None,
@@ -171,6 +204,8 @@ class Scrubber:
     # -- reporting --------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         return {"enabled": self.config.enabled, **self.progress, "findings": self.findings,
+                "repairs_pending": len(self.repairs),
+                "repairs_unsourced": sum(1 for _, at in self.repairs.values() if at is None),
                 "last_error": self.last_error}
 
     def health_check(self) -> HealthCheckResult:
@@ -180,6 +215,11 @@ class Scrubber:
         running = self._task is not None and not self._task.done()
         if self.config.enabled and not running and self._task is not None:
             return HealthCheckResult(False, "scrub stopped", self.status())
+        unsourced = [a.label for a, at in self.repairs.values() if at is None]
+        if unsourced:  # a copy lost here that nobody can send yet: one fault from losing it
+            return HealthCheckResult(False, f"{len(unsourced)} quarantined copies wait for a"
+                                     f" good copy to repair from: {', '.join(unsourced[:3])}",
+                                     self.status())
         message = (f"scrub pass {self.progress['passes'] + 1}:"
                    f" {self.progress['position']}/{self.progress['copies']} copies;"
                    f" {f['mismatched']} rotted, {f['missing']} missing since start"

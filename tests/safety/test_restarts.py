@@ -70,9 +70,10 @@ def _manifest_deletions(cluster) -> list[dict]:
     return cluster.get_json("gpu-1", "/v1/manifest?since=0")["deletions"]
 
 
-def _a_on_two_holders(safety_cluster):
+def _a_on_two_holders(safety_cluster, **config):
     """gpu-1 at the push level with a (200 KiB) verified on coord and cpu-1."""
-    cluster = safety_cluster(gpus=1, cpus=1, quota="64MiB", config=pressure_config())
+    cluster = safety_cluster(gpus=1, cpus=1, quota="64MiB",
+                             config={**pressure_config(), **config})
     body = os.urandom(200 * KIB)
     source = write(cluster, "gpu-1", "npz/k/a.npz", body)
     fill(cluster, "gpu-1", "push", 360 * KIB)
@@ -213,3 +214,28 @@ def test_a_holder_on_a_full_disk_still_starts_and_vouches(safety_cluster):
     finally:
         cluster.stop_all()
         subprocess.run(["umount", "-l", str(root)], check=False)
+
+
+def test_a_repair_nobody_can_send_yet_is_asked_again_when_a_holder_returns(safety_cluster):
+    """coord's copy of a deleted source rots while the only other holder is down: the scrub
+    quarantines it, says (event, /health) that nobody can send it, and asks again until the
+    holder is back. Found by adversarial review: it was asked once and left at one copy."""
+    cluster, body, source = _a_on_two_holders(
+        safety_cluster, scrub={"enabled": True, "bytes_per_second": "64MiB"})
+    fill(cluster, "gpu-1", "cleanup", 350 * KIB)
+    wait_for(lambda: not source.exists(), 30, what="a deleted")
+    cluster.stop_node("cpu-1")
+    wait_for(lambda: cluster.get_json("coord", "/v1/cluster")["members"]["cpu-1"]["state"]
+             == "down", 15, what="cpu-1 down")
+    rot(cluster.stored("coord", "gpu-1", "npz/k/a.npz"))
+    wait_for(lambda: cluster.status("coord")["scrub"]["repairs_unsourced"] == 1, 30,
+             what="the scrub finding nobody to repair from")
+    health = cluster.request("coord", "GET", "/health", token=None).json()["details"]["scrub"]
+    assert not health["is_healthy"] and "wait for a good copy" in health["message"]
+    assert [e for e in cluster.events("coord", "DATA_SYNC_FAILED")
+            if e["payload"]["reason"] == "scrub"]
+    cluster.start_node("cpu-1")
+    wait_for(lambda: sorted(intact_copies(cluster, "gpu-1", "npz/k/a.npz", sha(body)))
+             == ["coord", "cpu-1"], 40, what="coord's copy repaired from cpu-1")
+    wait_for(lambda: cluster.status("coord")["scrub"]["repairs_pending"] == 0, 15,
+             what="the repair done")
