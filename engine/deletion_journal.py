@@ -110,7 +110,11 @@ def recover(data: "DataRoot", manifest: "ClusterManifest") -> list[str]:
         source = Path(record["source"])
         if trash.exists():
             where = put_back(trash, source, data)
-            done.append(f"put back {record['data_type']}/{record['path']} ({where})")
+            if where == str(source):
+                done.append(f"put back {record['data_type']}/{record['path']}")
+            else:
+                done.append(f"{record['data_type']}/{record['path']} has a new file under its"
+                            f" name: the old one is kept in the quarantine as {where}")
         else:
             try:  # the whole identity: a freed inode number is soon given to a new file
                 same = list(stat_identity(source.stat())) == record.get("identity")
@@ -129,7 +133,7 @@ def recover(data: "DataRoot", manifest: "ClusterManifest") -> list[str]:
         target = data.quarantine / "deleting" / stray.name
         target.parent.mkdir(parents=True, exist_ok=True)
         os.rename(stray, target)
-        done.append(f"moved stray {stray.name} to the quarantine")
+        done.append(f"moved stray {stray.name} to the quarantine as {target}")
     for tmp in trash_dir.glob(".*.tmp"):
         tmp.unlink(missing_ok=True)
     fsync_dir(trash_dir)

@@ -63,6 +63,8 @@ class StartupChecks:
     def _deletions(self) -> None:
         for line in deletion_journal.recover(self.node.data, self.node.manifest):
             log.warning("interrupted deletion: %s", line)
+            if "quarantine" in line:  # its name was taken meanwhile: kept, and said so
+                self._report(f"interrupted deletion: {line}")
 
     def _reconcile(self) -> None:
         counts = self.node.copies.reconcile()

@@ -154,6 +154,8 @@ class Recovery:
                 if ident[0] != origin or not (down or ident in gone or art.superseded):
                     continue
                 held = holders.get(ident, set()) - {origin}
+                if len(held) >= self.required:  # the counting rules (roots, ephemeral hosts)
+                    held = self.node.vouches.remembered(art, held - {me}) | {me}
                 if everything or len(held) < self.required:
                     found.append(Shortfall(art, frozenset(held | {me}), stored_copy=True))
         return found

@@ -223,7 +223,8 @@ def test_strays_go_to_the_quarantine_and_temp_files_go(data: DataRoot,
     (trash / "orphan.trash").write_bytes(b"bytes without an intent")
     (trash / ".half.tmp").write_bytes(b"{")  # an intent that was never renamed into place
     done = deletion_journal.recover(data, manifest)
-    assert done == ["moved stray orphan.trash to the quarantine"]
+    kept = data.quarantine / "deleting" / "orphan.trash"
+    assert done == [f"moved stray orphan.trash to the quarantine as {kept}"]
     assert [p.name for p in quarantined(data)] == ["orphan.trash"]
     assert journal(data) == []
 
