@@ -16,15 +16,14 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Callable
 
-from tests.chaos.ledger import (DiskReader, Entry, Ledger, copy_paths, count_copies, describe,
+from tests.chaos.ledger import (DiskReader, Entry, Ledger, copy_paths, count_copies,
                                 intact, is_db, row_digest, source_path, visible_files)
 from tests.support.cluster import REPO, Cluster
 
@@ -46,23 +45,8 @@ def log_line(fh, text: str) -> None:
 
 
 class ChaosCluster(Cluster):
-    """``Cluster`` plus per-node extra environment (libfaketime) and health waits that report
-    instead of failing (a node that does not come back is a finding, not a harness crash)."""
-
-    def __init__(self, root: Path, **kwargs: Any) -> None:
-        self.extra_env: dict[str, dict[str, str]] = {}
-        super().__init__(root, **kwargs)
-
-    def start_node(self, name: str, wait: bool = True) -> None:
-        node = self.nodes[name]
-        node.log.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "PYTHONPATH": str(REPO), **self.extra_env.get(name, {})}
-        env.pop("RINGRIFT_CLUSTER_TOKEN", None)
-        with open(node.log, "ab") as log:
-            node.proc = subprocess.Popen(self.command(name), stdout=log, stderr=subprocess.STDOUT,
-                                         env=env, cwd=self.root)
-        if wait:
-            self.wait_healthy(name)
+    """``Cluster`` plus the live pid of a node (its per-node environment, e.g. libfaketime, is
+    ``Cluster.env``)."""
 
     def pid(self, name: str) -> int | None:
         p = self.nodes[name].proc
@@ -157,7 +141,7 @@ class Campaign:
                            f"order={self.fault_order} engine={engine_commit()}")
         self.clock_file.write_text("+0\n")
         if Path(FAKETIME_LIB).exists():
-            self.cluster.extra_env[self.clock_node] = {
+            self.cluster.env[self.clock_node] = {
                 "LD_PRELOAD": FAKETIME_LIB, "FAKETIME_TIMESTAMP_FILE": str(self.clock_file),
                 "FAKETIME_NO_CACHE": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1",
                 "NO_FAKE_STAT": "1"}
@@ -556,7 +540,7 @@ class Campaign:
         return True
 
     def f_clock_step(self) -> bool:
-        if self.clock_node not in self.cluster.extra_env:
+        if self.clock_node not in self.cluster.env:
             return False
         step = self.rng.choice(["+2h", "-2h", "+1d", "-30m", "+90m"])
         self.clock_file.write_text(step + "\n")

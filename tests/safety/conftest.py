@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.cluster import REPO, Cluster, wait_for
+from tests.support.cluster import Cluster, wait_for
 from tests.support.files import rot, write  # noqa: F401 (the safety tests import them here)
 
 FAKETIME_LIB = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
@@ -25,23 +25,7 @@ KIB = 1024
 
 
 class SafetyCluster(Cluster):
-    """A Cluster whose nodes may get extra environment (libfaketime) per node."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.env: dict[str, dict[str, str]] = {}
-        """Extra environment per node name, applied when it (re)starts."""
-
-    def start_node(self, name: str, wait: bool = True) -> None:
-        node = self.nodes[name]
-        node.log.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "PYTHONPATH": str(REPO), **self.env.get(name, {})}
-        env.pop("RINGRIFT_CLUSTER_TOKEN", None)
-        with open(node.log, "ab") as log:
-            node.proc = subprocess.Popen(self.command(name), stdout=log,
-                                         stderr=subprocess.STDOUT, env=env, cwd=self.root)
-        if wait:
-            self.wait_healthy(name)
+    """A Cluster whose nodes may get extra environment (``Cluster.env``: libfaketime)."""
 
 
 @pytest.fixture

@@ -102,6 +102,8 @@ class Cluster:
         root.mkdir(parents=True, exist_ok=True)
         self.config_path = root / "cluster.yaml"
         self.nodes: dict[str, NodeProc] = {}
+        self.env: dict[str, dict[str, str]] = {}
+        """Extra environment per node name (e.g. libfaketime), applied when it (re)starts."""
         roles = [("coord", "coordinator")] + [(f"gpu-{i}", "gpu") for i in range(1, gpus + 1)] \
             + [(f"cpu-{i}", "cpu") for i in range(1, cpus + 1)]
         for (name, role), port in zip(roles, free_ports(len(roles))):
@@ -148,7 +150,7 @@ class Cluster:
     def start_node(self, name: str, wait: bool = True) -> None:
         node = self.nodes[name]
         node.log.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env = {**os.environ, "PYTHONPATH": str(REPO), **self.env.get(name, {})}
         env.pop("RINGRIFT_CLUSTER_TOKEN", None)
         with open(node.log, "ab") as log:
             node.proc = subprocess.Popen(self.command(name), stdout=log, stderr=subprocess.STDOUT,
