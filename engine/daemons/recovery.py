@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engine.daemons.rehome import RemoteRehome
 from engine.events import DataSyncCompleted, DataSyncStarted, PrioritySyncRequested
 from engine.manifest import Artifact
 from engine.scanner import is_database
@@ -64,7 +65,10 @@ class Recovery:
         self.node = daemon.node
         self.required = self.node.config.push.min_copies_before_delete
         """Verified copies wanted on nodes other than the origin."""
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.remote = RemoteRehome(self.node, self.required)
+        """Orphans the coordinator does not hold: a holder is asked to send them on."""
+        self._remote_task: asyncio.Task[int] | None = None
 
     @property
     def running(self) -> bool:
@@ -206,6 +210,11 @@ class Recovery:
                                        name=f"rehome:{self.node.name}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        if self._remote_task is None or self._remote_task.done():  # orphans held elsewhere
+            self._remote_task = asyncio.create_task(self.remote.run(),
+                                                    name=f"rehome-remote:{self.node.name}")
+            self._tasks.add(self._remote_task)
+            self._remote_task.add_done_callback(self._tasks.discard)
         return sum(len(targets) for _, targets in jobs)
 
     async def replicate(self, found: list[Shortfall], reason: str, urgency: str = "normal",

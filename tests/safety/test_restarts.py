@@ -239,3 +239,30 @@ def test_a_repair_nobody_can_send_yet_is_asked_again_when_a_holder_returns(safet
              == ["coord", "cpu-1"], 40, what="coord's copy repaired from cpu-1")
     wait_for(lambda: cluster.status("coord")["scrub"]["repairs_pending"] == 0, 15,
              what="the repair done")
+
+
+def test_an_orphan_the_coordinator_does_not_hold_is_re_homed_through_a_holder(safety_cluster):
+    """Placed on CPU nodes while the coordinator was down, deleted at its origin, then one
+    holder loses its copy: the coordinator asks the other holder to send it on. Found by
+    the chaos campaign: such versions stayed at one copy for good."""
+    cluster = safety_cluster(gpus=1, cpus=3, quota="64MiB", config=pressure_config())
+    cluster.stop_node("cpu-3")  # the copies go to cpu-1 and cpu-2
+    cluster.stop_node("coord")
+    body = os.urandom(200 * KIB)
+    source = write(cluster, "gpu-1", "npz/k/a.npz", body)
+    fill(cluster, "gpu-1", "push", 360 * KIB)
+    wait_for(lambda: holders(cluster, "gpu-1", "npz/k/a.npz", sha(body)) >= {"cpu-1", "cpu-2"},
+             45, what="a on cpu-1 and cpu-2")
+    fill(cluster, "gpu-1", "cleanup", 350 * KIB)
+    wait_for(lambda: not source.exists(), 30, what="a deleted behind cpu-1 and cpu-2")
+    cluster.start_node("coord")
+    cluster.start_node("cpu-3")
+    wait_for(lambda: _coord_knows(cluster, "cpu-2", "k/a.npz")
+             and cluster.get_json("coord", "/v1/manifest?since=0")["deletions"], 20,
+             what="the coordinator learning the copies and the deletion")
+    cluster.stored("cpu-1", "gpu-1", "npz/k/a.npz").unlink()  # a disk loses the copy
+    assert cluster.request("cpu-1", "POST", "/v1/control/verify", body=b"{}").status == 202
+    wait_for(lambda: len(intact_copies(cluster, "gpu-1", "npz/k/a.npz", sha(body))) >= 2, 30,
+             what="a second copy again, sent by cpu-2")
+    assert "coord" not in intact_copies(cluster, "gpu-1", "npz/k/a.npz", sha(body))
+    assert "asked to send it to" in cluster.log("coord")
