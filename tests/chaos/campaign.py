@@ -439,8 +439,10 @@ class Campaign:
                 if not intact(self.reader, path, e):
                     continue
                 cc = count_copies(self.reader, self.roots, e)
-                if cc.total() - 1 < 1:
-                    continue   # never destroy the last intact copy ourselves
+                if len(cc.roots - {node}) < 1:
+                    # never destroy the last intact copy ourselves; the source does not count:
+                    # under disk pressure its origin may delete it the next moment
+                    continue
                 st = path.stat()
                 if st.st_size < 2:
                     continue
@@ -591,7 +593,7 @@ class Campaign:
             lose = []
             for e in self._latest_entries():
                 cc = count_copies(self.reader, self.roots, e)
-                if name in cc.roots and cc.total() - 1 < 1:
+                if name in cc.roots and len(cc.roots - {name}) < 1:  # (the source may go)
                     snap_paths = copy_paths(snap, e.origin, e.data_type, e.rel)
                     if not any(intact(self.reader, p, e) for p in snap_paths):
                         lose.append(e.label())
