@@ -154,8 +154,9 @@ def test_backpressure_holds_normal_pushes_and_urgent_ones_go_elsewhere(make_clus
              what="the held push after BACKPRESSURE_RELEASED")
     released = types(cluster, "coord", "BACKPRESSURE_RELEASED")
     assert released
-    arrived = [e for e in types(cluster, "coord", "DATA_SYNC_COMPLETED")
-               if "npz/hex8_2p/held.npz" in e["payload"]["artifacts"]]
+    arrived = wait_for(lambda: [e for e in types(cluster, "coord", "DATA_SYNC_COMPLETED")
+                                if "npz/hex8_2p/held.npz" in e["payload"]["artifacts"]], 10,
+                       what="the receiver's event (logged a moment after the file is in place)")
     assert arrived[0]["ts"] >= released[0]["ts"]
 
 
