@@ -71,14 +71,21 @@ def test_an_open_database_waits_and_rows_appended_later_are_a_new_version(safety
     assert "need an operator" not in health["details"]["auto_sync"]["message"]
 
 
-def test_a_name_reused_after_a_deletion_is_a_new_version(safety_cluster):
+def _deleted_under_pressure(safety_cluster, rel: str, body: bytes):
+    """gpu-1 writes ``rel`` and deletes it under disk pressure behind two copies; the
+    ballast is gone again afterwards. Returns the cluster and the source's path."""
     cluster = safety_cluster(gpus=1, cpus=1, quota="64MiB", config=pressure_config())
+    source = write(cluster, "gpu-1", rel, body)
+    ballast = fill(cluster, "gpu-1", "a", 700 * KIB)
+    wait_for(lambda: not source.exists(), 30, what=f"{rel} deleted")
+    ballast.unlink()
+    return cluster, source
+
+
+def test_a_name_reused_after_a_deletion_is_a_new_version(safety_cluster):
     rel = "npz/k/reused.npz"
     first = os.urandom(200 * KIB)
-    source = write(cluster, "gpu-1", rel, first)
-    ballast = fill(cluster, "gpu-1", "a", 700 * KIB)
-    wait_for(lambda: not source.exists(), 30, what="the first file deleted")
-    ballast.unlink()
+    cluster, _source = _deleted_under_pressure(safety_cluster, rel, first)
     second = os.urandom(200 * KIB)
     write(cluster, "gpu-1", rel, second)
     wait_for(lambda: intact_copies(cluster, "gpu-1", rel, sha(second)), 20,
@@ -88,13 +95,9 @@ def test_a_name_reused_after_a_deletion_is_a_new_version(safety_cluster):
 
 
 def test_the_same_bytes_back_under_a_deleted_name_are_an_own_source_again(safety_cluster):
-    cluster = safety_cluster(gpus=1, cpus=1, quota="64MiB", config=pressure_config())
     rel = "npz/k/again.npz"
     body = os.urandom(200 * KIB)
-    source = write(cluster, "gpu-1", rel, body)
-    ballast = fill(cluster, "gpu-1", "a", 700 * KIB)
-    wait_for(lambda: not source.exists(), 30, what="the file deleted")
-    ballast.unlink()
+    cluster, source = _deleted_under_pressure(safety_cluster, rel, body)
     write(cluster, "gpu-1", rel, body)  # a restore puts the very same bytes back
     fill(cluster, "gpu-1", "b", 700 * KIB)
     wait_for(lambda: not source.exists(), 30,
