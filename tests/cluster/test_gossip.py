@@ -77,7 +77,7 @@ def test_a_file_reaches_every_eligible_node_over_several_hops(make_cluster) -> N
                if a["path"] == PATH]
         assert art and art[0]["origin"] == "gpu-1" and art[0]["sha256"] == sha, art
         assert sha in {r["sha256"] for r in art[0]["replicas"] if r["node"] == name}
-        wait_for(lambda n=name: cluster.status(n)["gossip"]["pulls_arrived"] >= 1, 5,
+        wait_for(lambda n=name: cluster.status(n)["gossip"]["pulls_arrived"] >= 1, 20,
                  what=f"{name} to count its pull as arrived")
     scraped = cluster.request("gpu-3", "GET", "/metrics").body.decode()
     assert 'ringsync_gossip_pulls_arrived_total{node="gpu-3"} 1.0' in scraped
