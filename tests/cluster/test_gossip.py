@@ -5,7 +5,9 @@ gossip with fanout 2 every 0.5 s; npz replicates to every eligible node (roles g
 not the coordinator). Only the coordinator, gpu-1 and gpu-2 run at first: gpu-1 writes a
 file, gpu-2 pulls it, gpu-1 is killed (SIGKILL), and only then do gpu-3..5 and cpu-1 start.
 They never talk to gpu-1, so the artifact's row reaches them relayed and every copy they
-store comes from a node that is not the origin: two hops at least, made certain.
+store comes from a node that is not the origin: two hops at least, made certain. One copy
+is all deletion asks for, so the coordinator's orphan re-homing stays out of it: every late
+node's copy is one it pulled.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ CONFIG = {
     "sync_routing": {"policies": {"npz": {"replication_target": "all"}},
                      "capacity_refresh_seconds": 1.0},
     "transfer": {"breaker_reset_seconds": 1.0},  # peers that were not up yet are tried again
+    # gpu-2's copy alone is enough: with gpu-1 gone the coordinator would otherwise re-home
+    # the orphan (ask gpu-2 to send it to a late node), a copy that node never asked for
+    "push": {"min_copies_before_delete": 1},
     "hosts": {"coord": {"strategy": "push_from_generator"}},
 }
 
