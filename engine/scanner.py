@@ -17,6 +17,20 @@ A database that is not finished yet can still be protected by a live snapshot
 (``live_snapshot_database``, used by ``engine.daemons.live_snapshots``): the same one-step
 backup, but inside one read transaction of a read-only (not immutable) connection, so the
 live writer's locks are respected and the copy is a committed state.
+
+Names that are not valid UTF-8 (issue 12): POSIX lets a file or directory be named with
+any bytes; Python surrogate-escapes what does not decode, and such a ``str`` cannot be
+encoded for SQLite, JSON or HTTP. The scanner refuses those names one by one: a file whose
+name (or a directory whose name) cannot be encoded as UTF-8 is skipped, with everything
+below such a directory, and every other file is scanned as usual. The refused names seen
+by the latest full scan are in ``Scanner.refused`` (shown escaped, ``bad\\xff.db``, see
+``display_name``). The AutoSyncDaemon reports each refused name once (a DATA_SYNC_FAILED
+with reason "scan" and a warning log line, the path of an unreadable file) and lists them
+in its /health details. A refused name does not make the node unhealthy (nothing of it
+can be lost by the engine, and the rest of the node syncs), but the health message says
+"auto sync running; N file name(s) refused" so an operator sees it and renames the file.
+Hidden files, SQLite sidecars and trees of received copies are skipped before this check,
+as ever.
 """
 
 from __future__ import annotations
@@ -65,6 +79,24 @@ def is_database(path: str) -> bool:
     return path.endswith(DB_SUFFIXES)
 
 
+def encodable(name: str) -> bool:
+    """``name`` can be encoded as UTF-8 (a name read from disk that was not valid UTF-8
+    holds surrogate escapes and cannot)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def display_name(name: str) -> str:
+    """A refused name made printable and encodable: its undecodable bytes as ``\\xNN``."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+REFUSED_REASON = "file name is not valid UTF-8; rename it to sync it"
+
+
 class Scanner:
     """Walks one data root; all methods are blocking and meant for a worker thread."""
 
@@ -74,22 +106,45 @@ class Scanner:
         self.node = node
         self.exclude_patterns = list(exclude_patterns)
         self.finished_after = finished_after
+        self.refused: dict[str, str] = {}
+        """Refused names (``<data_type>/<rel>`` made printable by ``display_name``) of the
+        latest full scan (``candidates``) -> why; see the module docstring."""
 
     def excluded(self, rel: str) -> bool:
         name = rel.rsplit("/", 1)[-1]
         return any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(name, p)
                    for p in self.exclude_patterns)
 
-    def _walk(self, data_type: str) -> Iterator[tuple[str, Path]]:
-        """Every visible, non-excluded file of ``data_type`` but SQLite sidecars: (rel, path)."""
+    def _refuse(self, refused: dict[str, str] | None, data_type: str, dirpath: str,
+                base: Path, name: str) -> None:
+        if refused is None:
+            return
+        rel = Path(dirpath, name).relative_to(base).as_posix()
+        refused[display_name(f"{data_type}/{rel}")] = REFUSED_REASON
+
+    def _walk(self, data_type: str, refused: dict[str, str] | None = None
+              ) -> Iterator[tuple[str, Path]]:
+        """Every visible, non-excluded file of ``data_type`` but SQLite sidecars: (rel, path).
+        Names that cannot be encoded as UTF-8 are left out (a directory with all below it)
+        and added to ``refused`` when given."""
         base = self.data.root / data_type
         for dirpath, dirnames, filenames in os.walk(base):
             top = dirpath == str(base)
             # hidden directories, and at the top the trees of copies received from others
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")
-                           and not (top and d.startswith(COPY_PREFIX))]
+            keep = []
+            for d in dirnames:
+                if d.startswith(".") or (top and d.startswith(COPY_PREFIX)):
+                    continue
+                if not encodable(d):
+                    self._refuse(refused, data_type, dirpath, base, d)
+                    continue
+                keep.append(d)
+            dirnames[:] = keep
             for name in filenames:
                 if name.startswith(".") or name.endswith(SIDECARS) or name.endswith("-shm"):
+                    continue
+                if not encodable(name):
+                    self._refuse(refused, data_type, dirpath, base, name)
                     continue
                 file = Path(dirpath, name)
                 rel = file.relative_to(base).as_posix()
@@ -117,8 +172,9 @@ class Scanner:
         identity when it was hashed: a changed ctime, inode or device counts as changed)."""
         now = time.time() if now is None else now
         found: list[Candidate] = []
+        refused: dict[str, str] = {}
         for data_type in DATA_TYPES:
-            for rel, file in self._walk(data_type):
+            for rel, file in self._walk(data_type, refused):
                 try:
                     st = file.stat()
                 except OSError:
@@ -130,6 +186,7 @@ class Scanner:
                     continue
                 found.append(Candidate(data_type, rel, file, st.st_size, st.st_mtime_ns,
                                        identity))
+        self.refused = refused
         return found
 
     def live_databases(self, now: float | None = None) -> list[tuple[str, Path]]:

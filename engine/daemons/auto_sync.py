@@ -30,7 +30,7 @@ from engine.daemons.write_through import WriteThrough, final_candidates
 from engine.events import DataSyncCompleted, DataSyncFailed, DataSyncStarted
 from engine.health import HealthCheckResult
 from engine.manifest import Artifact, Replica, SyncReceipt
-from engine.scanner import Candidate, Scanner, UnreadableArtifact, is_database
+from engine.scanner import Scanner, UnreadableArtifact, is_database
 from engine.transport import PushRequest, TransferError
 
 if TYPE_CHECKING:
@@ -75,7 +75,7 @@ class AutoSyncDaemon:
                                cfg.transfer.finished_after_seconds)
         self.retry = RetryPolicy(cfg.transfer.retry_base_seconds, cfg.transfer.retry_max_seconds)
         self._retries: dict[tuple[tuple[str, str, str, str], str], RetryState] = {}
-        self._unreadable_seen: dict[str, tuple[int, int]] = {}
+        self._unreadable_seen: dict[str, tuple[int, int] | None] = {}
         self._wake = asyncio.Event()
         self._priority: tuple[str, str | None] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -159,12 +159,15 @@ class AutoSyncDaemon:
             candidates = await asyncio.to_thread(final_candidates, self.scanner, known)
         else:
             candidates = await asyncio.to_thread(self.scanner.candidates, known)
+        for name, why in list(self.scanner.refused.items()):  # names not valid UTF-8
+            self._unreadable(name, None, why)
         registered = 0
         for cand in candidates:
             try:
                 art = await asyncio.to_thread(self.scanner.prepare, cand)
-            except (UnreadableArtifact, OSError) as exc:
-                self._unreadable(cand, exc)
+            except (UnreadableArtifact, OSError, UnicodeError) as exc:
+                self._unreadable(f"{cand.data_type}/{cand.path}", (cand.size, cand.mtime_ns),
+                                 exc)
                 continue
             if art is None:
                 continue
@@ -178,13 +181,17 @@ class AutoSyncDaemon:
                                                  root_id=self.node.root_id))
         return registered
 
-    def _unreadable(self, cand: Candidate, exc: Exception) -> None:
-        """Report a file that cannot be prepared, once per version of it; keep scanning."""
-        key = f"{cand.data_type}/{cand.path}"
-        if self._unreadable_seen.get(key) == (cand.size, cand.mtime_ns):
+    def _unreadable(self, key: str, version: tuple[int, int] | None,
+                    exc: Exception | str) -> None:
+        """Report a file that cannot be prepared (``key`` is ``<data_type>/<path>``), once per
+        ``version`` of it (size, mtime_ns), or a name the scanner refused (``version`` None:
+        once per name); keep scanning."""
+        if key in self._unreadable_seen and self._unreadable_seen[key] == version:
             return
-        self._unreadable_seen[key] = (cand.size, cand.mtime_ns)
+        self._unreadable_seen[key] = version
         self.last_error = f"{key}: {exc}"
+        log.warning("%s on %s: %s", "refused file name" if version is None else "cannot sync",
+                    self.node.name, self.last_error)
         self.node.events.emit(DataSyncFailed(
             source=self.node.name, target=self.node.name, artifact=key, error=str(exc),
             attempt=0, retry_in_seconds=None, reason="scan", strategy=self.strategy))
@@ -384,7 +391,14 @@ class AutoSyncDaemon:
         healthy = not stale and not blocked
         message = ("auto sync running" if healthy else
                    "auto sync stalled" if stale else f"{len(blocked)} pushes need an operator")
+        # names the scanner refuses (not valid UTF-8): healthy still, but the operator is told
+        refused = sorted(self.scanner.refused)
+        if refused:
+            message += (f"; {len(refused)} file name{'s' if len(refused) != 1 else ''}"
+                        " refused")
         return HealthCheckResult(healthy, message, {"strategy": self.strategy,
                                                     "blocked": [f"{a[1]}/{a[2]} -> {t}"
                                                                 for a, t in blocked[:10]],
+                                                    "refused_names": refused[:10],
+                                                    "refused_names_count": len(refused),
                                                     **self.totals})
