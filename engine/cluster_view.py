@@ -92,24 +92,14 @@ class ClusterViewRefresher:
     def __init__(self, node: "Node") -> None:
         self.node = node
         self.interval = node.config.sync_routing.capacity_refresh_seconds
-        self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="cluster-view")
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            await self.refresh()
-            await asyncio.sleep(self.interval)
+    async def step(self) -> None:
+        """One refresh (the ``cluster_view`` service's step, every ``interval``)."""
+        await self.refresh()
 
     async def refresh(self) -> bool:
-        """One refresh now; False when the coordinator gave no usable answer."""
+        """One refresh now; False when the coordinator gave no usable answer (kept as the
+        view's ``last_error``). Anything else that fails raises: the step failed."""
         node = self.node
         if node.membership is not None:
             members = node.membership.view()

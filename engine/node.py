@@ -49,6 +49,7 @@ from engine.startup import StartupChecks
 from engine.metrics import NodeMetrics
 from engine.paths import DataRoot
 from engine.router import SyncRouter
+from engine.runtime import Service, Supervisor
 from engine.server import make_app
 from engine.transfers import TransferTracker
 from engine.transport import HttpTransport
@@ -113,6 +114,8 @@ class Node:
         self.breakers = Breakers(self.name, self.events, self.config.transfer.breaker_failures,
                                  self.config.transfer.breaker_reset_seconds)
         """One circuit breaker per target node, shared by every outbound transfer."""
+        self.supervisor = Supervisor(self.name, self.events.emit)
+        """Runs the node's periodic services; a failing one is reported and restarted."""
         self.bandwidth = BandwidthCoordinator(self.config.bandwidth_limit_mbps)
         set_bandwidth_coordinator(self.bandwidth)
         self.membership = MembershipDaemon(self) if self.host.role == "coordinator" else None
@@ -176,13 +179,19 @@ class Node:
         self.transport = HttpTransport(self.session, self.name, self.bandwidth,
                                        self.config.transfer.chunk_bytes)
         self._used_bytes = await asyncio.to_thread(self._measure_used)
-        capacity = asyncio.create_task(self._capacity_loop(), name="capacity")
         adopt = asyncio.create_task(self.copies.adopt_unknown(), name="adopt-copies")
-        await self.view_refresher.start()
+        supervisor = self.supervisor
+        supervisor.add(Service("capacity", self._capacity_step, CAPACITY_REFRESH_SECONDS,
+                               first_delay=CAPACITY_REFRESH_SECONDS))
+        supervisor.add(Service("cluster_view", self.view_refresher.step,
+                               self.view_refresher.interval))
         if self.membership:
-            await self.membership.start()
+            supervisor.add(Service("membership", self.membership.check_all,
+                                   self.membership.interval))
         if self.manifest_pull:
-            await self.manifest_pull.start()
+            supervisor.add(Service("manifest_pull", self.manifest_pull.step,
+                                   self.manifest_pull.interval))
+        await supervisor.start()
         await self.hooks.start()
         await self.daemon.start()
         if self.gossip:
@@ -206,14 +215,11 @@ class Node:
         if self.gossip:
             await self.gossip.stop()
         await self.daemon.stop()
+        await supervisor.stop()
         if self.manifest_pull:
             await self.manifest_pull.stop()
-        if self.membership:
-            await self.membership.stop()
-        await self.view_refresher.stop()
-        capacity.cancel()
         adopt.cancel()
-        await asyncio.gather(capacity, adopt, return_exceptions=True)
+        await asyncio.gather(adopt, return_exceptions=True)
         await self.session.close()
         await self.hooks.stop()
         self.events.close()
@@ -243,19 +249,19 @@ class Node:
             return self.data.used_bytes()
         return shutil.disk_usage(self.data.root).used
 
-    async def _capacity_loop(self) -> None:
-        while True:
-            await asyncio.sleep(CAPACITY_REFRESH_SECONDS)
-            removed = await asyncio.to_thread(self.data.prune_partials, PARTIAL_MAX_AGE_SECONDS,
-                                              set(self.uploads_in_progress), time.time())
-            for part in removed:
-                log.info("removed abandoned partial upload %s", part.name)
-            self._used_bytes = await asyncio.to_thread(self._measure_used)
-            self.backpressure.check()
-            if not self.startup.done:
-                self.startup.run()
-            elif not (self.data.state / "reserve").exists():
-                await asyncio.to_thread(diskio.ensure_reserve, self.data.state / "reserve")
+    async def _capacity_step(self) -> None:
+        """The ``capacity`` service's step: abandoned partials, usage, backpressure, and the
+        start-up checks or the space kept aside while the disk was full."""
+        removed = await asyncio.to_thread(self.data.prune_partials, PARTIAL_MAX_AGE_SECONDS,
+                                          set(self.uploads_in_progress), time.time())
+        for part in removed:
+            log.info("removed abandoned partial upload %s", part.name)
+        self._used_bytes = await asyncio.to_thread(self._measure_used)
+        self.backpressure.check()
+        if not self.startup.done:
+            self.startup.run()
+        elif not (self.data.state / "reserve").exists():
+            await asyncio.to_thread(diskio.ensure_reserve, self.data.state / "reserve")
 
     def _wake_sync(self, reason: str) -> None:
         """A target came back or released backpressure (``reason`` is ``<why>:<node>``): a
@@ -342,6 +348,7 @@ class Node:
             "routing": self.router.status(),
             "live_snapshots": self.live.status(),
             "scrub": self.scrub.status(),
+            "components": self.supervisor.status(),
             "bandwidth": {h: {k: v[k] for k in ("limit_mbps", "allocated_mbps",
                                                  "active_transfers", "current_mbps")}
                           for h, v in self.bandwidth.status()["hosts"].items()},
@@ -358,7 +365,8 @@ class Node:
                                     "backpressure": self.backpressure.status()}}}
 
     def health_check(self) -> HealthCheckResult:
-        parts = {"startup": self.startup.health_check(),
+        parts = {"components": self.supervisor.health_check(),
+                 "startup": self.startup.health_check(),
                  "auto_sync": self.daemon.health_check(), "router": self.router.health_check(),
                  "backpressure": self.backpressure.health_check(),
                  "live_snapshots": self.live.health_check(),

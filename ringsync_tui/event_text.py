@@ -87,6 +87,13 @@ FORMATS: dict[str, Callable[[Mapping[str, Any]], str]] = {
         + (f" for {p['artifact']}" if p.get("artifact") else "")
         + (f" exited {p['exit_code']}" if p.get("exit_code") is not None else " did not finish")
         + f": {p['error']}"),
+    "COMPONENT_FAILED": lambda p: (
+        f"{p['node']}: {p['component']} failed ({p['streak']}x): {p['error']}"
+        + (f", restart in {p['restart_in_seconds']:.0f}s"
+           if p.get("restart_in_seconds") is not None else "")),
+    "COMPONENT_RECOVERED": lambda p: (
+        f"{p['node']}: {p['component']} recovered after {p['failures']} failures"
+        f" ({p['down_seconds']:.0f}s)"),
     "MODEL_PROMOTED": lambda p: f"model {p['path']} promoted ({p['config_key']}, {_size(p['size'])})",
     "MODEL_DISTRIBUTED": lambda p: (
         f"model {p['path']} on {len(p['nodes'])} nodes via {p['transport']}"

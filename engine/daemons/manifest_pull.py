@@ -24,6 +24,7 @@ import aiohttp
 
 from engine.health import HealthCheckResult
 from engine.manifest.store import TABLES
+from engine.runtime import TaskSet
 
 if TYPE_CHECKING:
     from engine.node import Node
@@ -74,25 +75,17 @@ class ManifestPuller:
         self.peers: dict[str, PeerPull] = {
             name: PeerPull(name) for name in node.config.hosts if name != node.name}
         self.rounds = 0
-        self._task: asyncio.Task[None] | None = None
         self._pulls: dict[str, asyncio.Task[None]] = {}
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="manifest-pull")
+        self._tasks = TaskSet("manifest-pull", self._pull_failed)
 
     async def stop(self) -> None:
-        tasks = [t for t in (self._task, *self._pulls.values()) if t is not None]
-        self._task = None
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        """Cancel the pulls under way."""
+        await self._tasks.close()
         self._pulls.clear()
 
-    async def _run(self) -> None:
-        while True:
-            started = time.monotonic()
-            self.round()
-            await asyncio.sleep(max(0.05, self.interval - (time.monotonic() - started)))
+    async def step(self) -> None:
+        """One round (the ``manifest_pull`` service's step)."""
+        self.round()
 
     def round(self) -> None:
         """Start a pull of every node that is not down and has none running."""
@@ -101,9 +94,17 @@ class ManifestPuller:
         for name, peer in self.peers.items():
             if name in self._pulls or (membership is not None and membership.is_down(name)):
                 continue
-            task = asyncio.create_task(self.pull(peer), name=f"manifest-pull:{name}")
+            task = self._tasks.spawn(self.pull(peer), name=f"manifest-pull:{name}")
             self._pulls[name] = task
             task.add_done_callback(lambda _t, n=name: self._pulls.pop(n, None))
+
+    def _pull_failed(self, task_name: str, exc: Exception) -> None:
+        """A pull that raised (a local error, not the peer's answer): the peer's last error
+        and an unhealthy /health until a pull succeeds."""
+        peer = self.peers.get(task_name.partition(":")[2])
+        if peer is not None:
+            peer.last_error = f"{type(exc).__name__}: {exc}"
+            peer.merge_error = True
 
     async def pull(self, peer: PeerPull) -> None:
         """Ask one node for what changed since its cursor until it has nothing more."""

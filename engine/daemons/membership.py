@@ -1,5 +1,8 @@
 """Membership: the coordinator asks every node for ``/status`` on an interval.
 
+``check_all`` is one round; the node runs it as the supervised ``membership`` service
+(``engine.runtime``).
+
 States: ``unknown`` (never answered yet), ``up`` (answered the last check),
 ``suspect`` (was up, missed at least ``suspect_after_misses``), ``down`` (missed
 ``down_after_misses``). A down node that
@@ -58,27 +61,15 @@ class MembershipDaemon:
         self.members: dict[str, Member] = {
             name: Member(name) for name in node.config.hosts if name != node.name}
         """Every other node, by name."""
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="membership")
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
 
     def is_down(self, name: str) -> bool:
         member = self.members.get(name)
         return member is not None and member.state == "down"
 
-    async def _run(self) -> None:
-        while True:
-            started = time.monotonic()
-            await self.check_all()
-            await asyncio.sleep(max(0.05, self.interval - (time.monotonic() - started)))
-
     async def check_all(self) -> None:
+        """One round (the ``membership`` service's step, every ``interval``): ask every node.
+        A node that does not answer is a miss; anything else that fails here (the manifest
+        refusing a capacity row) fails the step, and the supervisor reports it."""
         await asyncio.gather(*(self._check(m) for m in self.members.values()))
 
     async def _check(self, member: Member) -> None:

@@ -3,7 +3,7 @@
 from engine.events.bus import EventBus, Subscription
 from engine.events.types import (
     PAYLOADS, ArtifactDeleted, ArtifactSafe, BackpressureActivated, BackpressureReleased,
-    CircuitBreakerChanged, CleanupCompleted, DataSyncCompleted, DataSyncFailed, DataSyncStarted,
+    CircuitBreakerChanged, CleanupCompleted, ComponentFailed, ComponentRecovered, DataSyncCompleted, DataSyncFailed, DataSyncStarted,
     DiskPressureChanged, Event, EventType, HookFailed, ModelDistributed, ModelPromoted, NodeDown,
     NodeRecovered, NodeSuspect, Payload, PrioritySyncRequested, ReplicaQuarantined,
     ReplicasVerified, Severity, SyncPaused, SyncResumed,
@@ -11,7 +11,8 @@ from engine.events.types import (
 
 __all__ = [
     "PAYLOADS", "ArtifactDeleted", "ArtifactSafe", "BackpressureActivated",
-    "BackpressureReleased", "CircuitBreakerChanged", "CleanupCompleted", "DataSyncCompleted",
+    "BackpressureReleased", "CircuitBreakerChanged", "CleanupCompleted", "ComponentFailed",
+    "ComponentRecovered", "DataSyncCompleted",
     "DataSyncFailed", "DataSyncStarted", "DiskPressureChanged", "Event", "EventBus", "EventType",
     "HookFailed", "ModelDistributed", "ModelPromoted", "NodeDown", "NodeRecovered",
     "NodeSuspect", "Payload", "PrioritySyncRequested", "ReplicaQuarantined", "ReplicasVerified",

@@ -35,6 +35,8 @@ class EventType(str, enum.Enum):
     ARTIFACT_SAFE = "ARTIFACT_SAFE"
     CIRCUIT_BREAKER_CHANGED = "CIRCUIT_BREAKER_CHANGED"
     HOOK_FAILED = "HOOK_FAILED"
+    COMPONENT_FAILED = "COMPONENT_FAILED"
+    COMPONENT_RECOVERED = "COMPONENT_RECOVERED"
 
 
 class Severity(str, enum.Enum):
@@ -335,6 +337,33 @@ class HookFailed(Payload):
     exit_code: int | None
     error: str
     seconds: float
+
+
+@dataclass(frozen=True)
+class ComponentFailed(Payload):
+    """The long-running component ``component`` of ``node`` failed (``error``): the
+    ``streak``-th failure in a row; the supervisor starts it again in ``restart_in_seconds``
+    (None: it was stopping and is not restarted)."""
+
+    event_type: ClassVar[EventType] = EventType.COMPONENT_FAILED
+    severity: ClassVar[Severity] = Severity.ERROR
+    node: str
+    component: str
+    error: str
+    streak: int
+    restart_in_seconds: float | None
+
+
+@dataclass(frozen=True)
+class ComponentRecovered(Payload):
+    """``component`` of ``node`` ran a step without failing after ``failures`` failures in a
+    row, the first ``down_seconds`` ago."""
+
+    event_type: ClassVar[EventType] = EventType.COMPONENT_RECOVERED
+    node: str
+    component: str
+    failures: int
+    down_seconds: float
 
 
 PAYLOADS: dict[EventType, type[Payload]] = {
