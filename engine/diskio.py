@@ -1,11 +1,43 @@
 """Writing received bytes with little CPU (positional writes, block reservation, early
-writeback), and putting a verified file in place durably (link, replace, directory fsync)."""
+writeback), and putting a verified file in place durably (link, replace, directory fsync).
+
+A failing disk (EIO, ENOSPC… from a write, an fsync or a link) is a ``DiskError``; its
+``status`` is the HTTP answer the receiver gives: 507 when the disk or quota is full, 503
+otherwise; both are retryable for a sender.
+"""
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 from pathlib import Path
+
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+"""Errors that mean "no room": answered 507 Insufficient Storage."""
+
+
+def disk_error_status(code: int | None) -> int:
+    """The HTTP status for a receiver's disk failing with errno ``code``: 507 for a full
+    disk or quota, 503 for anything else (EIO, EROFS…): the next attempt may succeed."""
+    return 507 if code in FULL_ERRNOS else 503
+
+
+class DiskError(Exception):
+    """An OSError of the receiver's own disk while writing, fsyncing or linking a part (not
+    a hang-up of the sender). The part's bytes cannot be trusted afterwards (after a failed
+    fsync the page cache may hold bytes that never reach the disk): it is discarded."""
+
+    def __init__(self, op: str, cause: OSError) -> None:
+        self.op = op
+        self.cause = cause
+        self.errno = cause.errno
+        self.errno_name = errno.errorcode.get(cause.errno or 0, str(cause.errno))
+        super().__init__(f"{op} failed: {self.errno_name}: {cause.strerror or cause}")
+
+    @property
+    def status(self) -> int:
+        return disk_error_status(self.errno)
 
 _FALLOC_FL_KEEP_SIZE = 1
 try:
@@ -67,22 +99,42 @@ def make_dirs(directory: Path, root: Path) -> None:
 
 def publish(part: Path, final: Path, root: Path | None = None) -> None:
     """Give a verified part its final name without ever replacing an existing file
-    (raises FileExistsError instead). Directories it creates are fsynced up to ``root``."""
-    if root is not None:
-        make_dirs(final.parent, root)
-    else:
-        final.parent.mkdir(parents=True, exist_ok=True)
-    os.link(part, final)
+    (raises FileExistsError instead). Directories it creates are fsynced up to ``root``.
+
+    Any other OSError is a ``DiskError``; the final name is then taken back (best effort:
+    a link whose directory fsync failed is not known to be durable), the part is left to
+    the caller to discard."""
+    try:
+        if root is not None:
+            make_dirs(final.parent, root)
+        else:
+            final.parent.mkdir(parents=True, exist_ok=True)
+        os.link(part, final)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        raise DiskError("link", exc) from exc
+    try:
+        fsync_dir(final.parent)
+    except OSError as exc:
+        try:
+            os.unlink(final)
+        except OSError:
+            pass
+        raise DiskError("directory fsync", exc) from exc
     os.unlink(part)
-    fsync_dir(final.parent)
 
 
 def replace_live(part: Path, target: Path) -> None:
     """Make a verified live snapshot the newest one of its (origin, path). The one place a
-    file is replaced: the path is keyed by the sending node, so no two senders collide."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(part, target)
-    fsync_dir(target.parent)
+    file is replaced: the path is keyed by the sending node, so no two senders collide.
+    An OSError is a ``DiskError``."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(part, target)
+        fsync_dir(target.parent)
+    except OSError as exc:
+        raise DiskError("replace", exc) from exc
 
 
 RESERVE_BYTES = 256 * 2**10

@@ -1,4 +1,10 @@
-"""The body of an upload: streamed into its part file while being hashed, bounded in memory."""
+"""The body of an upload: streamed into its part file while being hashed, bounded in memory.
+
+A sender that stops sending without closing the connection (a vanished host: no FIN, no
+RST) is given ``UPLOAD_IDLE_SECONDS`` per read; then the upload ends as ``UploadStalled``,
+keeping every byte that arrived for a resume. An OSError of this node's disk (writing,
+fsyncing the part) ends it as ``diskio.DiskError``; that part must be discarded.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +20,34 @@ from engine import diskio
 from engine.hashing import sha256_prefix
 from engine.transfers import Transfer
 
+UPLOAD_IDLE_SECONDS = 30.0
+"""How long one read of an upload's body may wait for bytes before the upload is given up
+(overridable with the environment variable ``RINGSYNC_UPLOAD_IDLE_SECONDS``)."""
+
+IDLE_ENV = "RINGSYNC_UPLOAD_IDLE_SECONDS"
+
+
+def upload_idle_seconds() -> float:
+    """``UPLOAD_IDLE_SECONDS``, or ``$RINGSYNC_UPLOAD_IDLE_SECONDS`` when set to a positive
+    number (read at each call, so a test can set it per node)."""
+    raw = os.environ.get(IDLE_ENV)
+    if raw:
+        try:
+            value = float(raw)
+        except ValueError:
+            return UPLOAD_IDLE_SECONDS
+        if value > 0:
+            return value
+    return UPLOAD_IDLE_SECONDS
+
+
+class UploadStalled(Exception):
+    """No byte of the body arrived for ``idle`` seconds; what did arrive is in the part."""
+
+    def __init__(self, idle: float) -> None:
+        self.idle = idle
+        super().__init__(f"no bytes for {idle:g} s")
+
 
 async def receive_body(request: web.Request, part: Path, offset: int, size: int, chunk: int,
                    transfer: Transfer) -> str:
@@ -25,7 +59,12 @@ async def receive_body(request: web.Request, part: Path, offset: int, size: int,
     receive, write and hash overlap; aiohttp buffers up to two chunks meanwhile, so
     about four chunks are in memory at most. If the sender goes away, every byte that
     was handed over is still written, so a resume loses nothing.
+
+    Raises ``UploadStalled`` when one read waits more than ``upload_idle_seconds()`` (the
+    bytes that arrived are written first), and ``diskio.DiskError`` when opening, writing
+    or fsyncing the part fails (its bytes are then not to be trusted).
     """
+    idle = upload_idle_seconds()
     hasher = hashlib.sha256()
     if offset:
         await asyncio.to_thread(sha256_prefix, part, offset, hasher)
@@ -39,7 +78,10 @@ async def receive_body(request: web.Request, part: Path, offset: int, size: int,
     batched, position = 0, offset
     # Opened without leaving the loop: a hang-up is not processed before the bytes
     # already buffered are taken.
-    fd = os.open(part, os.O_WRONLY | os.O_CREAT | (0 if offset else os.O_TRUNC), 0o644)
+    try:
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | (0 if offset else os.O_TRUNC), 0o644)
+    except OSError as exc:
+        raise diskio.DiskError("open", exc) from exc
     diskio.reserve(fd, offset, size - offset)
 
     async def hand_off() -> None:
@@ -55,7 +97,11 @@ async def receive_body(request: web.Request, part: Path, offset: int, size: int,
     try:
         try:
             while True:
-                data, _ = await content.readchunk()
+                try:
+                    async with asyncio.timeout(idle):
+                        data, _ = await content.readchunk()
+                except TimeoutError:
+                    raise UploadStalled(idle) from None
                 if not data:
                     if content.at_eof():
                         break
@@ -72,13 +118,19 @@ async def receive_body(request: web.Request, part: Path, offset: int, size: int,
                 await hand_off()
             if pending is not None:
                 await pending
-        await asyncio.to_thread(os.fsync, fd)
+        try:
+            await asyncio.to_thread(os.fsync, fd)
+        except OSError as exc:
+            raise diskio.DiskError("fsync", exc) from exc
     finally:
         os.close(fd)
     return hasher.hexdigest()
 
 
 def _write_and_hash(fd: int, hasher: "hashlib._Hash", pieces: list[bytes], position: int) -> None:
-    diskio.write_at(fd, pieces, position)
+    try:
+        diskio.write_at(fd, pieces, position)
+    except OSError as exc:
+        raise diskio.DiskError("write", exc) from exc
     for data in pieces:
         hasher.update(data)

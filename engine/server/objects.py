@@ -17,6 +17,13 @@ quarantine (REPLICA_QUARANTINED) and answered 422. ``HEAD`` tells a sender what 
 200 with the stored hash, 404 with ``X-Ringsync-Offset`` = bytes of a partial upload it
 may resume, or 409 while another upload of the same object is still running.
 
+A sender that stops sending mid-body (no FIN, no RST) frees the upload after
+``UPLOAD_IDLE_SECONDS`` without a byte (``engine/server/body.py``): the partial is kept for a
+resume and the answer is 408. A failing disk here (an OSError writing, fsyncing or linking
+the part) discards the part (after a failed fsync its bytes cannot be trusted), never
+publishes it, and answers a retryable 507 (ENOSPC, EDQUOT) or 503 (EIO, anything else) whose
+JSON body names the errno.
+
 A live snapshot is checked the same way but never published nor counted: it replaces the
 previous live snapshot of that (origin, path) under ``.ringsync/live/<origin>/`` and is
 deleted when the finished artifact itself arrives.
@@ -25,6 +32,7 @@ deleted when the finished artifact itself arrives.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,7 +44,7 @@ from engine.events import DataSyncCompleted, DataSyncFailed, ReplicaQuarantined
 from engine.manifest import Artifact, SyncReceipt
 from engine.paths import UnsafePath
 from engine.scanner import is_database
-from engine.server.body import receive_body
+from engine.server.body import UploadStalled, receive_body
 from engine.server.context import node_of
 from engine.sqlite_check import check_database_async
 from engine.transfers import Transfer
@@ -52,6 +60,8 @@ H_URGENCY, H_BACKPRESSURE = "X-Ringsync-Urgency", "X-Ringsync-Backpressure"
 H_ROOT = "X-Ringsync-Root-Id"
 
 _HEX = frozenset("0123456789abcdef")
+
+log = logging.getLogger(__name__)
 
 
 def _bad(status: type[web.HTTPException], message: str, **extra: object) -> web.HTTPException:
@@ -206,6 +216,17 @@ async def put_object(request: web.Request) -> web.Response:
         except web.HTTPException as exc:
             node.transfers.finish(transfer, error=exc.text or exc.reason)
             raise
+        except UploadStalled as exc:
+            # The sender is silent but the connection still open (a vanished host): free
+            # the upload now, not at TCP keepalive; the partial stays for a resume.
+            error = (f"upload stalled after {offset + transfer.done} of {size} bytes: {exc}"
+                     " (partial kept for resume)")
+            node.transfers.finish(transfer, error=error)
+            _receive_failed(node, source, artifact_name, error)
+            log.warning("%s from %s: %s", artifact_name, source, error)
+            raise _bad(web.HTTPRequestTimeout, error) from None
+        except diskio.DiskError as exc:
+            raise _disk_failed(node, source, artifact_name, part, exc, transfer) from None
         except BaseException as exc:
             # The sender went away mid-body: keep the partial for resume; nothing is visible.
             error = (f"upload interrupted after {offset + transfer.done} of {size} bytes"
@@ -231,10 +252,15 @@ async def put_object(request: web.Request) -> web.Response:
                                              result.describe(), transfer)
         if live_origin is not None:
             target = node.data.live_path(live_origin, data_type, rel)
-            await asyncio.to_thread(diskio.replace_live, part, target)
+            try:
+                await asyncio.to_thread(diskio.replace_live, part, target)
+            except diskio.DiskError as exc:
+                raise _disk_failed(node, source, artifact_name, part, exc, transfer) from None
         else:
             try:
                 await asyncio.to_thread(diskio.publish, part, final, node.data.root)
+            except diskio.DiskError as exc:
+                raise _disk_failed(node, source, artifact_name, part, exc, transfer) from None
             except FileExistsError:
                 part.unlink(missing_ok=True)
                 node.transfers.finish(transfer, error="lost a race with another upload")
@@ -244,6 +270,23 @@ async def put_object(request: web.Request) -> web.Response:
         node.uploads_in_progress.discard(part)
     return await _stored(node, request, origin, data_type, rel, size, sha, transfer,
                          live_origin)
+
+
+def _disk_failed(node: "Node", source: str, artifact_name: str, part: Path,
+                 exc: diskio.DiskError, transfer: Transfer) -> web.HTTPException:
+    """This node's disk failed on a part: discard it (never kept for a resume, never
+    published), report it, and answer a retryable 507 (full) or 503 naming the errno."""
+    try:
+        part.unlink(missing_ok=True)
+    except OSError:
+        log.warning("cannot discard %s after a disk error", part, exc_info=True)
+    error = f"{node.name} could not store {artifact_name}: {exc} (part discarded)"
+    node.transfers.finish(transfer, error=error)
+    _receive_failed(node, source, artifact_name, error)
+    log.warning("%s from %s: %s", artifact_name, source, error)
+    status = (web.HTTPInsufficientStorage if exc.status == 507
+              else web.HTTPServiceUnavailable)
+    return _bad(status, error, errno=exc.errno_name, op=exc.op)
 
 
 async def _held(node: "Node", ident: tuple[str, str, str, str], final: Path,

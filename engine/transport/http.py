@@ -6,9 +6,12 @@ the declared size and SHA-256. The target hashes while writing and answers with 
 verification; a hash that does not match ours is a failure, never a success. A live
 snapshot (``PushRequest.live``) carries ``X-Ringsync-Live: 1`` on both requests.
 
-Errors: 400/401/403/409 are not retryable; anything else (5xx, 422 for bytes that did
-not verify or a database that failed the receiver's integrity check, 507) is, and the
-caller backs off.
+Errors: 400/401/403/409 are not retryable; anything else (5xx, 408 for an upload the
+receiver gave up as stalled, 422 for bytes that did not verify or a database that failed
+the receiver's integrity check, 503 for a failing disk there, 507 for a full one) is, and
+the caller backs off. A failure feeds the target's breaker unless it was the request's or
+the file's (400, 409, 422), backpressure, or a full target (507: the router already holds
+a full node by its free space; a breaker would only add a wait after it has room again).
 """
 
 from __future__ import annotations
@@ -187,10 +190,22 @@ async def _json(resp: aiohttp.ClientResponse) -> dict:
         return {}
 
 
+NOT_RETRYABLE = frozenset({400, 401, 403, 409})
+"""Answers that another attempt cannot change (bad request, token, conflict)."""
+NOT_TARGET_FAULT = frozenset({400, 409, 422, 507})
+"""Answers that say nothing against the target's health (see the module docstring)."""
+
+
+def error_kind(status: int, backpressure: str | None = None) -> tuple[bool, bool]:
+    """(retryable, target_fault) of an error answer ``status``."""
+    return (status not in NOT_RETRYABLE,
+            status not in NOT_TARGET_FAULT and not backpressure)
+
+
 async def _error(resp: aiohttp.ClientResponse, target: str, key: str) -> TransferError:
     detail = (await _json(resp)).get("error") or resp.reason
-    retryable = resp.status not in (400, 401, 403, 409)
     backpressure = resp.headers.get(H_BACKPRESSURE) if resp.status == 503 else None
+    retryable, target_fault = error_kind(resp.status, backpressure)
     return TransferError(f"{target} answered {resp.status} for {key}: {detail}",
                          retryable=retryable, backpressure=backpressure,
-                         target_fault=resp.status not in (400, 409, 422) and not backpressure)
+                         target_fault=target_fault)

@@ -1,0 +1,153 @@
+"""Issue 12: a receiver's failing disk and a sender that stalls mid-body, on real nodes.
+
+A fsync of the part that fails (strace injects EIO or ENOSPC into the receiver's first
+fsync) is a retryable 503/507 naming the errno, the part is discarded, nothing is
+published, and a sender node's retry then delivers a verified copy. A sender that stops
+sending without closing its connection frees the upload after the idle time
+(``RINGSYNC_UPLOAD_IDLE_SECONDS``), keeping what arrived for a resume.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.cluster import TOKEN, Cluster, wait_for
+from tests.support.files import write
+from tests.support.objects import put, sha
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
+
+
+def strace_fsync(pid: int, out: Path, error: str) -> subprocess.Popen:
+    """Attach strace to ``pid``: the first fsync after attaching fails with ``error``."""
+    proc = subprocess.Popen(["strace", "-f", "-qq", "-y", "-p", str(pid), "-o", str(out),
+                             "-e", "trace=fsync", "-e", f"inject=fsync:error={error}:when=1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)  # attached
+    return proc
+
+
+def stop_strace(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    proc.wait(10)
+
+
+def injected(out: Path) -> list[str]:
+    return [line for line in out.read_text().splitlines() if "INJECTED" in line]
+
+
+def incoming(cluster: Cluster, node: str) -> list[Path]:
+    return list((cluster.data_root(node) / ".ringsync" / "incoming").glob("*"))
+
+
+def visible_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and ".ringsync" not in p.parts]
+
+
+@pytest.mark.parametrize(("error", "status"), [("EIO", 503), ("ENOSPC", 507)])
+def test_a_failing_fsync_is_a_retryable_5xx_and_the_part_is_discarded(
+        make_cluster, tmp_path: Path, error: str, status: int) -> None:
+    cluster = make_cluster(gpus=1)
+    body = os.urandom(300_000)
+    trace = strace_fsync(cluster.nodes["coord"].proc.pid, tmp_path / "strace.out", error)
+    try:
+        resp = put(cluster, "coord", "npz", "k/a.npz", body)
+    finally:
+        stop_strace(trace)
+    hits = injected(tmp_path / "strace.out")
+    assert len(hits) == 1 and ".part>" in hits[0], hits  # the part's fsync, nothing else
+    assert resp.status == status, resp.body
+    answer = resp.json()
+    assert answer["errno"] == error and error in answer["error"]
+    assert incoming(cluster, "coord") == []  # discarded, not kept for a resume
+    assert visible_files(cluster.data_root("coord")) == []  # never published
+    assert cluster.request("coord", "HEAD", "/v1/objects/npz/k/a.npz", headers={
+        "X-Ringsync-Sha256": sha(body), "X-Ringsync-Origin": "gpu-1"}).headers[
+            "x-ringsync-offset"] == "0"
+    failed = cluster.events("coord", "DATA_SYNC_FAILED")
+    assert failed and error in failed[-1]["payload"]["error"]
+    assert "discarded" in failed[-1]["payload"]["error"]
+    assert error in cluster.log("coord")  # the warning
+    # the disk works again: the same upload now arrives whole
+    assert put(cluster, "coord", "npz", "k/a.npz", body).status == 201
+    assert cluster.version("coord", "gpu-1", "npz/k/a.npz", sha(body)).read_bytes() == body
+
+
+def test_a_sender_retries_after_an_fsync_error_and_the_copy_arrives_verified(
+        make_cluster, tmp_path: Path) -> None:
+    cluster = make_cluster(gpus=1)
+    data = os.urandom(200_000)
+    trace = strace_fsync(cluster.nodes["coord"].proc.pid, tmp_path / "strace.out", "EIO")
+    try:
+        write(cluster, "gpu-1", "npz/k/b.npz", data)
+        copy = wait_for(lambda: cluster.version("coord", "gpu-1", "npz/k/b.npz", sha(data)),
+                        30, what="the retried push")
+    finally:
+        stop_strace(trace)
+    hits = injected(tmp_path / "strace.out")
+    assert len(hits) == 1 and ".part>" in hits[0], hits
+    assert copy.read_bytes() == data
+    failures = cluster.events("gpu-1", "DATA_SYNC_FAILED")
+    assert failures, "the first attempt failed"
+    first = failures[0]["payload"]
+    assert "answered 503" in first["error"] and "EIO" in first["error"]
+    assert first["retry_in_seconds"] is not None and first["retry_in_seconds"] > 0
+    replicas = wait_for(lambda: [r for r in cluster.get_json("coord", "/v1/manifest?since=0")[
+        "replicas"] if r["node"] == "coord" and r["sha256"] == sha(data) and r["verified_at"]],
+        10, what="the verified replica")
+    assert replicas
+    assert incoming(cluster, "coord") == []
+
+
+@pytest.fixture
+def idle_cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """A coordinator that gives up a silent upload after 1 s, and gpu-1 as an origin."""
+    cluster = Cluster(tmp_path / "idle", gpus=1)
+    cluster.env["coord"] = {"RINGSYNC_UPLOAD_IDLE_SECONDS": "1"}
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop_all()
+
+
+def test_a_stalled_upload_frees_its_slot_and_the_next_sender_resumes(
+        idle_cluster: Cluster) -> None:
+    cluster = idle_cluster
+    whole = os.urandom(400_000)
+    half = len(whole) // 2
+    sock = socket.create_connection(("127.0.0.1", cluster.nodes["coord"].port), timeout=10)
+    try:
+        head = (f"PUT /v1/objects/npz/k/stall.npz HTTP/1.1\r\nHost: x\r\n"
+                f"Authorization: Bearer {TOKEN}\r\nContent-Length: {len(whole)}\r\n"
+                f"X-Ringsync-Size: {len(whole)}\r\nX-Ringsync-Sha256: {sha(whole)}\r\n"
+                f"X-Ringsync-Offset: 0\r\nX-Ringsync-Source: test\r\n"
+                f"X-Ringsync-Origin: gpu-1\r\n\r\n").encode()
+        sock.sendall(head + whole[:half])  # then silence, the connection left open
+        probe = {"X-Ringsync-Sha256": sha(whole), "X-Ringsync-Origin": "gpu-1"}
+        wait_for(lambda: cluster.request("coord", "HEAD", "/v1/objects/npz/k/stall.npz",
+                                         headers=probe).status == 409, 5,
+                 what="the upload in progress")
+        started = time.monotonic()
+        resp = wait_for(lambda: (r := cluster.request(
+            "coord", "HEAD", "/v1/objects/npz/k/stall.npz", headers=probe)).status == 404 and r,
+            10, what="the stalled upload's slot freed")
+        assert time.monotonic() - started < 5
+        assert int(resp.headers["x-ringsync-offset"]) == half  # every byte that arrived kept
+        answer = sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    finally:
+        sock.close()
+    done = put(cluster, "coord", "npz", "k/stall.npz", whole[half:], offset=half,
+               declared_size=len(whole), declared_sha=sha(whole))
+    assert done.status == 201, done.body
+    assert cluster.version("coord", "gpu-1", "npz/k/stall.npz", sha(whole)).read_bytes() == whole
+    failed = cluster.events("coord", "DATA_SYNC_FAILED")
+    assert any("stalled" in e["payload"]["error"] for e in failed)
