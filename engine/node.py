@@ -195,10 +195,13 @@ class Node:
         await self.hooks.start()
         await self.daemon.start()
         if self.gossip:
-            await self.gossip.start()
-        await self.live.start()
+            supervisor.add(Service("gossip", self.gossip.round, self.gossip.interval))
+        if self.live.interval > 0:
+            supervisor.add(Service("live_snapshots", self.live.step, self.live.interval))
         if self.push:
-            await self.push.start()
+            supervisor.add(Service("sync_push", self.push.run_cycle,
+                                   self.push.thresholds.interval_seconds,
+                                   wakeup=self.push.wakeup))
         await self.scrub.start()
         yield
         # an ephemeral node (SIGTERM on a spot host) pushes what is not safe yet, while the
@@ -209,11 +212,9 @@ class Node:
         await self.scrub.stop()
         await self.verifier.stop()
         await self.sender.stop()
+        await supervisor.stop(["sync_push", "live_snapshots", "gossip"])
         if self.push:
             await self.push.stop()
-        await self.live.stop()
-        if self.gossip:
-            await self.gossip.stop()
         await self.daemon.stop()
         await supervisor.stop()
         if self.manifest_pull:

@@ -72,19 +72,21 @@ class Service:
     """Unix time of the first failure of the current streak."""
     last_ok_at: float | None = None
     """Unix time the last successful step ended."""
-    _wake: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    """Set, it runs the next step now instead of at the end of the interval (a component
+    may pass its own event)."""
 
     def wake(self) -> None:
         """Run the next step now instead of at the end of the interval."""
-        self._wake.set()
+        self.wakeup.set()
 
     async def run(self, succeeded: Callable[["Service"], None]) -> None:
         """Steps forever; returns only by cancellation, raises what a step raised."""
         delay = self.first_delay
         while True:
             if delay > 0:
-                await wait_event(self._wake, delay)
-            self._wake.clear()
+                await wait_event(self.wakeup, delay)
+            self.wakeup.clear()
             started = time.monotonic()
             await self.step()
             self.steps += 1

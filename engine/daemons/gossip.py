@@ -95,32 +95,11 @@ class GossipDaemon:
         self._last_success: float | None = None
         self._failures_since_success = 0
         self._had_peers = False
-        self._task: asyncio.Task[None] | None = None
-
-    # -- lifecycle --------------------------------------------------------------------------
-    async def start(self) -> None:
-        self._started = time.monotonic()
-        self._task = asyncio.create_task(self._run(), name=f"gossip:{self.node.name}")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            started = time.monotonic()
-            try:
-                await self.round()
-            except Exception as exc:  # keep gossiping; the failure is visible
-                self.last_error = f"round: {type(exc).__name__}: {exc}"
-                log.exception("gossip round failed on %s", self.node.name)
-            await asyncio.sleep(max(0.05, self.interval - (time.monotonic() - started)))
 
     # -- one round --------------------------------------------------------------------------
     async def round(self) -> None:
-        """Exchange with up to ``fanout`` random peers, then ask for what is missing here."""
+        """Exchange with up to ``fanout`` random peers, then ask for what is missing here
+        (the supervised ``gossip`` service's step, every ``interval``)."""
         peers = self.node.router.gossip_peers()
         self.peers = random.sample(peers, min(self.fanout, len(peers)))
         self._had_peers = bool(peers)

@@ -64,29 +64,14 @@ class LiveSnapshotter:
         self._unchanged: dict[str, tuple[Signature, tuple[str, ...]]] = {}
         """artifact key -> (stat signature, targets) of a source whose last snapshot every
         one of those targets has."""
-        self._task: asyncio.Task[None] | None = None
+
         self.totals = {"snapshots": 0, "pushed": 0, "unchanged": 0, "failed": 0}
 
-    async def start(self) -> None:
-        if self.interval > 0:
-            self._task = asyncio.create_task(self._run(), name=f"live-snapshots:{self.node.name}")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            began = loop.time()
-            if not self.node.daemon.paused:
-                try:
-                    await self.run_once()
-                except Exception:  # keep protecting; the next round tries again
-                    log.exception("live snapshot round failed on %s", self.node.name)
-            await asyncio.sleep(max(0.01, began + self.interval - loop.time()))
+    async def step(self) -> None:
+        """One round unless the node is paused (the supervised ``live_snapshots`` service's
+        step, every ``interval`` when it is not 0)."""
+        if not self.node.daemon.paused:
+            await self.run_once()
 
     async def run_once(self) -> int:
         """One round over the unfinished databases; returns how many snapshots were pushed."""

@@ -28,7 +28,6 @@ import time
 from typing import TYPE_CHECKING, Any
 
 
-from engine.aio import wait_event
 from engine.config.schema import PushThresholds
 from engine.daemons.cleanup import Cleaner, CleanupReport
 from engine.events import DiskPressureChanged
@@ -81,36 +80,28 @@ class SyncPushDaemon:
         """Running counts since start (pushes made because of disk pressure)."""
         self.last_error: str | None = None
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._batch: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"sync-push:{self.node.name}")
+    @property
+    def wakeup(self) -> asyncio.Event:
+        """Set when a full batch went out and more waits: the service's next step now."""
+        return self._wake
 
     async def stop(self) -> None:
-        tasks = [t for t in (self._task, self._batch) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._task = self._batch = None
+        """Cancel the batch of pushes under way (the cycles are the supervisor's)."""
+        if self._batch is not None:
+            self._batch.cancel()
+            await asyncio.gather(self._batch, return_exceptions=True)
+            self._batch = None
 
     def wake(self) -> None:
         """Measure and act now instead of at the next interval."""
         self._wake.set()
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.run_cycle()
-            except Exception as exc:  # keep the daemon alive; the failure is visible
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.exception("push cycle failed on %s", self.node.name)
-            await wait_event(self._wake, self.thresholds.interval_seconds)
-            self._wake.clear()
-
     async def run_cycle(self) -> None:
         """Measure, set the level, clean up at the cleanup level, and start the next batch
-        of pressure pushes unless one is still running (pushes never delay measuring)."""
+        of pressure pushes unless one is still running (pushes never delay measuring). The
+        supervised ``sync_push`` service's step, every ``interval_seconds`` or when woken."""
         node = self.node
         disk = await node.refresh_disk()
         self._set_level(pressure_level(disk["percent"], self.thresholds, self.level), disk)
