@@ -39,6 +39,7 @@ from engine.daemons.scrub import Scrubber
 from engine.daemons.verification import ReplicaVerifier
 from engine.events import EventBus, EventType, PrioritySyncRequested, SyncPaused, SyncResumed
 from engine.events.hooks import HookRunner
+from engine.events.log_lines import EventLogLines
 from engine.gossip.holder import Sender
 from engine.facade import SyncFacade, set_sync_facade
 from engine.health import HealthCheckResult
@@ -80,6 +81,8 @@ class Node:
         self.transfers = TransferTracker()
         self.started_at = time.time()
         self._used_bytes = 0
+        self._unhealthy: tuple[str, ...] = ()
+        """The /health parts failing when ``health_watch`` last looked."""
         self._runner: web.AppRunner | None = None
         self.push: SyncPushDaemon | None = None
         """Disk-pressure pushes and verified cleanup (every node but the coordinator)."""
@@ -102,6 +105,7 @@ class Node:
         """This data root's permanent id (``engine.rootlock``)."""
         self.manifest = self._open_manifest()
         self.events = EventBus(self.name, self.data.state / "events.jsonl")
+        self.events.listen(EventLogLines())  # warnings and errors reach the log, rate-limited
         self.copies = StoredCopies(self.name, self.data, self.manifest, self.events,
                                    self.root_id, self.config.push.hash_concurrency)
         """The copies this node stores: their hashes (read now), quarantine, reconcile."""
@@ -198,6 +202,8 @@ class Node:
             supervisor.add(Service("gossip", self.gossip.round, self.gossip.interval))
         if self.live.interval > 0:
             supervisor.add(Service("live_snapshots", self.live.step, self.live.interval))
+        supervisor.add(Service("health_watch", self._watch_health,
+                               self.config.membership.interval_seconds, first_delay=1.0))
         if self.push:
             supervisor.add(Service("sync_push", self.push.run_cycle,
                                    self.push.thresholds.interval_seconds,
@@ -241,6 +247,7 @@ class Node:
         log.info("node %s serving on %s", self.name, self.host.url)
         try:
             await self.shutdown.wait()
+            log.warning("node %s stopping: waiting for %s", self.name, self.waiting_for())
         finally:
             await self.stop()
 
@@ -263,6 +270,30 @@ class Node:
             self.startup.run()
         elif not (self.data.state / "reserve").exists():
             await asyncio.to_thread(diskio.ensure_reserve, self.data.state / "reserve")
+
+    async def _watch_health(self) -> None:
+        """The ``health_watch`` service's step: a WARNING line when ``/health`` turns
+        unhealthy or its failing parts change, an INFO line when it is healthy again."""
+        result = self.health_check()
+        bad = tuple(sorted(k for k, p in result.details.items() if not p["is_healthy"]))
+        if bad == self._unhealthy:
+            return
+        self._unhealthy = bad
+        if bad:
+            log.warning("node %s unhealthy: %s", self.name, "; ".join(
+                f"{k}: {result.details[k]['message']}" for k in bad))
+        else:
+            log.info("node %s healthy again", self.name)
+
+    def waiting_for(self) -> str:
+        """What a graceful stop waits for (logged on SIGTERM)."""
+        parts = [f"{len(self.uploads_in_progress)} uploads arriving",
+                 f"{len(self.daemon.inflight)} pushes under way"]
+        if self.daemon.write_through is not None:
+            parts.append(f"a final push of what is not safe yet (at most"
+                         f" {self.config.auto_sync.final_push_seconds:g}s)")
+        parts.append(f"{len(self.supervisor.services)} components to stop")
+        return ", ".join(parts)
 
     def _wake_sync(self, reason: str) -> None:
         """A target came back or released backpressure (``reason`` is ``<why>:<node>``): a

@@ -97,6 +97,12 @@ class AutoSyncDaemon:
         self.backlog_files = 0
         """Pushes still to make (as of the last cycle), whatever their backoff."""
         self.backlog_bytes = 0
+        self.unplaced = 0
+        """Own artifacts that routing wants elsewhere and no other node holds verified."""
+        self.waiting_since: float | None = None
+        """Unix time since which ``unplaced`` has not been 0 (None: it is 0)."""
+        self._ok_at = 0.0
+        self._problem_at = 0.0
 
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
@@ -227,6 +233,38 @@ class AutoSyncDaemon:
         self.backlog_files = len(backlog)
         self.backlog_bytes = sum(a.size for a, _ in backlog)
 
+    def _count_unplaced(self) -> None:
+        """Own artifacts routing wants elsewhere that no other node holds verified; a cycle
+        where such an artifact has every target held back (down, breaker open, full) is a
+        problem, like a failed push."""
+        manifest, router, me = self.node.manifest, self.node.router, self.node.name
+        if self.strategy == "gossip":  # peers pull; gossip's own health tells
+            return
+        holders = manifest.verified_holders_by_artifact(me)
+        gone = manifest.deleted_sources(me)
+        unplaced = held_back = 0
+        for art in manifest.artifacts(origin=me):
+            if art.ident in gone or holders.get(art.ident, set()) - {me}:
+                continue
+            route = router.route(art.data_type, art.config_key, art.path, urgent=self.urgent,
+                                 origin=art.origin)
+            if route.targets or route.held:
+                unplaced += 1
+                held_back += not route.targets
+        now = time.time()
+        self.unplaced = unplaced
+        if held_back:
+            self._problem_at = now
+        self.waiting_since = (self.waiting_since or now) if unplaced else None
+
+    def stuck_since(self) -> float | None:
+        """Since when this node has had nowhere to push: artifacts wait to be placed, the
+        last thing that happened to them is a failure or a held-back target, and no push has
+        arrived anywhere since they started waiting (None: it is not stuck)."""
+        if self.waiting_since is None or self._problem_at <= self._ok_at:
+            return None
+        return max(self.waiting_since, self._ok_at)
+
     async def run_cycle(self, reason: str = "interval", config_key: str | None = None,
                         scan: bool = True) -> CycleReport:
         """One cycle; ``scan=False`` pushes what is known without looking at the disk first."""
@@ -237,6 +275,7 @@ class AutoSyncDaemon:
             if self.write_through is not None:  # ARTIFACT_SAFE for what reached a durable node
                 self.write_through.settle()
             self._count_backlog()
+            self._count_unplaced()
             self.totals["cycles"] += 1
             self.last_cycle_at = time.time()
 
@@ -267,6 +306,10 @@ class AutoSyncDaemon:
                 self._push_one(a, t, reason, urgent=self.urgent) for a, t in work))
         finally:
             self.inflight -= pairs
+        if any(results):
+            self._ok_at = time.time()
+        if not all(results):
+            self._problem_at = time.time()
         for (art, target), ok in zip(work, results):
             if ok:
                 report.pushed += 1
@@ -388,9 +431,16 @@ class AutoSyncDaemon:
         blocked = [k for k, s in self._retries.items() if s.permanent]
         stale = (self.enabled and not self.paused and self.last_cycle_at is not None
                  and time.time() - self.last_cycle_at > 3 * self.interval + 30)
-        healthy = not stale and not blocked
+        # every push failing or held back for an interval: within two intervals of the last
+        # durable target going away (its first failure comes at the next cycle)
+        since = self.stuck_since()
+        stuck = since is not None and not self.paused and time.time() - since >= self.interval
+        healthy = not stale and not blocked and not stuck
         message = ("auto sync running" if healthy else
-                   "auto sync stalled" if stale else f"{len(blocked)} pushes need an operator")
+                   "auto sync stalled" if stale else
+                   f"{len(blocked)} pushes need an operator" if blocked else
+                   f"nowhere to push: {self.unplaced} artifacts on this node only for"
+                   f" {time.time() - (since or 0):.0f}s ({self.last_error})")
         # names the scanner refuses (not valid UTF-8): healthy still, but the operator is told
         refused = sorted(self.scanner.refused)
         if refused:
@@ -401,4 +451,6 @@ class AutoSyncDaemon:
                                                                 for a, t in blocked[:10]],
                                                     "refused_names": refused[:10],
                                                     "refused_names_count": len(refused),
+                                                    "stuck_since": since,
+                                                    "unplaced": self.unplaced,
                                                     **self.totals})
