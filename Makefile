@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.stamp
 
 PYTEST_ARGS ?=
 
-.PHONY: venv test chaos demo bench bench-tui bench-cleanup bench-scrub bench-gossip system-deps clean
+.PHONY: venv test chaos demo bench bench-tui bench-cleanup bench-scrub bench-gossip bench-connections system-deps clean
 
 venv: $(STAMP)
 
@@ -63,6 +63,11 @@ bench-scrub: venv
 # node knows a new artifact at N = 32 and 256, fanout 3 and 1; bytes of an idle exchange.
 bench-gossip: venv
 	$(PY) bench/gossip_sim.py
+
+# /health latency, RSS and CPU of a node idle, under 2,000 idle connections and under 300
+# slow-header connections.
+bench-connections: venv
+	$(PY) bench/connections.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist *.egg-info bench/out snapshot_report.html

@@ -52,6 +52,7 @@ from engine.paths import DataRoot
 from engine.router import SyncRouter
 from engine.runtime import Service, Supervisor
 from engine.server import make_app
+from engine.server.site import HANDLER_ARGS, BoundedSite, guard_for, raise_fd_limit
 from engine.transfers import TransferTracker
 from engine.transport import HttpTransport
 from engine.vouches import VouchClient
@@ -150,12 +151,15 @@ class Node:
         self.facade = SyncFacade(self)
         set_sync_facade(self.facade)
         app = make_app(self)
+        self.connections = guard_for(raise_fd_limit())
+        """Inbound connection caps and the header timeout (``engine.server.site``)."""
+        app.middlewares.insert(0, self.connections.middleware)
         app.cleanup_ctx.append(self._components)
         app.on_shutdown.append(self._end_streams)
         self._runner = web.AppRunner(app, access_log=None,
-                                     shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
+                                     shutdown_timeout=SHUTDOWN_GRACE_SECONDS, **HANDLER_ARGS)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host.address, self.host.port)
+        site = BoundedSite(self._runner, self.host.address, self.host.port, self.connections)
         try:
             await site.start()
         except OSError:
@@ -381,6 +385,7 @@ class Node:
             "live_snapshots": self.live.status(),
             "scrub": self.scrub.status(),
             "components": self.supervisor.status(),
+            "connections": self.connections.status(),
             "bandwidth": {h: {k: v[k] for k in ("limit_mbps", "allocated_mbps",
                                                  "active_transfers", "current_mbps")}
                           for h, v in self.bandwidth.status()["hosts"].items()},
