@@ -170,21 +170,34 @@ class DataRoot:
         return removed
 
     def used_bytes(self) -> int:
-        """Bytes of data stored under the data root: what a disk quota is measured against.
+        """Bytes of disk the data under the data root takes: what a disk quota is measured
+        against, by allocated blocks (``st_blocks``), not ``st_size``: the blocks an
+        interrupted upload reserved for its part (fallocate) count until the part is resumed
+        or pruned, and a sparse file counts what it really holds.
 
         Everything counts (the data-type trees, snapshots, partial uploads, quarantine) but
         the engine's bookkeeping files directly in ``.ringsync/`` (manifest, event log),
-        whose size follows activity rather than data held."""
+        whose size follows activity rather than data held. Symlinks: a top-level directory
+        that is a symlink (``games/`` on another disk) is followed and counted, as the scanner
+        follows it; below the top level, symlinked directories are followed by neither.
+        A symlinked file counts as the file it points to (the scanner reads through it)."""
         total = 0
         state = str(self.state)
-        for dirpath, _dirs, files in os.walk(self.root):
-            if dirpath == state:
-                continue
-            for name in files:
-                try:
-                    total += os.lstat(os.path.join(dirpath, name)).st_size
-                except OSError:
+        tops = [str(self.root)]
+        try:
+            with os.scandir(self.root) as entries:
+                tops += [e.path for e in entries if e.is_symlink() and e.is_dir()]
+        except OSError:
+            pass
+        for top in tops:
+            for dirpath, _dirs, files in os.walk(top):
+                if dirpath == state:
                     continue
+                for name in files:
+                    try:
+                        total += os.stat(os.path.join(dirpath, name)).st_blocks * 512
+                    except OSError:
+                        continue
         return total
 
 

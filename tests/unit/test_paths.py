@@ -176,16 +176,49 @@ def test_partial_path_for_hostile_names_stays_inside_incoming(data: DataRoot) ->
         assert os.path.realpath(p).startswith(os.path.realpath(data.incoming) + os.sep)
 
 
-def test_used_bytes_counts_files_under_root(data: DataRoot) -> None:
+def _allocated(*paths: Path) -> int:
+    return sum(os.stat(p).st_blocks * 512 for p in paths)
+
+
+def test_used_bytes_counts_allocated_blocks_under_root(data: DataRoot) -> None:
     assert data.used_bytes() == 0
-    (data.root / "games" / "a.db").write_bytes(b"x" * 100)
-    (data.root / "npz" / "sub").mkdir()
-    (data.root / "npz" / "sub" / "b.npz").write_bytes(b"y" * 50)
-    data.partial_path("games", "c.db", "0" * 64).write_bytes(b"z" * 25)
-    assert data.used_bytes() == 175
+    a, b = data.root / "games" / "a.db", data.root / "npz" / "sub" / "b.npz"
+    a.write_bytes(b"x" * 100)
+    b.parent.mkdir()
+    b.write_bytes(os.urandom(50_000))
+    part = data.partial_path("games", "c.db", "0" * 64)
+    part.write_bytes(b"z" * 25)
+    assert data.used_bytes() == _allocated(a, b, part) >= 100 + 50_000 + 25
     (data.state / "manifest.db").write_bytes(b"m" * 1000)  # bookkeeping: not data held
-    (data.snapshots / "s.db").write_bytes(b"s" * 10)        # a snapshot is data
-    assert data.used_bytes() == 185
+    snap = data.snapshots / "s.db"
+    snap.write_bytes(b"s" * 10)        # a snapshot is data
+    assert data.used_bytes() == _allocated(a, b, part, snap)
+
+
+def test_used_bytes_counts_what_an_interrupted_upload_reserved(data: DataRoot) -> None:
+    from engine import diskio
+
+    part = data.partial_path("npz", "big.npz", "1" * 64)
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        diskio.reserve(fd, 0, 8 << 20)  # what receive_body does before the body arrives
+        os.write(fd, b"only a little arrived")
+    finally:
+        os.close(fd)
+    if os.stat(part).st_blocks * 512 < 8 << 20:
+        pytest.skip("this filesystem does not reserve blocks (no fallocate KEEP_SIZE)")
+    assert part.stat().st_size == 21
+    assert data.used_bytes() >= 8 << 20  # by st_size it would be 21 bytes
+
+
+def test_used_bytes_follows_a_symlinked_data_type_tree(data: DataRoot, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "other-disk" / "games"
+    elsewhere.mkdir(parents=True)
+    db = elsewhere / "g.db"
+    db.write_bytes(os.urandom(20_000))
+    (data.root / "games").rmdir()
+    (data.root / "games").symlink_to(elsewhere)
+    assert data.used_bytes() == _allocated(db) > 0
 
 
 def test_prune_partials_removes_only_old_idle_parts(tmp_path: Path) -> None:
