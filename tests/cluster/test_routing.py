@@ -112,7 +112,9 @@ def test_backpressure_holds_normal_pushes_and_urgent_ones_go_elsewhere(make_clus
         ballast = write(cluster, "coord", "npz/ballast/fill.npz", os.urandom(800 * KIB))
         relieve = ballast.unlink
     else:  # two uploads in progress: the inbound queue is full, the disk is not
-        stalled = [stalled_upload(cluster, "coord", f"npz/stall/s{i}.npz") for i in range(2)]
+        # small: each stalled part reserves its declared size, which counts as used disk
+        stalled = [stalled_upload(cluster, "coord", f"npz/stall/s{i}.npz", 64 * KIB)
+                   for i in range(2)]
         relieve = lambda: [sock.close() for sock in stalled]  # noqa: E731
     wait_for(lambda: cluster.status("coord")["backpressure"]["active"], 15,
              what="the coordinator's backpressure")

@@ -102,7 +102,8 @@ def test_the_same_bytes_back_under_a_deleted_name_are_an_own_source_again(safety
     fill(cluster, "gpu-1", "b", 700 * KIB)
     wait_for(lambda: not source.exists(), 30,
              what="the restored file deleted again behind its copies (never stuck)")
-    deletions = [e for e in cluster.events("gpu-1", "ARTIFACT_DELETED")
-                 if e["payload"]["artifact"] == rel]
+    deletions = wait_for(lambda: len(d := [e for e in cluster.events("gpu-1", "ARTIFACT_DELETED")
+                                           if e["payload"]["artifact"] == rel]) == 2 and d,
+                         10, what="both deletion records")  # each follows its unlink
     assert len(deletions) == 2
     assert sorted(intact_copies(cluster, "gpu-1", rel, sha(body))) == ["coord", "cpu-1"]

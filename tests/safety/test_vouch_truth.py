@@ -56,7 +56,9 @@ def test_a_source_replaced_with_the_same_size_and_mtime_is_a_new_version(safety_
     replace_keeping_size_and_mtime(source, new)  # cp -p, rsync -a, tar x, a restore
     fill(cluster, "gpu-1", "b", 350 * KIB)
     wait_for(lambda: not source.exists(), 60, what="the new version deleted behind its copies")
-    assert deleted(cluster, "gpu-1")[REL]["sha256"] == sha(new)
+    # the record follows the unlink (the source leaves its name at the trash rename, first)
+    record = wait_for(lambda: deleted(cluster, "gpu-1").get(REL), 10, what="the deletion record")
+    assert record["sha256"] == sha(new)
     assert sorted(intact_copies(cluster, "gpu-1", REL, sha(new))) == ["coord", "cpu-1"]
     # the old version's copies are kept: they may be the only copy of that data
     assert sorted(intact_copies(cluster, "gpu-1", REL, sha(old))) == ["coord", "cpu-1"]
