@@ -4,6 +4,10 @@ What the coordinator's dashboard shows as the cluster-wide event stream. Each no
 followed over server-sent events from the last sequence number seen from it, so a
 dropped connection or a restarted node resumes without gaps or duplicates. Memory is
 bounded: the newest ``keep`` events are held; listeners see each event once.
+
+Streams are opened with the node's ``PeerClient.stream``; one follow task per node runs in
+a ``TaskSet`` and reconnects after a lost stream with a backoff (``RETRY_FIRST`` doubling up
+to ``RETRY_MAX`` seconds, back to the first once a stream opens).
 """
 
 from __future__ import annotations
@@ -12,12 +16,14 @@ import asyncio
 import collections
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import aiohttp
 
 from engine.aio import wait_event
 from engine.events import Event
+from engine.peer_client import PeerClient, PeerError
+from engine.runtime import TaskSet
 
 log = logging.getLogger(__name__)
 
@@ -25,22 +31,24 @@ RETRY_FIRST, RETRY_MAX = 0.5, 5.0
 
 
 class ClusterEventFeed:
-    """Follows ``urls`` (node name -> base URL) with ``session`` (which carries the token)."""
+    """Follows every node in ``nodes`` (names; a mapping's keys) through ``peers``."""
 
-    def __init__(self, session: aiohttp.ClientSession, urls: dict[str, str],
-                 keep: int = 5000) -> None:
-        self.session = session
-        self.urls = dict(urls)
+    def __init__(self, peers: PeerClient, nodes: Iterable[str], keep: int = 5000) -> None:
+        self.peers = peers
+        self.nodes = list(nodes)
+        """The nodes followed."""
         self.recent: collections.deque[Event] = collections.deque(maxlen=keep)
         """The newest events from all nodes, in arrival order."""
-        self.cursors: dict[str, int] = {name: 0 for name in urls}
+        self.cursors: dict[str, int] = {name: 0 for name in self.nodes}
         """Per node: the newest sequence number received."""
         self.log_ids: dict[str, str] = {}
         """Per node: the id of the event numbering the cursor counts in."""
-        self.connected: dict[str, bool] = {name: False for name in urls}
+        self.connected: dict[str, bool] = {name: False for name in self.nodes}
         """Per node: whether its stream is open right now."""
         self._listeners: list[Callable[[Event], None]] = []
+        self._follows = TaskSet("cluster-feed")
         self._tasks: list[asyncio.Task[None]] = []
+        """The follow tasks, one per node (empty once stopped)."""
         self._stop = asyncio.Event()
 
     def listen(self, listener: Callable[[Event], None]) -> None:
@@ -53,31 +61,30 @@ class ClusterEventFeed:
             self._listeners.remove(listener)
 
     async def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._follow(name), name=f"feed:{name}")
-                       for name in self.urls]
+        """Follow every node (one background task each)."""
+        self._stop.clear()
+        self._tasks = [self._follows.spawn(self._follow(name), name=f"feed:{name}")
+                       for name in self.nodes]
 
     async def stop(self) -> None:
+        """End every stream and its follow task."""
         self._stop.set()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._follows.close()
         self._tasks = []
 
     async def _follow(self, node: str) -> None:
         delay = RETRY_FIRST
         while not self._stop.is_set():
-            url = f"{self.urls[node]}/v1/events?since={self.cursors[node]}"
+            path = f"/v1/events?since={self.cursors[node]}"
             try:
-                timeout = aiohttp.ClientTimeout(total=None, sock_connect=3, sock_read=60)
-                async with self.session.get(url, timeout=timeout) as resp:
-                    if resp.status != 200:
-                        raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status)
+                async with self.peers.stream(node, path, connect_timeout=3,
+                                             read_timeout=60) as resp:
                     self.connected[node] = True
                     delay = RETRY_FIRST
                     if await self._read(node, resp):
                         self.connected[node] = False
                         continue  # the node starts its numbering afresh: follow it from 1
-            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            except (PeerError, ValueError) as exc:
                 log.debug("event stream of %s: %s", node, exc)
             self.connected[node] = False
             await wait_event(self._stop, delay)

@@ -16,16 +16,12 @@ Without an answer from the coordinator the last view stands.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from typing import Any
 
-import aiohttp
-
-if TYPE_CHECKING:
-    from engine.node import Node
+from engine.peer_client import PeerClient, PeerError
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +82,33 @@ class ClusterView:
 
 
 class ClusterViewRefresher:
-    """Keeps ``node.view`` fresh: from membership on the coordinator, else from the
-    coordinator's ``/v1/cluster`` every ``capacity_refresh_seconds``."""
+    """Keeps a node's ``ClusterView`` fresh: from membership on the coordinator (``members``),
+    else from the coordinator's ``/v1/cluster`` every ``interval`` seconds
+    (``sync_routing.capacity_refresh_seconds``)."""
 
-    def __init__(self, node: "Node") -> None:
-        self.node = node
-        self.interval = node.config.sync_routing.capacity_refresh_seconds
+    def __init__(self, name: str, nodes: Iterable[str], coordinator: str, interval: float, *,
+                 view: ClusterView, peers: PeerClient,
+                 set_capacity: Callable[[str, int, int], None],
+                 on_recovered: Callable[[str], None],
+                 on_backpressure: Callable[[str, str | None], None],
+                 members: Callable[[], dict[str, Any]] | None = None) -> None:
+        self.name = name
+        """This node's name."""
+        self.known = set(nodes) - {name}
+        """The other nodes: the only ones an answer is taken about."""
+        self.coordinator = coordinator
+        """The coordinator's node name (asked for ``/v1/cluster``)."""
+        self.interval = interval
+        """Seconds between refreshes."""
+        self.view = view
+        self._peers = peers
+        self._set_capacity = set_capacity
+        """Where a node's used/total bytes go (the manifest's capacity rows)."""
+        self._on_recovered = on_recovered
+        self._on_backpressure = on_backpressure
+        """The router's handlers for a node back up and backpressure on or off."""
+        self._members = members
+        """Membership's view, on the coordinator (None elsewhere: ask the coordinator)."""
 
     async def step(self) -> None:
         """One refresh (the ``cluster_view`` service's step, every ``interval``)."""
@@ -100,27 +117,21 @@ class ClusterViewRefresher:
     async def refresh(self) -> bool:
         """One refresh now; False when the coordinator gave no usable answer (kept as the
         view's ``last_error``). Anything else that fails raises: the step failed."""
-        node = self.node
-        if node.membership is not None:
-            members = node.membership.view()
+        if self._members is not None:
+            members = self._members()
         else:
-            url = f"{node.config.coordinator.url}/v1/cluster"
             try:
-                async with node.session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as resp:
-                    if resp.status != 200:
-                        raise ValueError(f"/v1/cluster answered {resp.status}")
-                    answer = await resp.json()
-            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
-                node.view.last_error = f"{type(exc).__name__}: {exc}".strip(": ")
-                log.debug("no cluster view from the coordinator: %s", node.view.last_error)
+                answer = await self._peers.get(self.coordinator, "/v1/cluster", timeout=5)
+            except PeerError as exc:
+                self.view.last_error = str(exc)
+                log.debug("no cluster view from the coordinator: %s", self.view.last_error)
                 return False
             members = answer.get("members") if isinstance(answer, dict) else None
             if not isinstance(members, dict):
-                node.view.last_error = "/v1/cluster answered without members"
+                self.view.last_error = "/v1/cluster answered without members"
                 return False
             if isinstance(answer.get("self"), dict):  # the coordinator's own disk and backpressure
-                members = {**members, node.config.coordinator.name: answer["self"]}
-        router = node.router
-        node.view.apply(members, set(node.config.hosts) - {node.name}, router.node_recovered,
-                        router.backpressure, node.manifest.set_capacity)
+                members = {**members, self.coordinator: answer["self"]}
+        self.view.apply(members, self.known, self._on_recovered, self._on_backpressure,
+                        self._set_capacity)
         return True

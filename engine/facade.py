@@ -9,8 +9,9 @@
     await facade.verify("gpu-1")                     # re-hash gpu-1's replicas (background)
     await facade.node_artifacts("gpu-1", limit=200)  # gpu-1's newest artifacts and replicas
 
-A request about another node goes to that node's control API over HTTP, so the
-coordinator (and its dashboard) can make any node push, pause, resume, recover or verify.
+A request about another node goes to that node's control API over HTTP (through the node's
+``PeerClient``), so the coordinator (and its dashboard) can make any node push, pause,
+resume, recover or verify.
 A cluster-wide call asks every node concurrently and reports a node it could not reach in
 its answer instead of raising; a call about one unknown node raises FacadeError.
 """
@@ -18,36 +19,60 @@ its answer instead of raising; a call about one unknown node raises FacadeError.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
-
-import aiohttp
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
 
 from engine.cluster_feed import ClusterEventFeed
-from engine.config.errors import one_line
+from engine.config import ClusterConfig
 from engine.daemons.recovery import DEFAULT_REASON, ORPHAN_RECOVERY
 from engine.daemons.verification import VerificationRunning
 from engine.health import HealthCheckResult
+from engine.peer_client import PeerClient, PeerError, error_line
 from engine.sync_status import cluster_figures, node_figures
-
-if TYPE_CHECKING:
-    from engine.node import Node
 
 
 RECOVER_TIMEOUT_SECONDS = 300.0
 """A recovery answers once every holder has vouched (hashed its copies now)."""
+ANY_STATUS = range(100, 600)
+"""The facade reads every answer itself: a status of 400 or more is a refusal."""
 
 
 class FacadeError(RuntimeError):
     """A request the facade could not carry out (unknown node, node unreachable)."""
 
 
+class Members(Protocol):
+    def view(self) -> dict[str, Any]:
+        """Every other node's state and last status, by name."""
+        ...
+
+
+class LocalNode(Protocol):
+    """What the facade uses of the node this process runs (``engine.node.Node``)."""
+
+    name: str
+    config: ClusterConfig
+    peers: PeerClient
+    """The client every call to another node goes through."""
+    membership: Members | None
+    """The coordinator's view of the others (None elsewhere)."""
+    cluster_feed: ClusterEventFeed | None
+    """The cluster-wide event stream, once opened here (the node stops it)."""
+
+    def request_priority_sync(self, reason: str, config_key: str | None) -> dict[str, Any]: ...
+    def set_paused(self, paused: bool, by: str) -> dict[str, Any]: ...
+    async def request_recovery(self, reason: str, by: str) -> dict[str, Any]: ...
+    def start_verification(self, by: str) -> dict[str, Any]: ...
+    def list_artifacts(self, limit: int) -> dict[str, Any]: ...
+    def status(self) -> dict[str, Any]: ...
+    def health_check(self) -> HealthCheckResult: ...
+
+
 class SyncFacade:
     """Sync operations for callers that should not know which daemon does what."""
 
-    def __init__(self, node: "Node") -> None:
+    def __init__(self, node: LocalNode) -> None:
         self.node = node
         """The node this process runs."""
 
@@ -57,27 +82,33 @@ class SyncFacade:
         return target
 
     async def _call(self, target: str, method: str, path: str, what: str,
-                    timeout: float = 10.0, **kwargs: Any) -> dict[str, Any]:
-        url = f"{self.node.config.host(self._known(target)).url}{path}"
+                    timeout: float = 10.0, body: Any = None,
+                    params: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """``target``'s JSON object answer; FacadeError when it is unreachable, refuses (a
+        status of 400 or more, with its error line) or answers anything but an object."""
         try:
-            async with self.node.session.request(
-                    method, url, **kwargs, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
-                text = await resp.text()
-                if resp.status >= 400:
-                    raise FacadeError(f"{target} refused {what}: {resp.status} {_error_line(text)}")
-                answer = json.loads(text)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise FacadeError(f"{target} unreachable for {what}: {exc}") from exc
+            answer = await self.node.peers.call(
+                self._known(target), method, path, timeout=timeout, expect=ANY_STATUS,
+                json_body=body, params=params, parse=False)
+        except PeerError as exc:
+            detail = str(exc).removeprefix(f"{target} unreachable: ")
+            raise FacadeError(f"{target} unreachable for {what}: {detail}") from exc
+        if answer.status >= 400:
+            raise FacadeError(f"{target} refused {what}: {answer.status}"
+                              f" {error_line(answer.raw)}")
+        try:
+            parsed = json.loads(answer.raw)
         except ValueError as exc:
             raise FacadeError(f"{target} answered {what} with something not JSON") from exc
-        if not isinstance(answer, dict):
-            raise FacadeError(f"{target} answered {what} with {type(answer).__name__}, not an object")
-        return answer
+        if not isinstance(parsed, dict):
+            raise FacadeError(f"{target} answered {what} with {type(parsed).__name__},"
+                              " not an object")
+        return parsed
 
     async def _control(self, target: str, action: str, body: dict[str, Any],
                        timeout: float = 10.0) -> dict[str, Any]:
         return await self._call(target, "POST", f"/v1/control/{action}", action,
-                                timeout=timeout, json=body)
+                                timeout=timeout, body=body)
 
     async def _each_node(self, call: Callable[[str], Awaitable[Any]]) -> dict[str, Any]:
         """``call(name)`` for every configured node at once, by name."""
@@ -223,20 +254,10 @@ class SyncFacade:
         and stopped with the node. ``feed.listen(callback)`` for new events; ``feed.recent``
         holds the newest ``keep``."""
         if self.node.cluster_feed is None:
-            urls = {name: host.url for name, host in self.node.config.hosts.items()}
-            self.node.cluster_feed = ClusterEventFeed(self.node.session, urls, keep)
-            await self.node.cluster_feed.start()
+            feed = ClusterEventFeed(self.node.peers, list(self.node.config.hosts), keep)
+            self.node.cluster_feed = feed
+            await feed.start()
         return self.node.cluster_feed
-
-
-def _error_line(body: str, limit: int = 200) -> str:
-    """An error body as one short line (JSON ``{"error": ...}`` bodies give their message)."""
-    with contextlib.suppress(ValueError):
-        data = json.loads(body)
-        if isinstance(data, dict) and isinstance(data.get("error"), str):
-            body = data["error"]
-    line = one_line(body)
-    return line if len(line) <= limit else line[:limit - 1] + "…"
 
 
 _facade: SyncFacade | None = None

@@ -1,5 +1,11 @@
 """Node: one ringsync engine process — its data root, manifest, events, daemons and API.
 
+The Node is the composition root: it builds each component from the few collaborators it
+uses (``_build_cluster``, ``_build_sync``, ``_build_services``, ``_build_reporting``) and no
+component holds the Node; node-wide state lives in small objects of its own (``pause``,
+``inflight``, ``usage``) and every push goes through ``pushes`` (``engine.push_path``), every
+call to another node through ``peers`` (``engine.peer_client``).
+
 Lifecycle follows aiohttp's: ``start()`` sets up an AppRunner whose ``cleanup_ctx``
 starts the daemons, then binds the site; ``stop()`` runs the runner's cleanup, which
 stops accepting, ends event streams, lets handlers finish (bounded), lets an ephemeral
@@ -12,22 +18,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from engine import diskio
 from engine.bandwidth import BandwidthCoordinator, set_bandwidth_coordinator
+from engine.capacity import DiskUsage
 from engine.cluster_feed import ClusterEventFeed
 from engine.config import ClusterConfig
 from engine.cluster_view import ClusterView, ClusterViewRefresher
 from engine.daemons.auto_sync import AutoSyncDaemon
+from engine.daemons.cleanup import Cleaner
+from engine.daemons.limiter import PushLimiter
+from engine.daemons.recovery import Recovery
+from engine.daemons.rehome import RemoteRehome
+from engine.daemons.retry import RetryPolicy
+from engine.daemons.snapshots import SnapshotKeeper
+from engine.daemons.write_through import QUEUE_FILE, WriteThrough, WriteThroughQueue
 from engine.daemons.backpressure import BackpressureMonitor
 from engine.daemons.breaker import Breakers
 from engine.daemons.gossip import GossipDaemon
@@ -37,24 +49,31 @@ from engine.daemons.membership import MembershipDaemon
 from engine.daemons.push import SyncPushDaemon
 from engine.daemons.scrub import Scrubber
 from engine.daemons.verification import ReplicaVerifier
-from engine.events import EventBus, EventType, PrioritySyncRequested, SyncPaused, SyncResumed
+from engine.events import EventBus, EventType, PrioritySyncRequested
 from engine.events.hooks import HookRunner
 from engine.events.log_lines import EventLogLines
 from engine.gossip.holder import Sender
+from engine.gossip.pulls import Pulls
 from engine.facade import SyncFacade, set_sync_facade
 from engine.health import HealthCheckResult
 from engine.copies import StoredCopies
 from engine.manifest import ClusterManifest
 from engine.rootlock import RootLock, root_id
 from engine.startup import StartupChecks
-from engine.metrics import NodeMetrics
+from engine.metrics import MetricSources, NodeMetrics
 from engine.paths import DataRoot
 from engine.router import SyncRouter
-from engine.runtime import Service, Supervisor
+from engine.runtime import Service, Supervisor, TaskSet
 from engine.server import make_app
 from engine.server.site import HANDLER_ARGS, BoundedSite, guard_for, raise_fd_limit
 from engine.transfers import TransferTracker
-from engine.transport import HttpTransport
+from engine.inflight import InFlight
+from engine.pause import PauseGate
+from engine.peer_client import PeerClient
+from engine.push_path import PushPath
+from engine.scanner import Scanner
+from engine.transport import registry as transport_registry
+from engine.transport.registry import TransportContext, Transports
 from engine.vouches import VouchClient
 
 log = logging.getLogger(__name__)
@@ -81,7 +100,8 @@ class Node:
         self.uploads_in_progress: set[Path] = set()
         self.transfers = TransferTracker()
         self.started_at = time.time()
-        self._used_bytes = 0
+        self.usage = DiskUsage(self.data, self.host.disk_quota)
+        """How full this node is, against its quota or its disk."""
         self._unhealthy: tuple[str, ...] = ()
         """The /health parts failing when ``health_watch`` last looked."""
         self._runner: web.AppRunner | None = None
@@ -110,46 +130,17 @@ class Node:
         self.copies = StoredCopies(self.name, self.data, self.manifest, self.events,
                                    self.root_id, self.config.push.hash_concurrency)
         """The copies this node stores: their hashes (read now), quarantine, reconcile."""
-        self.startup = StartupChecks(self)
+        self.startup = StartupChecks(self.name, self.data, self.manifest, self.copies,
+                                     self.events.emit)
         """New incarnation, interrupted deletions, reconcile: retried while the disk is full."""
         self.startup.run()
         self.hooks = HookRunner(self.config.hooks, self.name, self.events, self.data,
                                 self.manifest)
         """Runs the configured ``hooks:`` commands off the bus (never blocking it)."""
-        self.breakers = Breakers(self.name, self.events, self.config.transfer.breaker_failures,
-                                 self.config.transfer.breaker_reset_seconds)
-        """One circuit breaker per target node, shared by every outbound transfer."""
-        self.supervisor = Supervisor(self.name, self.events.emit)
-        """Runs the node's periodic services; a failing one is reported and restarted."""
-        self.bandwidth = BandwidthCoordinator(self.config.bandwidth_limit_mbps)
-        set_bandwidth_coordinator(self.bandwidth)
-        self.membership = MembershipDaemon(self) if self.host.role == "coordinator" else None
-        self.manifest_pull = ManifestPuller(self) if self.membership else None
-        self.view = ClusterView(self.membership.is_down if self.membership else None)
-        """What this node knows of the others: down nodes, backpressure (capacity: manifest)."""
-        self.view_refresher = ClusterViewRefresher(self)
-        self.router = SyncRouter(self.config, self.name, self.manifest, self.view, self.breakers,
-                                 lambda: self.disk()["percent"], self._wake_sync)
-        for kind in (EventType.NODE_RECOVERED, EventType.BACKPRESSURE_ACTIVATED,
-                     EventType.BACKPRESSURE_RELEASED):
-            self.events.listen(self.router.on_event, kind)
-        self.vouches = VouchClient(self)
-        """Asks holders, now, whether they hold an artifact version (deletion, recovery)."""
-        self.backpressure = BackpressureMonitor(self)
-        """Announces and enforces backpressure when this node should not take normal syncs."""
-        self.daemon = AutoSyncDaemon(self, self.config.strategy_for(self.name))
-        self.sender = Sender(self)
-        """Pushes a stored copy another node asks for (a gossip pull, a scrub's repair)."""
-        self.gossip = GossipDaemon(self) if self.daemon.strategy == "gossip" else None
-        """Manifest deltas peer to peer, then pulls (the gossip strategy only)."""
-        self.live = LiveSnapshotter(self)
-        self.push = None if self.host.is_coordinator else SyncPushDaemon(self)
-        self.verifier = ReplicaVerifier(self)
-        self.scrub = Scrubber(self)
-        """Re-hashes every stored copy in the background and repairs what rotted."""
-        self.metrics = NodeMetrics(self)
-        self.facade = SyncFacade(self)
-        set_sync_facade(self.facade)
+        self._build_cluster()
+        self._build_sync(self.config.strategy_for(self.name))
+        self._build_services()
+        self._build_reporting()
         app = make_app(self)
         self.connections = guard_for(raise_fd_limit())
         """Inbound connection caps and the header timeout (``engine.server.site``)."""
@@ -166,6 +157,155 @@ class Node:
             await self._runner.cleanup()
             raise
 
+    def _build_cluster(self) -> None:
+        """What this node knows of and says to the others: peers, membership, routing."""
+        self.breakers = Breakers(self.name, self.events, self.config.transfer.breaker_failures,
+                                 self.config.transfer.breaker_reset_seconds)
+        """One circuit breaker per target node, shared by every outbound transfer."""
+        self.peers = PeerClient(self.name, self.config.token, lambda n: self.config.host(n).url)
+        """The one client for every call to another node (opened with the components)."""
+        self.supervisor = Supervisor(self.name, self.events.emit)
+        """Runs the node's periodic services; a failing one is reported and restarted."""
+        self.bandwidth = BandwidthCoordinator(self.config.bandwidth_limit_mbps)
+        set_bandwidth_coordinator(self.bandwidth)
+        self.membership = MembershipDaemon(
+            self.name, self.config.hosts, self.config.membership, peers=self.peers,
+            emit=self.events.emit, manifest=self.manifest,
+        ) if self.host.role == "coordinator" else None
+        self.manifest_pull = ManifestPuller(
+            self.name, self.config.hosts, self.config.membership.interval_seconds,
+            manifest=self.manifest, peers=self.peers, is_down=self.membership.is_down,
+        ) if self.membership else None
+        self.view = ClusterView(self.membership.is_down if self.membership else None)
+        """What this node knows of the others: down nodes, backpressure (capacity: manifest)."""
+        self.router = SyncRouter(self.config, self.name, self.manifest, self.view, self.breakers,
+                                 self.usage.percent, self._wake_sync)
+        self.view_refresher = ClusterViewRefresher(
+            self.name, self.config.hosts, self.config.coordinator.name,
+            self.config.sync_routing.capacity_refresh_seconds, view=self.view, peers=self.peers,
+            set_capacity=self.manifest.set_capacity, on_recovered=self.router.node_recovered,
+            on_backpressure=self.router.backpressure,
+            members=self.membership.view if self.membership else None)
+        for kind in (EventType.NODE_RECOVERED, EventType.BACKPRESSURE_ACTIVATED,
+                     EventType.BACKPRESSURE_RELEASED):
+            self.events.listen(self.router.on_event, kind)
+        self.vouches = VouchClient(self.name, self.root_id, manifest=self.manifest,
+                                   hosts=self.config.hosts, policy=self.config.sync_routing.policy,
+                                   peers=self.peers)
+        """Asks holders, now, whether they hold an artifact version (deletion, recovery)."""
+        self.backpressure = BackpressureMonitor(
+            self.name, self.config.sync_routing.max_disk_usage_percent,
+            self.config.sync_routing.max_inbound_queue, disk_percent=self.usage.percent,
+            uploads=self.uploads_in_progress, emit=self.events.emit)
+        """Announces and enforces backpressure when this node should not take normal syncs."""
+
+    def _build_services(self) -> None:
+        """What runs beside auto sync: gossip, live snapshots, disk pressure, verification."""
+        self.sender = Sender(self.name, data=self.data, manifest=self.manifest,
+                             copies=self.copies, scanner=self.scanner, pushes=self.pushes,
+                             pause=self.pause, breakers=self.breakers)
+        """Pushes a stored copy another node asks for (a gossip pull, a scrub's repair)."""
+        self.gossip = GossipDaemon(
+            self.name, self.config.auto_sync, self.config.transfer.max_concurrent,
+            self.config.hosts, manifest=self.manifest, router=self.router,
+            pulls=Pulls(self.name, manifest=self.manifest, router=self.router, data=self.data,
+                        copies=self.copies, uploads=self.uploads_in_progress),
+            sender=self.sender, pause=self.pause, breakers=self.breakers, peers=self.peers,
+            emit=self.events.emit, disk_percent=self.usage.percent,
+            pressure=lambda: self.backpressure.reason,
+        ) if self.daemon.strategy == "gossip" else None
+        """Manifest deltas peer to peer, then pulls (the gossip strategy only)."""
+        self.live = LiveSnapshotter(
+            self.name, self.config.push.live_snapshot_seconds, scanner=self.scanner,
+            router=self.router, pushes=self.pushes, pause=self.pause,
+            emit=self.events.emit)
+        """Snapshots and pushes databases still being written (``push.live_snapshot_seconds``)."""
+        self.cleaner = Cleaner(
+            self.name, self.config.push.min_copies_before_delete,
+            self.config.push.cleanup_percent, self.config.transfer.finished_after_seconds,
+            data=self.data, manifest=self.manifest, scanner=self.scanner,
+            inflight=self.inflight, vouches=self.vouches, measure=self.refresh_disk,
+            note_stored=self.note_stored, emit=self.events.emit)
+        """Deletes sources behind live-vouched copies (the cleanup level)."""
+        self.push = None if self.host.is_coordinator else SyncPushDaemon(
+            self.name, self.config.push, measure=self.refresh_disk,
+            refresh_view=self.view_refresher.refresh, recovery=self.recovery,
+            cleaner=self.cleaner, pause=self.pause, emit=self.events.emit)
+        self.verifier = ReplicaVerifier(self.name, manifest=self.manifest, copies=self.copies,
+                                        emit=self.events.emit)
+        self.scrub = Scrubber(
+            self.name, self.config.scrub, coordinator=self.config.coordinator.name,
+            hosts=self.config.hosts, manifest=self.manifest, copies=self.copies,
+            is_down=self.view.is_down, peers=self.peers, emit=self.events.emit)
+        """Re-hashes every stored copy in the background and repairs what rotted."""
+
+    def _build_reporting(self) -> None:
+        """``/metrics`` and the facade (the dashboard's and the CLI's way in)."""
+        queue, membership, push = self.daemon.write_through, self.membership, self.push
+        self.metrics = NodeMetrics(MetricSources(
+            self.name, self.events, disk=self.usage.disk, artifacts=self.manifest.counts_by_type,
+            sync=self.daemon.status, bandwidth=self.bandwidth.status, transfers=self.transfers,
+            backpressure=lambda: self.backpressure.active,
+            open_breakers=self.breakers.open_targets, scrub=self.scrub.status,
+            hashed_bytes=lambda: self.copies.totals["hashed_bytes"],
+            write_through=queue.status if queue is not None else None,
+            gossip=self.gossip.status if self.gossip is not None else None,
+            pressure_level=(lambda: push.level) if push is not None else None,
+            cleanup=(lambda: push.cleaner.totals) if push is not None else None,
+            members=(lambda: {n: m.state for n, m in membership.members.items()})
+            if membership is not None else None))
+        """``GET /metrics``: read from these parts at scrape time."""
+        self.facade = SyncFacade(self)
+        set_sync_facade(self.facade)
+
+    def _build_sync(self, strategy: str) -> None:
+        """The node-wide sync state and the one push path, then what pushes through it."""
+        cfg = self.config
+        self.pause = PauseGate(self.name, self.events.emit)
+        """Shut by an operator: no new transfer starts on this node."""
+        self.inflight = InFlight()
+        """(version, target) pairs a push is under way for: none starts twice."""
+        self.scanner = Scanner(self.data, self.name, cfg.sync_routing.exclude_patterns,
+                               cfg.transfer.finished_after_seconds)
+        """Finds finished artifacts (and snapshots databases) in the data root."""
+        self.limiter = PushLimiter(cfg.transfer.max_concurrent)
+        """Bounds concurrent pushes; urgent (disk-pressure) pushes are served first."""
+        self.pushes = PushPath(
+            self.name, strategy, limiter=self.limiter, inflight=self.inflight,
+            breakers=self.breakers, transfers=self.transfers, record=self.manifest.register_sync,
+            emit=self.events.emit, url_of=lambda n: self.config.host(n).url,
+            on_backpressure=self.router.backpressure,
+            retry=RetryPolicy(cfg.transfer.retry_base_seconds, cfg.transfer.retry_max_seconds))
+        """The one push path every component pushes through."""
+        self.snapshots = SnapshotKeeper(self.name, self.scanner, self.manifest, self.router,
+                                        self.inflight, lambda: self.usage.disk()["total_bytes"])
+        """The snapshots of own databases: kept until placed, within a budget."""
+        self.recovery = Recovery(
+            self.name, cfg.push.min_copies_before_delete, manifest=self.manifest,
+            router=self.router, scanner=self.scanner, vouches=self.vouches, copies=self.copies,
+            pushes=self.pushes, pause=self.pause, snapshots=self.snapshots,
+            emit=self.events.emit,
+            is_down=self.membership.is_down if self.membership else None,
+            remote=RemoteRehome(
+                self.name, cfg.push.min_copies_before_delete, cfg.hosts, manifest=self.manifest,
+                vouches=self.vouches, router=self.router, is_down=self.membership.is_down,
+                peers=self.peers) if self.membership else None)
+        """Operator-requested runs and orphan re-homing up to min_copies verified copies."""
+        write_through = None
+        if strategy == "ephemeral":
+            durable = frozenset(n for n, h in cfg.hosts.items()
+                                if not h.ephemeral and n != self.name)
+            write_through = WriteThrough(
+                self.name, strategy, WriteThroughQueue(self.data.state / QUEUE_FILE), durable,
+                manifest=self.manifest, scanner=self.scanner, events=self.events)
+        self.daemon = AutoSyncDaemon(
+            self.name, strategy, cfg.auto_sync, manifest=self.manifest, router=self.router,
+            scanner=self.scanner, pushes=self.pushes, pause=self.pause,
+            snapshots=self.snapshots, emit=self.events.emit, root_id=self.root_id,
+            write_through=write_through, rehome=self.recovery.rehome)
+        """Finds finished artifacts and pushes them where the router says."""
+        self.pause.on_resume(lambda: self.daemon.sync_now("resume"))
+
     def _open_manifest(self) -> ClusterManifest:
         """Open the manifest; on a full disk, with the space kept aside for that."""
         reserve = self.data.state / "reserve"
@@ -181,13 +321,16 @@ class Node:
         return manifest
 
     async def _components(self, _app: web.Application) -> AsyncIterator[None]:
-        self.session = aiohttp.ClientSession(
-            headers={"Authorization": f"Bearer {self.config.token}"},
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=60))
-        self.transport = HttpTransport(self.session, self.name, self.bandwidth,
-                                       self.config.transfer.chunk_bytes)
-        self._used_bytes = await asyncio.to_thread(self._measure_used)
-        adopt = asyncio.create_task(self.copies.adopt_unknown(), name="adopt-copies")
+        await self.peers.open()
+        context = TransportContext(self.name, self.peers.session, self.bandwidth,
+                                   self.config.transfer.chunk_bytes)
+        self.transports = Transports([transport_registry.build("http", context)], "http")
+        """The transports this node pushes with, by name (``engine.transport.registry``)."""
+        self.transport = self.transports.default
+        self.pushes.attach(self.transports)
+        await self.usage.refresh()
+        background = TaskSet(f"node {self.name}")
+        background.spawn(self.copies.adopt_unknown(), name="adopt-copies")
         supervisor = self.supervisor
         supervisor.add(Service("capacity", self._capacity_step, CAPACITY_REFRESH_SECONDS,
                                first_delay=CAPACITY_REFRESH_SECONDS))
@@ -201,7 +344,8 @@ class Node:
                                    self.manifest_pull.interval))
         await supervisor.start()
         await self.hooks.start()
-        await self.daemon.start()
+        supervisor.add(Service("auto_sync", self.daemon.step, self.daemon.interval,
+                               wakeup=self.daemon.wakeup, next_delay=self.daemon.next_delay))
         if self.gossip:
             supervisor.add(Service("gossip", self.gossip.round, self.gossip.interval))
         if self.live.interval > 0:
@@ -212,26 +356,30 @@ class Node:
             supervisor.add(Service("sync_push", self.push.run_cycle,
                                    self.push.thresholds.interval_seconds,
                                    wakeup=self.push.wakeup))
-        await self.scrub.start()
+        if self.scrub.enabled:
+            supervisor.add(Service("scrub", self.scrub.step, self.scrub.interval,
+                                   next_delay=self.scrub.next_delay))
         yield
         # an ephemeral node (SIGTERM on a spot host) pushes what is not safe yet, while the
         # daemons and the session still run; a no-op for other strategies
+        await supervisor.stop(["auto_sync"])
         await self.daemon.final_push(self.config.auto_sync.final_push_seconds)
         if self.cluster_feed is not None:
             await self.cluster_feed.stop()
-        await self.scrub.stop()
+        await supervisor.stop(["scrub"])
         await self.verifier.stop()
         await self.sender.stop()
         await supervisor.stop(["sync_push", "live_snapshots", "gossip"])
         if self.push:
             await self.push.stop()
-        await self.daemon.stop()
+        await self.recovery.stop()
+        await supervisor.stop(["auto_sync"])
+        self.daemon.close()
         await supervisor.stop()
         if self.manifest_pull:
             await self.manifest_pull.stop()
-        adopt.cancel()
-        await asyncio.gather(adopt, return_exceptions=True)
-        await self.session.close()
+        await background.close()
+        await self.peers.close()
         await self.hooks.stop()
         self.events.close()
         self.manifest.close()
@@ -256,11 +404,6 @@ class Node:
             await self.stop()
 
     # -- capacity ---------------------------------------------------------------------------
-    def _measure_used(self) -> int:
-        if self.host.disk_quota:
-            return self.data.used_bytes()
-        return shutil.disk_usage(self.data.root).used
-
     async def _capacity_step(self) -> None:
         """The ``capacity`` service's step: abandoned partials, usage, backpressure, and the
         start-up checks or the space kept aside while the disk was full."""
@@ -268,7 +411,7 @@ class Node:
                                           set(self.uploads_in_progress), time.time())
         for part in removed:
             log.info("removed abandoned partial upload %s", part.name)
-        self._used_bytes = await asyncio.to_thread(self._measure_used)
+        await self.usage.refresh()
         self.backpressure.check()
         if not self.startup.done:
             self.startup.run()
@@ -292,7 +435,7 @@ class Node:
     def waiting_for(self) -> str:
         """What a graceful stop waits for (logged on SIGTERM)."""
         parts = [f"{len(self.uploads_in_progress)} uploads arriving",
-                 f"{len(self.daemon.inflight)} pushes under way"]
+                 f"{len(self.inflight)} pushes under way"]
         if self.daemon.write_through is not None:
             parts.append(f"a final push of what is not safe yet (at most"
                          f" {self.config.auto_sync.final_push_seconds:g}s)")
@@ -306,24 +449,18 @@ class Node:
 
     async def refresh_disk(self) -> dict[str, Any]:
         """Measure usage now (not at the next refresh) and return ``disk()``."""
-        self._used_bytes = await asyncio.to_thread(self._measure_used)
-        return self.disk()
+        return await self.usage.refresh()
 
     def disk(self) -> dict[str, Any]:
         """Usage against the node's capacity: its quota when set, else its disk."""
-        total = self.host.disk_quota or shutil.disk_usage(self.data.root).total
-        used = self._used_bytes
-        return {"used_bytes": used, "total_bytes": total, "free_bytes": max(0, total - used),
-                "percent": round(100.0 * used / total, 2) if total else 0.0,
-                "quota_bytes": self.host.disk_quota}
+        return self.usage.disk()
 
     def has_room_for(self, nbytes: int) -> bool:
-        disk = self.disk()
-        return disk["used_bytes"] + nbytes <= disk["total_bytes"]
+        return self.usage.has_room_for(nbytes)
 
     def note_stored(self, size: int) -> None:
         """Count a newly stored object until the next capacity refresh measures it."""
-        self._used_bytes += size
+        self.usage.note_stored(size)
 
     # -- control ----------------------------------------------------------------------------
     def request_priority_sync(self, reason: str, config_key: str | None) -> dict[str, Any]:
@@ -331,12 +468,12 @@ class Node:
                                                config_key=config_key))
         self.daemon.sync_now(reason, config_key)
         return {"node": self.name, "accepted": True, "reason": reason, "config_key": config_key,
-                "paused": self.daemon.paused}
+                "paused": self.pause.paused}
 
     async def request_recovery(self, reason: str, by: str) -> dict[str, Any]:
         """Bring under-replicated artifacts up to min_copies verified copies (counted by
         asking the holders now; the pushes run in the background)."""
-        return await self.daemon.recovery.request(reason, by)
+        return await self.recovery.request(reason, by)
 
     def start_verification(self, by: str) -> dict[str, Any]:
         """Re-hash every replica this node holds (background); raises VerificationRunning."""
@@ -353,13 +490,8 @@ class Node:
             for art, reps in rows]}
 
     def set_paused(self, paused: bool, by: str) -> dict[str, Any]:
-        if self.daemon.paused != paused:
-            self.daemon.paused = paused
-            payload = (SyncPaused if paused else SyncResumed)(node=self.name, requested_by=by)
-            self.events.emit(payload)
-            if not paused:
-                self.daemon.sync_now("resume")
-        return {"node": self.name, "paused": self.daemon.paused}
+        self.pause.set(paused, by)
+        return {"node": self.name, "paused": self.pause.paused}
 
     # -- reporting --------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -369,7 +501,7 @@ class Node:
             "url": self.host.url, "ephemeral": self.host.ephemeral, "time": time.time(),
             "root_id": self.root_id, "manifest_id": self.manifest.manifest_id,
             "uptime_seconds": round(time.time() - self.started_at, 1),
-            "strategy": self.daemon.strategy, "paused": self.daemon.paused,
+            "strategy": self.daemon.strategy, "paused": self.pause.paused,
             "disk": self.disk(),
             "thresholds": {"push_percent": push.push_percent, "urgent_percent": push.urgent_percent,
                            "cleanup_percent": push.cleanup_percent,

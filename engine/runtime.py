@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.aio import wait_event
+from engine.errors import describe
 from engine.events import ComponentFailed, ComponentRecovered, Payload
 from engine.health import HealthCheckResult
 from engine.ratelog import RateLimitedLog
@@ -75,6 +76,9 @@ class Service:
     wakeup: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     """Set, it runs the next step now instead of at the end of the interval (a component
     may pass its own event)."""
+    next_delay: Callable[[], float] | None = field(default=None, repr=False)
+    """When given, the seconds to wait after each step (e.g. until the soonest retry is
+    due), instead of what is left of ``interval``."""
 
     def wake(self) -> None:
         """Run the next step now instead of at the end of the interval."""
@@ -92,7 +96,9 @@ class Service:
             self.steps += 1
             self.last_ok_at = time.time()
             succeeded(self)
-            delay = max(MIN_DELAY_SECONDS, self.interval - (time.monotonic() - started))
+            left = (self.next_delay() if self.next_delay is not None
+                    else self.interval - (time.monotonic() - started))
+            delay = max(MIN_DELAY_SECONDS, left)
 
     def to_dict(self) -> dict[str, Any]:
         return {"interval": self.interval, "steps": self.steps, "failures": self.failures,
@@ -154,7 +160,7 @@ class Supervisor:
             except asyncio.CancelledError:
                 pass
             except Exception as exc:  # noqa: BLE001 - kept, logged and emitted, never dropped
-                error = _describe(exc)
+                error = describe(exc)
                 self.stop_errors.append(f"{service.name}: {error}")
                 log.error("%s on %s failed while stopping: %s", service.name, self.node, error,
                           exc_info=exc)
@@ -179,7 +185,7 @@ class Supervisor:
     def _failed(self, service: Service, exc: Exception) -> float:
         service.failures += 1
         service.failed_total += 1
-        service.last_error = _describe(exc)
+        service.last_error = describe(exc)
         if service.failing_since is None:
             service.failing_since = time.time()
         wait = self._backoff(service.failures)
@@ -244,7 +250,7 @@ class TaskSet:
             return
         exc = task.exception()
         assert isinstance(exc, Exception)
-        log.error("%s: task %s failed: %s", self.owner, task.get_name(), _describe(exc),
+        log.error("%s: task %s failed: %s", self.owner, task.get_name(), describe(exc),
                   exc_info=exc)
         if self._on_error is not None:
             self._on_error(task.get_name(), exc)
@@ -258,8 +264,4 @@ class TaskSet:
         for task, result in zip(tasks, await asyncio.gather(*tasks, return_exceptions=True)):
             if isinstance(result, Exception):
                 log.error("%s: task %s failed while stopping: %s", self.owner,
-                          task.get_name(), _describe(result), exc_info=result)
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}".rstrip(": ")
+                          task.get_name(), describe(result), exc_info=result)

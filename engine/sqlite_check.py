@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from engine.errors import describe
+
 
 PROGRESS_OPS = 10_000
 """SQLite VM steps between looks at the cancel flag."""
@@ -56,7 +58,7 @@ def check_database(path: Path, integrity_max_bytes: int,
         finally:
             conn.close()
     except sqlite3.Error as exc:  # e.g. "file is not a database", "database disk image is malformed"
-        return CheckResult(check, False, f"{type(exc).__name__}: {exc}")
+        return CheckResult(check, False, describe(exc))
     if not rows:
         return CheckResult(check, False, "no answer")
     lines = [ln.strip() for ln in str(rows[0][0]).splitlines()]

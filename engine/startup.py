@@ -15,14 +15,15 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from engine import deletion_journal
-from engine.events import DataSyncFailed
+from engine.copies import StoredCopies
+from engine.errors import describe
+from engine.events import DataSyncFailed, Payload
 from engine.health import HealthCheckResult
-
-if TYPE_CHECKING:
-    from engine.node import Node
+from engine.manifest import ClusterManifest
+from engine.paths import DataRoot
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +31,16 @@ log = logging.getLogger(__name__)
 class StartupChecks:
     """The start-time steps of one node, in order, each done once."""
 
-    def __init__(self, node: "Node") -> None:
-        self.node = node
+    def __init__(self, name: str, data: DataRoot, manifest: ClusterManifest,
+                 copies: StoredCopies, emit: Callable[[Payload], Any]) -> None:
+        self.name = name
+        """The node starting."""
+        self.data = data
+        self.manifest = manifest
+        self.copies = copies
+        self._emit = emit
         self.steps: list[tuple[str, Callable[[], Any]]] = [
-            ("new incarnation", node.manifest.new_incarnation),
+            ("new incarnation", manifest.new_incarnation),
             ("interrupted deletions", self._deletions),
             ("reconcile with the disk", self._reconcile)]
         """What is still to do, in order."""
@@ -50,9 +57,9 @@ class StartupChecks:
             try:
                 step()
             except (OSError, sqlite3.Error) as exc:
-                error = f"{name} failed: {type(exc).__name__}: {exc} (tried again shortly)"
+                error = f"{name} failed: {describe(exc)} (tried again shortly)"
                 if error != self.last_error:
-                    log.error("%s: %s", self.node.name, error)
+                    log.error("%s: %s", self.name, error)
                     self._report(error)
                 self.last_error = error
                 return False
@@ -61,20 +68,20 @@ class StartupChecks:
         return True
 
     def _deletions(self) -> None:
-        for line in deletion_journal.recover(self.node.data, self.node.manifest):
+        for line in deletion_journal.recover(self.data, self.manifest):
             log.warning("interrupted deletion: %s", line)
             if "quarantine" in line:  # its name was taken meanwhile: kept, and said so
                 self._report(f"interrupted deletion: {line}")
 
     def _reconcile(self) -> None:
-        counts = self.node.copies.reconcile()
+        counts = self.copies.reconcile()
         if any(counts.values()):
             log.warning("manifest reconciled with the disk: %s", counts)
 
     def _report(self, error: str) -> None:
         try:
-            self.node.events.emit(DataSyncFailed(
-                source=self.node.name, target=self.node.name, artifact="", error=error,
+            self._emit(DataSyncFailed(
+                source=self.name, target=self.name, artifact="", error=error,
                 attempt=0, retry_in_seconds=None, reason="startup", strategy="startup"))
         except (OSError, sqlite3.Error):
             log.exception("cannot record the startup failure as an event")

@@ -15,16 +15,13 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-import aiohttp
-
-from engine.manifest import Artifact
-
-if TYPE_CHECKING:
-    from engine.node import Node
+from engine.config.schema import DataTypePolicy, HostConfig
+from engine.manifest import Artifact, ClusterManifest
+from engine.peer_client import PeerClient, PeerError
 
 log = logging.getLogger(__name__)
 
@@ -65,34 +62,44 @@ def counting(vouches: list[Vouch], own_root: str, *, ephemeral_count: bool = Fal
 class VouchClient:
     """Asks holders to vouch, on behalf of one node."""
 
-    def __init__(self, node: "Node") -> None:
-        self.node = node
+    def __init__(self, name: str, root_id: str, *, manifest: ClusterManifest,
+                 hosts: Mapping[str, HostConfig], policy: Callable[[str], DataTypePolicy],
+                 peers: PeerClient) -> None:
+        self.name = name
+        """The asking node."""
+        self.root_id = root_id
+        """Its data root's id: a copy under it never counts."""
+        self.manifest = manifest
+        self.hosts = hosts
+        """The configured nodes (provider, ephemeral); one missing is decommissioned."""
+        self._policy = policy
+        """A data type's policy (``sync_routing.policy``)."""
+        self._peers = peers
         self._noted: dict[str, float] = {}
+
+    def _counting(self, art: Artifact, vouches: list[Vouch]) -> list[Vouch]:
+        policy = self._policy(art.data_type)
+        return counting(vouches, self.root_id, ephemeral_count=policy.ephemeral_copies_count,
+                        distinct_providers=policy.distinct_providers)
 
     def remembered(self, art: Artifact, holders: set[str]) -> set[str]:
         """Of the nodes the manifest remembers holding ``art`` verified, those that would
         count if they vouched (the same rules as ``counting``, over their remembered root
         ids): what push and recovery aim at, never what a deletion trusts."""
-        policy = self.node.config.sync_routing.policy(art.data_type)
-        roots = {r.node: r.root_id for r in self.node.manifest.replicas(art)}
+        roots = {r.node: r.root_id for r in self.manifest.replicas(art)}
         remembered = []
         for name in holders:
-            host = self.node.config.hosts.get(name)
-            if host is not None and name != self.node.name:
+            host = self.hosts.get(name)
+            if host is not None and name != self.name:
                 remembered.append(Vouch(name, roots.get(name) or f"node:{name}",
                                         host.provider, host.ephemeral))
-        return {v.node for v in counting(remembered, self.node.root_id,
-                                         ephemeral_count=policy.ephemeral_copies_count,
-                                         distinct_providers=policy.distinct_providers)}
+        return {v.node for v in self._counting(art, remembered)}
 
     async def counted(self, art: Artifact) -> list[Vouch]:
         """The live vouches for ``art`` that count towards its deletion (see ``counting``)."""
-        holders = sorted({r.node for r in self.node.manifest.replicas(art)} - {self.node.name})
+        holders = sorted({r.node for r in self.manifest.replicas(art)} - {self.name})
         answers = await asyncio.gather(*(self.ask(art, h) for h in holders))
-        policy = self.node.config.sync_routing.policy(art.data_type)
-        return counting([v for v in answers if v is not None], self.node.root_id,
-                        ephemeral_count=policy.ephemeral_copies_count,
-                        distinct_providers=policy.distinct_providers)
+        return self._counting(art, [v for v in answers if v is not None])
 
     async def ask(self, art: Artifact, holder: str) -> Vouch | None:
         """``holder``'s vouch, when it answers in its own name that the bytes it stores for
@@ -102,35 +109,32 @@ class VouchClient:
         here (so the push daemon sends a copy elsewhere); one that does not answer keeps it.
         A holder that is no longer in the config (decommissioned) does not vouch.
         """
-        node = self.node
-        host = node.config.hosts.get(holder)
+        host = self.hosts.get(holder)
         if host is None:
             self._note(holder, f"{holder} is not in the config any more: its copy of"
                        f" {art.key} does not count")
             return None
-        url = f"{host.url}/v1/vouch/{art.data_type}/{quote(art.path)}"
-        timeout = aiohttp.ClientTimeout(total=VOUCH_TIMEOUT_SECONDS + art.size / VOUCH_HASH_RATE)
         try:
-            async with node.session.get(url, params={"origin": art.origin, "sha256": art.sha256},
-                                        timeout=timeout) as resp:
-                answer = await resp.json() if resp.status in (200, 404) else None
-                status = resp.status
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
-            self._note(holder, f"{holder} could not vouch for {art.key}:"
-                       f" {exc or type(exc).__name__}")
+            answer = await self._peers.call(
+                holder, "GET", f"/v1/vouch/{art.data_type}/{quote(art.path)}",
+                params={"origin": art.origin, "sha256": art.sha256}, expect=(200, 404),
+                timeout=VOUCH_TIMEOUT_SECONDS + art.size / VOUCH_HASH_RATE)
+        except PeerError as exc:  # unreachable, another status, or not JSON: no vouch
+            self._note(holder, f"{holder} could not vouch for {art.key}: {exc}")
             return None
-        if status == 200 and isinstance(answer, dict) and answer.get("node") == holder:
-            if (answer.get("sha256") == art.sha256 and answer.get("size") == art.size
-                    and answer.get("rehashed") is True and answer.get("root_id")):
-                return Vouch(holder, str(answer["root_id"]), host.provider, host.ephemeral)
+        body = answer.body
+        if answer.status == 200 and isinstance(body, dict) and body.get("node") == holder:
+            if (body.get("sha256") == art.sha256 and body.get("size") == art.size
+                    and body.get("rehashed") is True and body.get("root_id")):
+                return Vouch(holder, str(body["root_id"]), host.provider, host.ephemeral)
             log.warning("%s stores %s with sha256 %s, not %s: no longer counted", holder,
-                        art.label, answer.get("sha256"), art.sha256)
-            node.manifest.remove_replica(art.ident, holder)
-        elif status == 404:
+                        art.label, body.get("sha256"), art.sha256)
+            self.manifest.remove_replica(art.ident, holder)
+        elif answer.status == 404:
             log.warning("%s no longer stores %s: no longer counted", holder, art.label)
-            node.manifest.remove_replica(art.ident, holder)
+            self.manifest.remove_replica(art.ident, holder)
         else:
-            self._note(holder, f"{holder} does not vouch for {art.key}: HTTP {status}")
+            self._note(holder, f"{holder} does not vouch for {art.key}: HTTP {answer.status}")
         return None
 
     def _note(self, holder: str, message: str) -> None:

@@ -9,8 +9,13 @@ with jitter per (artifact, target); every failure is a DATA_SYNC_FAILED event.
 Strategies (the router decides targets per strategy, ``engine.router``):
 ``push_from_generator`` (the default: to the coordinator), ``broadcast`` (its data types to
 every eligible node), ``ephemeral`` (write-through to a durable node on a 5 s interval) and
-``gossip`` (nothing pushed: peers pull, ``engine.daemons.gossip``). Every push passes the
-target's circuit breaker (``engine.daemons.breaker``).
+``gossip`` (nothing pushed: peers pull, ``engine.daemons.gossip``). Every push goes through
+the node's one push path (``engine.push_path``: slot, breaker, transfer, receipt).
+
+The daemon is the supervised ``auto_sync`` service (``step``): woken by ``sync_now``, else
+after its interval or when the soonest retry is due. It is built from what it uses: the
+manifest, router, scanner, push path, pause gate, the write-through queue (ephemeral) and
+the coordinator's orphan re-homing (``rehome``).
 """
 
 from __future__ import annotations
@@ -18,23 +23,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING
 
-from engine.aio import wait_event
-from engine.daemons.limiter import PushLimiter
-from engine.daemons.recovery import Recovery
-from engine.daemons.retry import RetryPolicy, RetryState
-from engine.daemons.write_through import WriteThrough, final_candidates
-from engine.events import DataSyncCompleted, DataSyncFailed, DataSyncStarted
+from engine.config.schema import AutoSync
+from engine.daemons.snapshots import SnapshotKeeper
+from engine.daemons.write_through import FINAL_PUSH_PAUSE_SECONDS, WriteThrough, final_candidates
+from engine.errors import describe
+from engine.events import DataSyncCompleted, DataSyncFailed, DataSyncStarted, Payload
 from engine.health import HealthCheckResult
-from engine.manifest import Artifact, Replica, SyncReceipt
+from engine.manifest import Artifact, ClusterManifest, Replica
+from engine.pause import PauseGate
+from engine.push_path import PushPath
+from engine.router import SyncRouter
 from engine.scanner import Scanner, UnreadableArtifact, is_database
-from engine.transport import PushRequest, TransferError
-
-if TYPE_CHECKING:
-    from engine.node import Node
 
 log = logging.getLogger(__name__)
 
@@ -56,42 +58,45 @@ class CycleReport:
 class AutoSyncDaemon:
     """Automated sync for one node."""
 
-    def __init__(self, node: "Node", strategy: str = "push_from_generator") -> None:
+    def __init__(self, node: str, strategy: str, settings: AutoSync, *,
+                 manifest: ClusterManifest, router: SyncRouter, scanner: Scanner,
+                 pushes: PushPath, pause: PauseGate, snapshots: SnapshotKeeper,
+                 emit: Callable[[Payload], object], root_id: str,
+                 write_through: WriteThrough | None = None,
+                 rehome: Callable[[], object] = lambda: None) -> None:
         if strategy not in SUPPORTED_STRATEGIES:
             raise ValueError(f"strategy {strategy!r} is not available yet "
                              f"(available: {', '.join(SUPPORTED_STRATEGIES)})")
         self.node = node
+        """This node's name."""
         self.strategy = strategy
         """The configured strategy name."""
-        cfg = node.config
-        self.interval = (min(cfg.auto_sync.interval_seconds, cfg.auto_sync.ephemeral_interval_seconds)
-                         if strategy == "ephemeral" else cfg.auto_sync.interval_seconds)
+        self.interval = (min(settings.interval_seconds, settings.ephemeral_interval_seconds)
+                         if strategy == "ephemeral" else settings.interval_seconds)
         """Seconds between cycles when nothing wakes the daemon earlier."""
-        self.enabled = cfg.auto_sync.enabled
+        self.enabled = settings.enabled
         """False when RINGRIFT_AUTO_SYNC_ENABLED=false: only explicit syncs run."""
-        self.paused = False
-        """True while an operator has paused sync on this node: no new transfers start."""
-        self.scanner = Scanner(node.data, node.name, cfg.sync_routing.exclude_patterns,
-                               cfg.transfer.finished_after_seconds)
-        self.retry = RetryPolicy(cfg.transfer.retry_base_seconds, cfg.transfer.retry_max_seconds)
-        self._retries: dict[tuple[tuple[str, str, str, str], str], RetryState] = {}
-        self._unreadable_seen: dict[str, tuple[int, int] | None] = {}
-        self._wake = asyncio.Event()
-        self._priority: tuple[str, str | None] | None = None
-        self._task: asyncio.Task[None] | None = None
-        self.limiter = PushLimiter(cfg.transfer.max_concurrent)
-        """Bounds concurrent pushes; urgent (disk-pressure) pushes are served first."""
-        self.inflight: set[tuple[tuple[str, str, str, str], str]] = set()
-        """(artifact version, target) pairs a push is under way (or reserved) for, by a cycle or a
-        recovery run: neither starts a second push of the same pair."""
-        self.recovery = Recovery(self)
-        """Operator-requested runs that bring artifacts up to min_copies verified copies."""
-        self.write_through = WriteThrough(self) if strategy == "ephemeral" else None
+        self.manifest = manifest
+        self.router = router
+        self.scanner = scanner
+        self.pushes = pushes
+        """The node's one push path (its limiter, in-flight set, retries, breakers)."""
+        self.pause = pause
+        self.snapshots = snapshots
+        self._emit = emit
+        self._root_id = root_id
+        self._rehome = rehome
+        self.write_through = write_through
         """The ephemeral strategy's durable queue and safety check (None for the others)."""
-        self.urgent = self.write_through is not None
+        self.urgent = write_through is not None
         """Every push of this daemon is urgent (ephemeral: the host may vanish any moment)."""
-        self.totals = {"cycles": 0, "pushed_files": 0, "pushed_bytes": 0, "failed": 0}
-        """Running counts since start."""
+        self.wakeup = asyncio.Event()
+        """Set by ``sync_now``: the ``auto_sync`` service runs its next step at once."""
+        self._priority: tuple[str, str | None] | None = None
+        self._drained = write_through is None
+        self._stopped = False
+        self._unreadable_seen: dict[str, tuple[int, int] | None] = {}
+        self.cycles = 0
         self.last_cycle_at: float | None = None
         self.last_error: str | None = None
         self.backlog_files = 0
@@ -104,63 +109,95 @@ class AutoSyncDaemon:
         self._ok_at = 0.0
         self._problem_at = 0.0
 
-    # -- lifecycle --------------------------------------------------------------------------
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"auto-sync:{self.node.name}")
+    @property
+    def paused(self) -> bool:
+        return self.pause.paused
 
-    async def stop(self) -> None:
-        await self.recovery.stop()
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-        if self.write_through is not None:
-            self.write_through.close()
+    @property
+    def totals(self) -> dict[str, int]:
+        """Running counts since start (pushes: every push of this node)."""
+        return {"cycles": self.cycles, **self.pushes.totals}
 
-    async def final_push(self, deadline: float) -> None:
-        """Graceful stop (SIGTERM) of an ephemeral node: no more interval cycles; push what is
-        not safe yet for at most ``deadline`` seconds (``WriteThrough.final_push``). Other
-        strategies: nothing."""
-        if self.write_through is None:
-            return
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-        await self.write_through.final_push(deadline)
-
+    # -- the auto_sync service --------------------------------------------------------------
     def sync_now(self, reason: str, config_key: str | None = None) -> None:
         """Run a cycle now; artifacts of ``config_key`` go first and skip their backoff."""
         self._priority = (reason, config_key)
-        self._wake.set()
+        self.wakeup.set()
 
-    async def _run(self) -> None:
-        if self.write_through is not None:  # what was queued before a restart goes first
-            await self.write_through.drain()
-        while True:
-            priority, self._priority = self._priority, None
-            if self.enabled or priority:
-                try:
-                    await self.run_cycle(*(priority or ("interval", None)))
-                except Exception as exc:  # keep the daemon alive; the failure is visible
-                    self.last_error = f"{type(exc).__name__}: {exc}"
-                    log.exception("sync cycle failed on %s", self.node.name)
-            await wait_event(self._wake, self._next_delay())
-            self._wake.clear()
+    async def step(self) -> None:
+        """One step of the ``auto_sync`` service: what the write-through queue held before
+        this start goes first, then a cycle (an interval one unless ``sync_now`` asked)."""
+        if self._stopped:
+            return
+        if not self._drained:
+            self._drained = True
+            await self._drain()
+        priority, self._priority = self._priority, None
+        if self.enabled or priority:
+            await self.run_cycle(*(priority or ("interval", None)))
 
-    def _next_delay(self) -> float:
+    def next_delay(self) -> float:
+        """Seconds until the next cycle: the interval, or sooner when a retry is due."""
         now = time.monotonic()
-        waits = [s.next_at - now for s in self._retries.values() if not s.permanent]
+        waits = [s.next_at - now for s in self.pushes.retries.values() if not s.permanent]
         return max(0.05, min([self.interval, *waits]))
+
+    async def _drain(self) -> None:
+        """At start: push what the write-through queue holds (a restart after SIGKILL)
+        before any scan."""
+        assert self.write_through is not None
+        if not self.enabled or not len(self.write_through.queue):
+            return
+        log.info("write-through: %d artifacts queued on %s from before this start",
+                 len(self.write_through.queue), self.node)
+        await self.run_cycle("write_through_restart", scan=False)
+
+    async def final_push(self, seconds: float) -> None:
+        """Graceful stop (SIGTERM) of an ephemeral node: no more interval cycles; queue every
+        file no process holds open and push the queue until it is empty or ``seconds`` have
+        passed; what is left stays queued for the next start. Other strategies: nothing."""
+        wt = self.write_through
+        if wt is None:
+            return
+        self._stopped = True
+        me = self.node
+        if self.paused or not self.enabled:
+            log.warning("final push skipped on %s (sync %s): %d artifacts stay queued", me,
+                        "paused" if self.paused else "disabled", len(wt.queue))
+            return
+        started, outcome, safe_before = time.monotonic(), "done", wt.safe_total
+        try:
+            async with asyncio.timeout(seconds):
+                await self.scan(final=True)
+                wt.enqueue_unsafe()
+                while len(wt.queue):
+                    report = await self.run_cycle("final_push", scan=False)
+                    if len(wt.queue) and not report.pushed:
+                        await asyncio.sleep(FINAL_PUSH_PAUSE_SECONDS)
+        except TimeoutError:
+            outcome = "deadline reached"
+        except Exception:  # stopping goes on; what is left stays queued and is logged below
+            outcome = "failed"
+            log.exception("final push failed on %s", me)
+        left = [e.key for e in wt.queue.pending()]
+        log.log(logging.INFO if outcome == "done" else logging.WARNING,
+                "final push on %s, %s after %.1fs: %d artifacts made safe, %d not%s", me,
+                outcome, time.monotonic() - started, wt.safe_total - safe_before, len(left),
+                f" (they stay queued: {', '.join(left[:20])})" if left else "")
+
+    def close(self) -> None:
+        self._stopped = True
+        if self.write_through is not None:
+            self.write_through.close()
 
     # -- one cycle --------------------------------------------------------------------------
     async def scan(self, final: bool = False) -> int:
         """Register finished artifacts that are new or changed; returns how many. ``final``
         (an ephemeral node stopping): a file no process holds open counts as finished now."""
-        manifest = self.node.manifest
+        manifest = self.manifest
         known: dict[tuple[str, str], tuple[int | None, ...]] = {
             (a.data_type, a.path): a.source_identity
-            for a in manifest.artifacts(origin=self.node.name)}
+            for a in manifest.artifacts(origin=self.node)}
         if final:
             candidates = await asyncio.to_thread(final_candidates, self.scanner, known)
         else:
@@ -182,9 +219,9 @@ class AutoSyncDaemon:
             if manifest.upsert_artifact(art):
                 registered += 1
                 if not is_database(art.path):  # the file itself is the content: a verified copy
-                    manifest.set_replica(Replica(art.data_type, art.path, self.node.name,
+                    manifest.set_replica(Replica(art.data_type, art.path, self.node,
                                                  art.sha256, time.time(), origin=art.origin,
-                                                 root_id=self.node.root_id))
+                                                 root_id=self._root_id))
         return registered
 
     def _unreadable(self, key: str, version: tuple[int, int] | None,
@@ -197,60 +234,57 @@ class AutoSyncDaemon:
         self._unreadable_seen[key] = version
         self.last_error = f"{key}: {exc}"
         log.warning("%s on %s: %s", "refused file name" if version is None else "cannot sync",
-                    self.node.name, self.last_error)
-        self.node.events.emit(DataSyncFailed(
-            source=self.node.name, target=self.node.name, artifact=key, error=str(exc),
+                    self.node, self.last_error)
+        self._emit(DataSyncFailed(
+            source=self.node, target=self.node, artifact=key, error=str(exc),
             attempt=0, retry_in_seconds=None, reason="scan", strategy=self.strategy))
 
     def pending(self, config_key: str | None = None,
                 override_backoff: bool = False) -> list[tuple[Artifact, str]]:
         """(artifact, target) pairs that still need a push, priority config first."""
-        manifest, router = self.node.manifest, self.node.router
-        holders = manifest.verified_holders_by_artifact(self.node.name)
-        gone = manifest.deleted_sources(self.node.name)
+        return self._survey(config_key, override_backoff)[0]
+
+    def _survey(self, config_key: str | None = None, override_backoff: bool = False
+                ) -> tuple[list[tuple[Artifact, str]], int, int]:
+        """One pass over this node's artifacts: the pushes still to make (priority config
+        first), how many artifacts no other node holds verified that routing wants
+        elsewhere (``unplaced``), and how many of those have every target held back."""
+        manifest, router, me = self.manifest, self.router, self.node
+        holders = manifest.verified_holders_by_artifact(me)
+        gone = manifest.deleted_sources(me)
         work: list[tuple[Artifact, str]] = []
-        for art in manifest.artifacts(origin=self.node.name):
+        unplaced = held_back = 0
+        for art in manifest.artifacts(origin=me):
             if art.ident in gone and not self.scanner.source_back(art):
                 continue  # no bytes here any more; holders re-home it (Recovery.orphans)
             held = holders.get(art.ident, set())
-            for target in router.get_sync_targets(art.data_type, art.config_key, art.path,
-                                                  urgent=self.urgent, origin=art.origin):
-                if target in held or (art.ident, target) in self.inflight:
+            route = router.route(art.data_type, art.config_key, art.path, urgent=self.urgent,
+                                 origin=art.origin)
+            if art.ident not in gone and not held - {me} and (route.targets or route.held):
+                unplaced += 1
+                held_back += not route.targets
+            for target in route.targets:
+                if target in held or (art.ident, target) in self.pushes.inflight:
                     continue
-                state = self._retries.get((art.ident, target))
+                state = self.pushes.state((art.ident, target))
                 forced = override_backoff and (config_key is None or art.config_key == config_key)
                 if state and state.permanent:
                     continue
-                if forced or RetryPolicy.ready(state):
+                if forced or self.pushes.ready((art.ident, target)):
                     work.append((art, target))
         work.sort(key=lambda item: (config_key is not None and item[0].config_key != config_key,
                                     item[0].mtime))
-        return work
+        return work, unplaced, held_back
 
     def _count_backlog(self) -> None:
-        """Refresh the figures /status shows (once per cycle, not per status request)."""
-        backlog = self.pending(override_backoff=True)
+        """Refresh the figures /status and /health show (once per cycle): the backlog, and
+        the artifacts waiting to be placed; a cycle where such an artifact has every target
+        held back (down, breaker open, full) is a problem, like a failed push."""
+        backlog, unplaced, held_back = self._survey(override_backoff=True)
         self.backlog_files = len(backlog)
         self.backlog_bytes = sum(a.size for a, _ in backlog)
-
-    def _count_unplaced(self) -> None:
-        """Own artifacts routing wants elsewhere that no other node holds verified; a cycle
-        where such an artifact has every target held back (down, breaker open, full) is a
-        problem, like a failed push."""
-        manifest, router, me = self.node.manifest, self.node.router, self.node.name
         if self.strategy == "gossip":  # peers pull; gossip's own health tells
             return
-        holders = manifest.verified_holders_by_artifact(me)
-        gone = manifest.deleted_sources(me)
-        unplaced = held_back = 0
-        for art in manifest.artifacts(origin=me):
-            if art.ident in gone or holders.get(art.ident, set()) - {me}:
-                continue
-            route = router.route(art.data_type, art.config_key, art.path, urgent=self.urgent,
-                                 origin=art.origin)
-            if route.targets or route.held:
-                unplaced += 1
-                held_back += not route.targets
         now = time.time()
         self.unplaced = unplaced
         if held_back:
@@ -271,18 +305,21 @@ class AutoSyncDaemon:
         report = CycleReport()
         try:
             return await self._cycle(report, reason, config_key, scan)
+        except Exception as exc:
+            self.last_error = describe(exc)
+            raise
         finally:
             if self.write_through is not None:  # ARTIFACT_SAFE for what reached a durable node
                 self.write_through.settle()
             self._count_backlog()
-            self._count_unplaced()
-            self.totals["cycles"] += 1
+            self.cycles += 1
             self.last_cycle_at = time.time()
 
     async def _cycle(self, report: CycleReport, reason: str, config_key: str | None,
                      scan: bool = True) -> CycleReport:
         report.scanned = await self.scan() if scan else 0
-        self.recovery.rehome()  # the coordinator: orphans short of copies, from its own
+        await self.snapshots.bound()  # waiting snapshots within their budget
+        self._rehome()  # the coordinator: orphans short of copies, from its own
         if self.write_through is not None:  # queued (durably) before any push is tried
             self.write_through.enqueue_unsafe()
         if self.paused:
@@ -295,17 +332,18 @@ class AutoSyncDaemon:
         if not work:
             return report
         started = time.monotonic()
-        self.node.events.emit(DataSyncStarted(
-            source=self.node.name, targets=sorted({t for _, t in work}), files=len(work),
+        urgency = "urgent" if self.urgent else "normal"
+        self._emit(DataSyncStarted(
+            source=self.node, targets=sorted({t for _, t in work}), files=len(work),
             bytes=sum(a.size for a, _ in work), reason=reason, strategy=self.strategy,
-            urgency="urgent" if self.urgent else "normal"))
-        pairs = {(a.ident, t) for a, t in work}
-        self.inflight |= pairs
+            urgency=urgency))
+        claimed = self.pushes.inflight.claim((a.ident, t) for a, t in work)
+        work = [(a, t) for a, t in work if (a.ident, t) in claimed]
         try:
             results = await asyncio.gather(*(
-                self._push_one(a, t, reason, urgent=self.urgent) for a, t in work))
+                self._push(a, t, reason) for a, t in work))
         finally:
-            self.inflight -= pairs
+            self.pushes.inflight.release(claimed)
         if any(results):
             self._ok_at = time.time()
         if not all(results):
@@ -318,117 +356,34 @@ class AutoSyncDaemon:
             elif ok is not None:
                 report.failed += 1
         for target, arts in report.by_target.items():
-            self.node.events.emit(DataSyncCompleted(
-                source=self.node.name, target=target, files=len(arts),
+            self._emit(DataSyncCompleted(
+                source=self.node, target=target, files=len(arts),
                 bytes=sum(a.size for a in arts), artifacts=[a.key for a in arts[:20]],
-                reason=reason, strategy=self.strategy, urgency="urgent" if self.urgent else "normal",
+                reason=reason, strategy=self.strategy, urgency=urgency,
                 seconds=round(time.monotonic() - started, 3)))
-        self._drop_finished_snapshots([a for a, _ in work])
+        self.snapshots.drop_finished([a for a, _ in work])
         return report
 
-    async def push_copy(self, art: Artifact, target: str, reason: str,
-                        source_file: Path | None = None, urgent: bool = False) -> bool | None:
-        """One push of ``art`` to ``target`` outside the cycle (a gossip pull request), unless
-        one of the same pair is under way (None); nothing schedules a retry."""
-        key = (art.ident, target)
-        if key in self.inflight:
-            return None
-        self.inflight.add(key)
-        try:
-            return await self._push_one(art, target, reason, source_file=source_file,
-                                        retry=False, urgent=urgent)
-        finally:
-            self.inflight.discard(key)
-
-    async def _push_one(self, art: Artifact, target: str, reason: str,
-                        source_file: Path | None = None, retry: bool = True,
-                        urgent: bool = False) -> bool | None:
-        """Push ``art`` to ``target`` and record the receipt; False (and a DATA_SYNC_FAILED)
-        on failure; None when the target's circuit breaker holds it back (nothing was tried).
-        ``source_file`` overrides where the bytes are read (a stored copy); ``retry=False``
-        for a one-off push nothing will retry (reported with no retry time); ``urgent`` pushes
-        get a transfer slot before normal ones."""
-        key = (art.ident, target)
-        state = self._retries.get(key)
-        attempt = (state.attempts if state else 0) + 1
-        source_file = source_file or self.scanner.push_source(art)
-        async with self.limiter.slot(urgent):
-            if not self.node.breakers.begin(target):
-                return None  # opened while this push waited for a slot
-            transfer = self.node.transfers.start(
-                direction="out", source=self.node.name, target=target, artifact=art.key,
-                size=art.size, transport=self.node.transport.name, attempt=attempt)
-            try:
-                if not source_file.exists():
-                    raise TransferError(f"{source_file.name} vanished before it was sent",
-                                        target_fault=False)
-                result = await self.node.transport.push(
-                    PushRequest(art, source_file, target, self.node.config.host(target).url,
-                                reason, "urgent" if urgent else "normal"), transfer)
-            except TransferError as exc:
-                self.node.transfers.finish(transfer, error=str(exc))
-                self._failed(art, target, str(exc), exc.retryable, reason, retry)
-                if exc.backpressure:
-                    self.node.router.backpressure(target, exc.backpressure)
-                if exc.target_fault:
-                    self.node.breakers.failure(target, str(exc))
-                return False
-            finally:  # a probe that neither succeeded nor failed (cancelled, a local error)
-                self.node.breakers.release(target)
-        self.node.transfers.finish(transfer)
-        self.node.breakers.success(target)
-        self._retries.pop(key, None)
-        self.node.manifest.register_sync(SyncReceipt(
-            art.data_type, art.path, self.node.name, target, result.sha256, result.size,
-            result.verified_at, self.node.transport.name, origin=art.origin,
-            root_id=result.root_id))
-        self.totals["pushed_files"] += 1
-        self.totals["pushed_bytes"] += result.bytes_sent
-        return True
-
-    def _failed(self, art: Artifact, target: str, error: str, retryable: bool,
-                reason: str, retry: bool = True) -> None:
-        """Count and report a failed push; with ``retry`` schedule the next attempt."""
-        if retry:
-            state = self._retries.setdefault((art.ident, target), RetryState())
-            wait = self.retry.record_failure(state, error, retryable)
-            attempt = state.attempts
-        else:
-            known = self._retries.get((art.ident, target))
-            wait, attempt = None, (known.attempts if known else 0) + 1
-        self.totals["failed"] += 1
-        self.last_error = error
-        self.node.events.emit(DataSyncFailed(
-            source=self.node.name, target=target, artifact=art.key, error=error,
-            attempt=attempt, retry_in_seconds=None if wait is None else round(wait, 2),
-            reason=reason, strategy=self.strategy))
-
-    def _drop_finished_snapshots(self, pushed: list[Artifact]) -> None:
-        """A snapshot is kept until every target the router names holds it verified."""
-        manifest, router = self.node.manifest, self.node.router
-        busy = {key for key, _target in self.inflight}
-        for art in {a.ident: a for a in pushed
-                    if is_database(a.path) and a.origin == self.node.name}.values():
-            if art.ident in busy:  # another push still reads it
-                continue
-            targets = set(router.get_sync_targets(art.data_type, art.config_key, art.path,
-                                                  origin=art.origin))
-            if targets and targets <= manifest.verified_holders(art):
-                self.scanner.snapshot_path(art.data_type, art.path).unlink(missing_ok=True)
+    async def _push(self, art: Artifact, target: str, reason: str) -> bool | None:
+        source = await self.snapshots.source_for(art)
+        return await self.pushes.push(art, target, reason, source_file=source,
+                                      urgent=self.urgent)
 
     # -- reporting --------------------------------------------------------------------------
     def status(self) -> dict:
+        retries = self.pushes.retries.values()
         return {"strategy": self.strategy, "enabled": self.enabled, "paused": self.paused,
                 "interval_seconds": self.interval, "pending": self.backlog_files,
                 "pending_bytes": self.backlog_bytes,
-                "retrying": sum(1 for s in self._retries.values() if not s.permanent),
-                "blocked": sum(1 for s in self._retries.values() if s.permanent),
-                "last_cycle_at": self.last_cycle_at, "last_error": self.last_error,
+                "retrying": sum(1 for s in retries if not s.permanent),
+                "blocked": sum(1 for s in retries if s.permanent),
+                "last_cycle_at": self.last_cycle_at,
+                "last_error": self.last_error or self.pushes.last_error,
                 **({"write_through": self.write_through.status()} if self.write_through else {}),
                 **self.totals}
 
     def health_check(self) -> HealthCheckResult:
-        blocked = [k for k, s in self._retries.items() if s.permanent]
+        blocked = [k for k, s in self.pushes.retries.items() if s.permanent]
         stale = (self.enabled and not self.paused and self.last_cycle_at is not None
                  and time.time() - self.last_cycle_at > 3 * self.interval + 30)
         # every push failing or held back for an interval: within two intervals of the last
@@ -436,21 +391,30 @@ class AutoSyncDaemon:
         since = self.stuck_since()
         stuck = since is not None and not self.paused and time.time() - since >= self.interval
         healthy = not stale and not blocked and not stuck
+        last_error = self.pushes.last_error or self.last_error
         message = ("auto sync running" if healthy else
                    "auto sync stalled" if stale else
                    f"{len(blocked)} pushes need an operator" if blocked else
                    f"nowhere to push: {self.unplaced} artifacts on this node only for"
-                   f" {time.time() - (since or 0):.0f}s ({self.last_error})")
+                   f" {time.time() - (since or 0):.0f}s ({last_error})")
         # names the scanner refuses (not valid UTF-8): healthy still, but the operator is told
         refused = sorted(self.scanner.refused)
         if refused:
             message += (f"; {len(refused)} file name{'s' if len(refused) != 1 else ''}"
                         " refused")
         return HealthCheckResult(healthy, message, {"strategy": self.strategy,
-                                                    "blocked": [f"{a[1]}/{a[2]} -> {t}"
-                                                                for a, t in blocked[:10]],
+                                                    "blocked": [_blocked_label(k)
+                                                                for k in blocked[:10]],
                                                     "refused_names": refused[:10],
                                                     "refused_names_count": len(refused),
                                                     "stuck_since": since,
                                                     "unplaced": self.unplaced,
                                                     **self.totals})
+
+
+def _blocked_label(key: object) -> str:
+    """``data_type/path -> target`` for a retry key ``(ident, target)``."""
+    if isinstance(key, tuple) and len(key) == 2 and isinstance(key[0], tuple):
+        ident, target = key
+        return f"{ident[1]}/{ident[2]} -> {target}"
+    return str(key)

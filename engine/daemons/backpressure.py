@@ -14,13 +14,11 @@ ones elsewhere (``engine.router``).
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Collection
+from typing import Any
 
-from engine.events import BackpressureActivated, BackpressureReleased
+from engine.events import BackpressureActivated, BackpressureReleased, Payload
 from engine.health import HealthCheckResult
-
-if TYPE_CHECKING:
-    from engine.node import Node
 
 HYSTERESIS_PERCENT = 2.0
 """Usage must fall this far below the limit before disk backpressure is released."""
@@ -29,10 +27,19 @@ HYSTERESIS_PERCENT = 2.0
 class BackpressureMonitor:
     """This node's backpressure state; checked on every upload and every capacity refresh."""
 
-    def __init__(self, node: "Node") -> None:
+    def __init__(self, node: str, max_percent: float, max_queue: int, *,
+                 disk_percent: Callable[[], float], uploads: Collection[object],
+                 emit: Callable[[Payload], object]) -> None:
         self.node = node
-        self.max_percent = node.config.sync_routing.max_disk_usage_percent
-        self.max_queue = node.config.sync_routing.max_inbound_queue
+        """This node's name."""
+        self.max_percent = max_percent
+        """``sync_routing.max_disk_usage_percent``."""
+        self.max_queue = max_queue
+        """``sync_routing.max_inbound_queue``."""
+        self._disk_percent = disk_percent
+        self.uploads = uploads
+        """The uploads in progress now (the node's live set): the inbound queue."""
+        self._emit = emit
         self.reason: str | None = None
         """``disk`` or ``queue`` while active, else None."""
         self.since: float | None = None
@@ -45,11 +52,11 @@ class BackpressureMonitor:
         return self.reason is not None
 
     def queue_depth(self) -> int:
-        return len(self.node.uploads_in_progress)
+        return len(self.uploads)
 
     def check(self) -> str | None:
         """Re-evaluate against current usage and queue; announce a change; the reason."""
-        percent = self.node.disk()["percent"]
+        percent = self._disk_percent()
         depth = self.queue_depth()
         disk_over = percent >= self.max_percent or (
             self.reason == "disk" and percent >= self.max_percent - HYSTERESIS_PERCENT)
@@ -58,14 +65,14 @@ class BackpressureMonitor:
         reason = "disk" if disk_over else "queue" if queue_over else None
         if reason != self.reason:
             if reason is None:
-                self.node.events.emit(BackpressureReleased(
-                    node=self.node.name, disk_percent=percent, queue_depth=depth))
+                self._emit(BackpressureReleased(
+                    node=self.node, disk_percent=percent, queue_depth=depth))
                 self.since = None
             else:
                 self.activations += 1
                 self.since = time.time()
-                self.node.events.emit(BackpressureActivated(
-                    node=self.node.name, disk_percent=percent, queue_depth=depth,
+                self._emit(BackpressureActivated(
+                    node=self.node, disk_percent=percent, queue_depth=depth,
                     reason=reason))
             self.reason = reason
         return self.reason

@@ -32,21 +32,22 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from engine import deletion_journal
 from engine.deletion_journal import Intent
 from engine.diskio import fsync_dir
-from engine.events import ArtifactDeleted, CleanupCompleted
-from engine.manifest import Artifact
+from engine.events import ArtifactDeleted, CleanupCompleted, Payload
+from engine.inflight import InFlight
+from engine.manifest import Artifact, ClusterManifest
 from engine.openfiles import opened_elsewhere
 from engine.hashing import sha256_file
+from engine.paths import DataRoot
 from engine.scanner import Scanner, is_database, snapshot_database
-
-if TYPE_CHECKING:
-    from engine.node import Node
+from engine.vouches import VouchClient
 
 log = logging.getLogger(__name__)
 
@@ -69,26 +70,43 @@ class CleanupReport:
 class Cleaner:
     """Cleanup runs of one node (called by SyncPushDaemon at the cleanup level)."""
 
-    def __init__(self, node: "Node") -> None:
+    def __init__(self, node: str, required: int, cleanup_percent: float, finished_after: float,
+                 *, data: DataRoot, manifest: ClusterManifest, scanner: Scanner,
+                 inflight: InFlight, vouches: VouchClient,
+                 measure: Callable[[], Awaitable[dict[str, Any]]],
+                 note_stored: Callable[[int], object], emit: Callable[[Payload], object]) -> None:
         self.node = node
-        self.required = node.config.push.min_copies_before_delete
+        """This node's name."""
+        self.required = required
         """Distinct other nodes that must vouch before a source is deleted."""
+        self.cleanup_percent = cleanup_percent
+        """A run deletes until usage is below this."""
+        self.finished_after = finished_after
+        """Seconds a source must have been idle (``transfer.finished_after_seconds``)."""
+        self.data = data
+        self.manifest = manifest
+        self.scanner = scanner
+        self.inflight = inflight
+        self.vouches = vouches
+        self._measure = measure
+        """Measures usage now and returns the disk figures (``DiskUsage.refresh``)."""
+        self._note_stored = note_stored
+        self._emit = emit
         self.totals = {"runs": 0, "deleted": 0, "freed_bytes": 0}
         """Running counts since start."""
 
     async def run(self, reason: str = "disk_pressure",
                   disk: dict[str, Any] | None = None) -> CleanupReport:
-        """One run; ``disk`` is a measurement just made (``Node.refresh_disk``), else one is."""
-        node, push = self.node, self.node.config.push
-        disk = disk or await node.refresh_disk()
+        """One run; ``disk`` is a measurement just made (``measure``), else one is."""
+        disk = disk or await self._measure()
         report = CleanupReport(percent_before=disk["percent"], percent_after=disk["percent"])
         total, used = disk["total_bytes"], disk["used_bytes"]
-        gone = node.manifest.deleted_sources(node.name)
-        busy = {key for key, _target in node.daemon.inflight}
-        for art in node.manifest.artifacts(origin=node.name):
-            if not total or 100.0 * used / total < push.cleanup_percent:
+        gone = self.manifest.deleted_sources(self.node)
+        busy = self.inflight.idents()
+        for art in self.manifest.artifacts(origin=self.node):
+            if not total or 100.0 * used / total < self.cleanup_percent:
                 break
-            if art.ident in gone and not node.daemon.scanner.source_back(art):
+            if art.ident in gone and not self.scanner.source_back(art):
                 continue
             if art.ident in busy:
                 report.busy += 1
@@ -96,7 +114,7 @@ class Cleaner:
             if not await asyncio.to_thread(self._deletable, art):
                 report.unfinished += 1
                 continue
-            vouched = [v.node for v in await self.node.vouches.counted(art)]
+            vouched = [v.node for v in await self.vouches.counted(art)]
             if len(vouched) < self.required:
                 report.short_of_copies += 1
                 continue
@@ -109,11 +127,11 @@ class Cleaner:
             report.deleted.append((art, vouched))
             report.freed_bytes += freed
             used -= freed
-        disk = await node.refresh_disk()
+        disk = await self._measure()
         report.percent_after = disk["percent"]
         self.totals["runs"] += 1
-        node.events.emit(CleanupCompleted(
-            node=node.name, deleted=len(report.deleted), freed_bytes=report.freed_bytes,
+        self._emit(CleanupCompleted(
+            node=self.node, deleted=len(report.deleted), freed_bytes=report.freed_bytes,
             percent_before=report.percent_before, percent_after=report.percent_after,
             required=self.required, short_of_copies=report.short_of_copies,
             unfinished=report.unfinished, busy=report.busy))
@@ -123,13 +141,13 @@ class Cleaner:
     def _deletable(self, art: Artifact) -> bool:
         """The source is finished and is exactly the file that was hashed (blocking)."""
         try:
-            source = self.node.data.source_path(art.data_type, art.path)
+            source = self.data.source_path(art.data_type, art.path)
             st = source.stat()
         except (OSError, ValueError):
             return False
         if not Scanner.unchanged(art, st):
             return False  # changed, replaced or touched since it was hashed: hashed again first
-        if time.time() - st.st_mtime < self.node.config.transfer.finished_after_seconds:
+        if time.time() - st.st_mtime < self.finished_after:
             return False
         if is_database(art.path) and _has_sidecar(source):
             return False
@@ -148,7 +166,7 @@ class Cleaner:
         still the vouched version. An in-place rewrite with its mtime put back between the
         checks (``cp -p`` over the file, ``rsync --inplace -t``) keeps inode, size and mtime,
         and the rename itself changes ctime, so no stat can tell."""
-        data = self.node.data
+        data = self.data
         source = data.source_path(art.data_type, art.path)
         intent = deletion_journal.begin(data, art, source, vouched)
         try:
@@ -175,7 +193,7 @@ class Cleaner:
         os.unlink(intent.trash)
         fsync_dir(intent.trash.parent)
         freed = after.st_size
-        snapshot = self.node.daemon.scanner.snapshot_path(art.data_type, art.path)
+        snapshot = self.scanner.snapshot_path(art.data_type, art.path)
         if is_database(art.path) and snapshot.exists():
             freed += snapshot.stat().st_size
             snapshot.unlink(missing_ok=True)
@@ -199,15 +217,14 @@ class Cleaner:
 
     def _deleted(self, art: Artifact, vouched: list[str], freed: int, reason: str,
                  intent: Intent) -> None:
-        node = self.node
-        node.manifest.record_deletion(art, vouched)  # durable before the intent goes
+        self.manifest.record_deletion(art, vouched)  # durable before the intent goes
         deletion_journal.finish(intent)
-        node.note_stored(-freed)
+        self._note_stored(-freed)
         self.totals["deleted"] += 1
         self.totals["freed_bytes"] += freed
         log.info("deleted %s (%d bytes): vouched for by %s", art.label, freed, ", ".join(vouched))
-        node.events.emit(ArtifactDeleted(node=node.name, artifact=art.key, sha256=art.sha256,
-                                         bytes=freed, vouched_by=vouched, reason=reason))
+        self._emit(ArtifactDeleted(node=self.node, artifact=art.key, sha256=art.sha256,
+                                   bytes=freed, vouched_by=vouched, reason=reason))
 
 
 def _has_sidecar(source: Path) -> bool:

@@ -10,8 +10,11 @@ Every ``auto_sync.interval_seconds`` a round:
 2. Pulls (``engine.gossip.pulls``): for each wanted artifact, up to ``PULLS_PER_SLOT`` x
    ``transfer.max_concurrent`` a round, ask the first source of ``SyncRouter.pull_sources``
    (a peer just exchanged with first) to send it: ``POST /v1/gossip/send`` with ``to`` = this
-   node. The holder pushes its stored copy through the ordinary push path
-   (``AutoSyncDaemon.push_copy``) and this node receives it through ``PUT /v1/objects``.
+   node. The holder pushes its stored copy through the one push path
+   (``PushPath.push_once``) and this node receives it through ``PUT /v1/objects``.
+
+Every request goes through the node's PeerClient; a PeerError becomes a GossipError (its
+``unreachable`` flag kept).
 
 It also serves the three routes (``engine.server.gossip``): answering exchanges, taking
 follow-up deltas, and starting the pushes other nodes ask for (``engine.gossip.holder``,
@@ -26,18 +29,21 @@ import json
 import logging
 import random
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Collection
+from typing import Any
 
-import aiohttp
-
-from engine.events import DataSyncFailed
+from engine.config import AutoSync
+from engine.daemons.breaker import Breakers
+from engine.errors import describe
+from engine.events import DataSyncFailed, Payload
 from engine.gossip import Gossip, ProtocolError
+from engine.gossip.holder import Sender
 from engine.gossip.pulls import Pulls
 from engine.health import HealthCheckResult
-from engine.manifest import Artifact
-
-if TYPE_CHECKING:
-    from engine.node import Node
+from engine.manifest import Artifact, ClusterManifest
+from engine.pause import PauseGate
+from engine.peer_client import PeerClient, PeerError
+from engine.router import SyncRouter
 
 log = logging.getLogger(__name__)
 
@@ -65,20 +71,35 @@ class GossipError(Exception):
 class GossipDaemon:
     """Runs on every gossip-strategy node; started and stopped by the Node."""
 
-    def __init__(self, node: "Node") -> None:
+    def __init__(self, node: str, settings: AutoSync, max_concurrent: int,
+                 hosts: Collection[str], *, manifest: ClusterManifest, router: SyncRouter,
+                 pulls: Pulls, sender: Sender, pause: PauseGate, breakers: Breakers,
+                 peers: PeerClient, emit: Callable[[Payload], object],
+                 disk_percent: Callable[[], float],
+                 pressure: Callable[[], str | None]) -> None:
         self.node = node
-        cfg = node.config
-        self.interval = cfg.auto_sync.interval_seconds
+        """This node's name."""
+        self.interval = settings.interval_seconds
         """Seconds between rounds."""
-        self.fanout = cfg.auto_sync.gossip_fanout
+        self.fanout = settings.gossip_fanout
         """Peers exchanged with per round."""
-        self.max_pulls = PULLS_PER_SLOT * cfg.transfer.max_concurrent
+        self.max_pulls = PULLS_PER_SLOT * max_concurrent
         """Pull requests per round."""
-        self.protocol = Gossip(node.manifest, stats=self._stats)
+        self.hosts = hosts
+        """The cluster's host names (a request naming another sender is refused)."""
+        self.router = router
+        self.pause = pause
+        self.breakers = breakers
+        self.client = peers
+        """The node's one client for calls to other nodes."""
+        self._emit = emit
+        self._disk_percent = disk_percent
+        self._pressure = pressure
+        self.protocol = Gossip(manifest, stats=self._stats)
         """This node's side of the exchange protocol (also answers peers)."""
-        self.pulls = Pulls(node)
+        self.pulls = pulls
         """What to ask for, and what was asked for."""
-        self.sender = node.sender
+        self.sender = sender
         """Starts the pushes other nodes ask this node for."""
         self.figures = {"rounds": 0, "exchanges": 0, "exchange_failures": 0, "rows_merged": 0,
                         "bytes_sent": 0, "bytes_received": 0, "pulls_requested": 0,
@@ -100,13 +121,13 @@ class GossipDaemon:
     async def round(self) -> None:
         """Exchange with up to ``fanout`` random peers, then ask for what is missing here
         (the supervised ``gossip`` service's step, every ``interval``)."""
-        peers = self.node.router.gossip_peers()
+        peers = self.router.gossip_peers()
         self.peers = random.sample(peers, min(self.fanout, len(peers)))
         self._had_peers = bool(peers)
         results = await asyncio.gather(*(self.exchange(p) for p in self.peers))
         self.figures["rounds"] += 1
         self.last_round_at = time.time()
-        if not self.node.daemon.paused:
+        if not self.pause.paused:
             await self.pull([p for p, ok in zip(self.peers, results) if ok])
 
     async def exchange(self, peer: str) -> bool:
@@ -120,13 +141,13 @@ class GossipDaemon:
             self._exchange_failed(peer, str(exc), peer_fault=True)
             return False
         except Exception as exc:  # this node's own failure (e.g. its manifest): not the peer's
-            self._exchange_failed(peer, f"{type(exc).__name__}: {exc}", peer_fault=False)
+            self._exchange_failed(peer, describe(exc), peer_fault=False)
             return False
         self.figures["exchanges"] += 1
         self._last_success, self._failures_since_success = time.monotonic(), 0
-        self.node.breakers.success(peer)
+        self.breakers.success(peer)
         view = self.protocol.view(peer)
-        self.node.router.backpressure(peer, view.backpressure)
+        self.router.backpressure(peer, view.backpressure)
         return True
 
     async def _exchange_page(self, peer: str) -> bool:
@@ -144,16 +165,16 @@ class GossipDaemon:
         self.figures["exchange_failures"] += 1
         self._failures_since_success += 1
         self.last_error = f"exchange with {peer}: {error}"
-        log.warning("gossip %s: %s", self.node.name, self.last_error)
+        log.warning("gossip %s: %s", self.node, self.last_error)
         self._report(peer, MANIFEST_ARTIFACT, error)
         if peer_fault:
-            self.node.breakers.failure(peer, error)
+            self.breakers.failure(peer, error)
 
     def _report(self, peer: str, artifact: str, error: str) -> None:
         """Every failure is an event: a DATA_SYNC_FAILED with reason ``gossip`` (the next
         round tries again, so no retry time is given)."""
-        self.node.events.emit(DataSyncFailed(
-            source=self.node.name, target=peer, artifact=artifact, error=error, attempt=1,
+        self._emit(DataSyncFailed(
+            source=self.node, target=peer, artifact=artifact, error=error, attempt=1,
             retry_in_seconds=None, reason="gossip", strategy="gossip"))
 
     async def pull(self, exchanged: list[str]) -> None:
@@ -162,23 +183,23 @@ class GossipDaemon:
         await asyncio.gather(*(self._ask(art, exchanged) for art in wanted))
 
     async def _ask(self, art: Artifact, exchanged: list[str]) -> None:
-        sources = self.node.router.pull_sources(art)
+        sources = self.router.pull_sources(art)
         if not sources:
             self.figures["pulls_unsourced"] += 1
             return
         sources.sort(key=lambda n: n not in exchanged)  # stable: a fresh peer first
         body = {"origin": art.origin, "data_type": art.data_type, "path": art.path,
-                "sha256": art.sha256, "to": self.node.name}
+                "sha256": art.sha256, "to": self.node}
         for source in sources[:SOURCES_TRIED]:
             try:
                 await self._post(source, "/v1/gossip/send", body, expect=202)
             except GossipError as exc:
                 self.figures["pull_failures"] += 1
                 self.last_error = f"pull of {art.key} from {source}: {exc}"
-                log.warning("gossip %s: %s", self.node.name, self.last_error)
+                log.warning("gossip %s: %s", self.node, self.last_error)
                 self._report(source, art.key, f"send request refused: {exc}")
                 if exc.unreachable:
-                    self.node.breakers.failure(source, str(exc))
+                    self.breakers.failure(source, str(exc))
                 continue
             self.figures["pulls_requested"] += 1
             self.pulls.asked(art, source)
@@ -186,34 +207,22 @@ class GossipDaemon:
 
     async def _post(self, peer: str, path: str, body: dict[str, Any],
                     expect: int = 200) -> Any:
-        """POST ``body`` as JSON to ``peer``; its JSON answer, or GossipError."""
-        url = f"{self.node.config.host(peer).url}{path}"
+        """POST ``body`` as compact JSON to ``peer``; its JSON answer, or GossipError."""
         data = json.dumps(body, separators=(",", ":")).encode()
         self.figures["bytes_sent"] += len(data)
-        timeout = aiohttp.ClientTimeout(total=EXCHANGE_TIMEOUT_SECONDS)
         try:
-            async with self.node.session.post(
-                    url, data=data, timeout=timeout,
-                    headers={"Content-Type": "application/json"}) as resp:
-                raw = await resp.read()
-                status = resp.status
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise GossipError(f"{peer} unreachable: {type(exc).__name__}: {exc}".rstrip(": "),
-                              unreachable=True) from None
-        self.figures["bytes_received"] += len(raw)
-        try:
-            answer = json.loads(raw)
-        except ValueError:
-            raise GossipError(f"{peer} answered {status} to {path} with no JSON") from None
-        if status != expect:
-            detail = answer.get("error") if isinstance(answer, dict) else None
-            raise GossipError(f"{peer} answered {status} to {path}: {detail or raw[:200]!r}")
-        return answer
+            answer = await self.client.call(
+                peer, "POST", path, timeout=EXCHANGE_TIMEOUT_SECONDS, expect=(expect,),
+                data=data, headers={"Content-Type": "application/json"})
+        except PeerError as exc:
+            raise GossipError(str(exc), unreachable=exc.unreachable) from None
+        self.figures["bytes_received"] += len(answer.raw)
+        return answer.body
 
     # -- serving ----------------------------------------------------------------------------
     def _check_sender(self, body: Any) -> None:
         name = body.get("node") if isinstance(body, dict) else None
-        if isinstance(name, str) and name not in self.node.config.hosts:
+        if isinstance(name, str) and name not in self.hosts:
             raise ProtocolError(f"{name!r} is not a host of this cluster")
 
     def serve_exchange(self, body: Any) -> dict[str, Any]:
@@ -234,8 +243,7 @@ class GossipDaemon:
     # -- reporting --------------------------------------------------------------------------
     def _stats(self) -> dict[str, Any]:
         """Disk percent and backpressure for this node's answers."""
-        pressure = self.node.backpressure.reason
-        return {"disk_percent": self.node.disk()["percent"], "backpressure": pressure}
+        return {"disk_percent": self._disk_percent(), "backpressure": self._pressure()}
 
     def status(self) -> dict[str, Any]:
         return {"interval_seconds": self.interval, "fanout": self.fanout, **self.figures,

@@ -15,8 +15,10 @@ skips them) and
    never counts as a copy and never makes a source deletable.
 
 Each pushed snapshot is a DATA_SYNC_COMPLETED with reason ``live_snapshot``; each failure a
-DATA_SYNC_FAILED with that reason, retried after a backoff. Nothing starts while the node
-is paused. The snapshot file is removed once pushed.
+DATA_SYNC_FAILED with that reason, retried after a backoff. Pushes go through the node's
+one push path (slot, breaker, transfer tracking, backpressure; no receipt: a live snapshot
+is never a replica). Nothing starts while the node is paused. The snapshot file is removed
+once pushed.
 """
 
 from __future__ import annotations
@@ -26,18 +28,16 @@ import hashlib
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
-from engine.daemons.retry import RetryPolicy, RetryState
-from engine.events import DataSyncCompleted, DataSyncFailed
+from engine.events import DataSyncCompleted, Payload
 from engine.hashing import sha256_file
 from engine.health import HealthCheckResult
 from engine.manifest import Artifact
-from engine.scanner import live_snapshot_database
-from engine.transport import PushRequest, TransferError
-
-if TYPE_CHECKING:
-    from engine.node import Node
+from engine.pause import PauseGate
+from engine.push_path import PushPath
+from engine.router import SyncRouter
+from engine.scanner import Scanner, live_snapshot_database
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +52,17 @@ Signature = tuple[tuple[int, int] | None, ...]
 class LiveSnapshotter:
     """Snapshots and pushes this node's unfinished databases; one task per node."""
 
-    def __init__(self, node: "Node") -> None:
+    def __init__(self, node: str, interval: float, *, scanner: Scanner, router: SyncRouter,
+                 pushes: PushPath, pause: PauseGate,
+                 emit: Callable[[Payload], object]) -> None:
         self.node = node
-        cfg = node.config
-        self.interval = cfg.push.live_snapshot_seconds
+        self.interval = interval
         """Seconds between rounds; 0 disables live snapshots."""
-        self.retry = RetryPolicy(cfg.transfer.retry_base_seconds, cfg.transfer.retry_max_seconds)
-        self._retries: dict[str, RetryState] = {}
+        self.scanner = scanner
+        self.router = router
+        self.pushes = pushes
+        self.pause = pause
+        self._emit = emit
         self._sent: dict[tuple[str, str], str] = {}
         """(artifact key, target) -> SHA-256 of the last live snapshot it verified."""
         self._unchanged: dict[str, tuple[Signature, tuple[str, ...]]] = {}
@@ -70,36 +74,29 @@ class LiveSnapshotter:
     async def step(self) -> None:
         """One round unless the node is paused (the supervised ``live_snapshots`` service's
         step, every ``interval`` when it is not 0)."""
-        if not self.node.daemon.paused:
+        if not self.pause.paused:
             await self.run_once()
 
     async def run_once(self) -> int:
         """One round over the unfinished databases; returns how many snapshots were pushed."""
-        scanner = self.node.daemon.scanner
-        found = await asyncio.to_thread(scanner.live_databases)
+        found = await asyncio.to_thread(self.scanner.live_databases)
         pushed, current = 0, set()
         for rel, file in found:
             key = f"games/{rel}"
             config_key = rel.split("/")[0] if "/" in rel else None
-            targets = self.node.router.get_sync_targets("games", config_key, rel)
-            if not targets or not self._own(rel):
+            targets = self.router.get_sync_targets("games", config_key, rel)
+            if not targets:  # every database found is own: copies live under @<origin>/
                 continue
             current.add(key)
-            if not self.node.daemon.paused and RetryPolicy.ready(self._retries.get(key)):
+            if not self.pause.paused and self.pushes.ready(_retry_key(key)):
                 pushed += await self._protect(rel, file, config_key, targets)
-        for stale in [k for k in self._retries if k not in current]:  # finished or gone
-            del self._retries[stale]
+        self.pushes.forget(lambda k: not (isinstance(k, tuple) and k[:1] == ("live",)
+                                          and k[1] not in current))  # finished or gone
         for stale in [k for k in self._unchanged if k not in current]:
             del self._unchanged[stale]
         for pair in [p for p in self._sent if p[0] not in current]:
             del self._sent[pair]
         return pushed
-
-    def _own(self, rel: str) -> bool:
-        """A database this node writes: the scanner's tree holds only own sources (copies of
-        others' live under ``@<origin>/``), unless the same path was registered elsewhere."""
-        art = self.node.manifest.get_artifact("games", rel, self.node.name)
-        return art is None or art.origin == self.node.name
 
     async def _protect(self, rel: str, file: Path, config_key: str | None,
                        targets: list[str]) -> int:
@@ -109,7 +106,7 @@ class LiveSnapshotter:
             self.totals["unchanged"] += 1
             return 0
         name = hashlib.sha256(key.encode()).hexdigest()[:32]
-        snap = self.node.data.live_snapshots / f"{name}.db"
+        snap = self.scanner.data.live_snapshots / f"{name}.db"
         try:
             await asyncio.to_thread(snap.parent.mkdir, parents=True, exist_ok=True)
             if not await asyncio.to_thread(live_snapshot_database, file, snap):
@@ -117,7 +114,9 @@ class LiveSnapshotter:
             sha, size = await asyncio.to_thread(sha256_file, snap), snap.stat().st_size
         except OSError as exc:
             await asyncio.to_thread(snap.unlink, missing_ok=True)
-            self._failed(key, self.node.name, f"live snapshot of {key}: {exc}")
+            self.pushes.failed(key, self.node, f"live snapshot of {key}: {exc}", True, LIVE_REASON,
+                               _retry_key(key))
+            self.totals["failed"] += 1
             return 0
         self.totals["snapshots"] += 1
         pushed = 0
@@ -125,9 +124,9 @@ class LiveSnapshotter:
             pending = [t for t in targets if self._sent.get((key, t)) != sha]
             if not pending:
                 self.totals["unchanged"] += 1
-            art = Artifact("games", rel, config_key, size, sha, time.time(), self.node.name)
+            art = Artifact("games", rel, config_key, size, sha, time.time(), self.node)
             for target in pending:
-                if self.node.daemon.paused or not self._own(rel):
+                if self.pause.paused:
                     break
                 pushed += await self._push(art, snap, target)
         finally:
@@ -137,41 +136,19 @@ class LiveSnapshotter:
         return pushed
 
     async def _push(self, art: Artifact, snap: Path, target: str) -> int:
-        node = self.node
-        state = self._retries.get(art.key)
         started = time.monotonic()
-        async with node.daemon.limiter.slot():  # within the node's bound on pushes
-            transfer = node.transfers.start(
-                direction="out", source=node.name, target=target, artifact=art.key,
-                size=art.size, transport=node.transport.name,
-                attempt=(state.attempts if state else 0) + 1)
-            try:
-                await node.transport.push(PushRequest(art, snap, target,
-                                                      node.config.host(target).url,
-                                                      LIVE_REASON, live=True), transfer)
-            except TransferError as exc:
-                node.transfers.finish(transfer, error=str(exc))
-                self._failed(art.key, target, str(exc))
-                return 0
-        node.transfers.finish(transfer)
+        ok = await self.pushes.push(art, target, LIVE_REASON, source_file=snap, live=True,
+                                    retry_key=_retry_key(art.key))
+        if not ok:
+            self.totals["failed"] += ok is False  # None: the breaker held it back
+            return 0
         self._sent[(art.key, target)] = art.sha256
-        self._retries.pop(art.key, None)
         self.totals["pushed"] += 1
-        node.events.emit(DataSyncCompleted(
-            source=node.name, target=target, files=1, bytes=art.size, artifacts=[art.key],
-            reason=LIVE_REASON, strategy=node.daemon.strategy,
+        self._emit(DataSyncCompleted(
+            source=self.node, target=target, files=1, bytes=art.size, artifacts=[art.key],
+            reason=LIVE_REASON, strategy=self.pushes.strategy,
             seconds=round(time.monotonic() - started, 3)))
         return 1
-
-    def _failed(self, key: str, target: str, error: str) -> None:
-        """Report a failure and back off: the database changes, so it is always worth retrying."""
-        state = self._retries.setdefault(key, RetryState())
-        wait = self.retry.record_failure(state, error, retryable=True)
-        self.totals["failed"] += 1
-        self.node.events.emit(DataSyncFailed(
-            source=self.node.name, target=target, artifact=key, error=error,
-            attempt=state.attempts, retry_in_seconds=None if wait is None else round(wait, 2),
-            reason=LIVE_REASON, strategy=self.node.daemon.strategy))
 
     def status(self) -> dict[str, float | int]:
         return {"interval_seconds": self.interval, "tracked": len(self._unchanged), **self.totals}
@@ -183,6 +160,11 @@ class LiveSnapshotter:
         failing = self.totals["failed"] > self.totals["pushed"]
         return HealthCheckResult(not failing, "live snapshots failing" if failing
                                  else "live snapshots running", self.status())
+
+
+def _retry_key(key: str) -> tuple[str, str]:
+    """The push path's retry key for the live snapshots of artifact ``key``."""
+    return ("live", key)
 
 
 def _signature(file: Path) -> tuple[Signature, bool]:

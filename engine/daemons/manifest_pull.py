@@ -17,17 +17,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import aiohttp
-
+from engine.errors import describe
 from engine.health import HealthCheckResult
+from engine.manifest import ClusterManifest
 from engine.manifest.store import TABLES
+from engine.peer_client import PeerClient, PeerError
 from engine.runtime import TaskSet
-
-if TYPE_CHECKING:
-    from engine.node import Node
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +66,22 @@ class PeerPull:
 
 
 class ManifestPuller:
-    """Runs on the coordinator next to membership; started and stopped by the Node."""
+    """Runs on the coordinator next to membership; its ``step`` is a supervised service."""
 
-    def __init__(self, node: "Node") -> None:
-        self.node = node
-        self.interval = node.config.membership.interval_seconds
-        self.peers: dict[str, PeerPull] = {
-            name: PeerPull(name) for name in node.config.hosts if name != node.name}
+    def __init__(self, name: str, nodes: Iterable[str], interval: float, *,
+                 manifest: ClusterManifest, peers: PeerClient,
+                 is_down: Callable[[str], bool] | None = None) -> None:
+        self.name = name
+        """This (the coordinator's) node name."""
+        self.interval = interval
+        """Seconds between rounds (``membership.interval_seconds``)."""
+        self.manifest = manifest
+        self.peers: dict[str, PeerPull] = {n: PeerPull(n) for n in nodes if n != name}
+        """Every other node's pull figures, by name."""
         self.rounds = 0
+        self._client = peers
+        self._is_down = is_down
+        """Membership's verdict: a node it reports down is not asked."""
         self._pulls: dict[str, asyncio.Task[None]] = {}
         self._tasks = TaskSet("manifest-pull", self._pull_failed)
 
@@ -90,9 +97,8 @@ class ManifestPuller:
     def round(self) -> None:
         """Start a pull of every node that is not down and has none running."""
         self.rounds += 1
-        membership = self.node.membership
         for name, peer in self.peers.items():
-            if name in self._pulls or (membership is not None and membership.is_down(name)):
+            if name in self._pulls or (self._is_down is not None and self._is_down(name)):
                 continue
             task = self._tasks.spawn(self.pull(peer), name=f"manifest-pull:{name}")
             self._pulls[name] = task
@@ -103,19 +109,17 @@ class ManifestPuller:
         and an unhealthy /health until a pull succeeds."""
         peer = self.peers.get(task_name.partition(":")[2])
         if peer is not None:
-            peer.last_error = f"{type(exc).__name__}: {exc}"
+            peer.last_error = describe(exc)
             peer.merge_error = True
 
     async def pull(self, peer: PeerPull) -> None:
         """Ask one node for what changed since its cursor until it has nothing more."""
-        manifest = self.node.manifest
-        url = f"{self.node.config.host(peer.name).url}/v1/manifest"
-        timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS)
+        manifest = self.manifest
         for _page in range(MAX_PAGES):
             since = manifest.peer_cursor(peer.name)
             peer.requests += 1
             try:
-                answer = await self._fetch(url, since, timeout)
+                answer = await self._fetch(peer.name, since)
             except PullError as exc:
                 peer.last_error, peer.merge_error = str(exc), False
                 log.debug("manifest pull from %s failed: %s", peer.name, exc)
@@ -123,7 +127,7 @@ class ManifestPuller:
             try:
                 changed = manifest.merge_peer(peer.name, answer)
             except Exception as exc:  # a bad answer or a local database error: keep going
-                peer.last_error = f"merge: {type(exc).__name__}: {exc}"
+                peer.last_error = f"merge: {describe(exc)}"
                 peer.merge_error = True
                 log.warning("cannot merge %s's manifest delta: %s", peer.name, peer.last_error)
                 return
@@ -135,21 +139,19 @@ class ManifestPuller:
             if cursor == since or (answer.get("complete") and cursor == answer.get("seq")):
                 return  # up to date (or no progress to be made now)
 
-    async def _fetch(self, url: str, since: int, timeout: aiohttp.ClientTimeout) -> dict[str, Any]:
+    async def _fetch(self, peer: str, since: int) -> dict[str, Any]:
         params = {"since": str(since), "limit": str(PAGE_LIMIT)}
         try:
-            async with self.node.session.get(url, params=params, timeout=timeout) as resp:
-                if resp.status != 200:
-                    raise PullError(f"/v1/manifest answered {resp.status}")
-                answer = await resp.json()
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
-            raise PullError(f"{type(exc).__name__}: {exc}".strip(": ")) from exc
+            answer = await self._client.get(peer, "/v1/manifest", params=params,
+                                            timeout=REQUEST_TIMEOUT_SECONDS)
+        except PeerError as exc:
+            raise PullError(str(exc)) from exc
         if not isinstance(answer, dict) or not isinstance(answer.get("seq"), int):
             raise PullError("/v1/manifest answered without a seq")
         return answer
 
     def status(self) -> dict[str, Any]:
-        manifest = self.node.manifest
+        manifest = self.manifest
         return {"interval": self.interval, "rounds": self.rounds,
                 "peers": {name: peer.to_dict(manifest.peer_cursor(name), name in self._pulls)
                           for name, peer in self.peers.items()}}

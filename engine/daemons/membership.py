@@ -15,16 +15,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import aiohttp
-
-from engine.events import NodeDown, NodeRecovered, NodeSuspect
+from engine.config.schema import Membership
+from engine.events import NodeDown, NodeRecovered, NodeSuspect, Payload
 from engine.health import HealthCheckResult
-
-if TYPE_CHECKING:
-    from engine.node import Node
+from engine.manifest import ClusterManifest
+from engine.peer_client import PeerClient, PeerError
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +51,19 @@ class Member:
 class MembershipDaemon:
     """Runs on the coordinator; every other node just answers ``/status``."""
 
-    def __init__(self, node: "Node") -> None:
-        self.node = node
-        cfg = node.config.membership
+    def __init__(self, name: str, nodes: Iterable[str], cfg: Membership, *, peers: PeerClient,
+                 emit: Callable[[Payload], object], manifest: ClusterManifest) -> None:
+        self.name = name
+        """This (the coordinator's) node name."""
         self.interval = cfg.interval_seconds
         self.suspect_after = cfg.suspect_after_misses
         self.down_after = cfg.down_after_misses
-        self.members: dict[str, Member] = {
-            name: Member(name) for name in node.config.hosts if name != node.name}
+        self.members: dict[str, Member] = {n: Member(n) for n in nodes if n != name}
         """Every other node, by name."""
+        self._peers = peers
+        self._emit = emit
+        self.manifest = manifest
+        """Where a node's reported disk usage goes (``set_capacity``: its capacity row)."""
 
     def is_down(self, name: str) -> bool:
         member = self.members.get(name)
@@ -73,15 +76,14 @@ class MembershipDaemon:
         await asyncio.gather(*(self._check(m) for m in self.members.values()))
 
     async def _check(self, member: Member) -> None:
-        host = self.node.config.host(member.name)
-        timeout = aiohttp.ClientTimeout(total=max(1.0, self.interval))
         try:
-            async with self.node.session.get(f"{host.url}/status", timeout=timeout) as resp:
-                if resp.status != 200:
-                    raise RuntimeError(f"/status answered {resp.status}")
-                status = await resp.json()
-        except (aiohttp.ClientError, asyncio.TimeoutError, RuntimeError, ValueError) as exc:
-            self._missed(member, f"{type(exc).__name__}: {exc}".strip(": "))
+            status = await self._peers.get(member.name, "/status",
+                                           timeout=max(1.0, self.interval))
+        except PeerError as exc:
+            self._missed(member, str(exc))
+            return
+        if not isinstance(status, dict):
+            self._missed(member, f"{member.name} answered /status without an object")
             return
         self._answered(member, status)
 
@@ -89,23 +91,23 @@ class MembershipDaemon:
         now = time.time()
         if member.state == "down":
             down_for = now - (member.down_since or now)
-            self.node.events.emit(NodeRecovered(node=member.name, down_seconds=round(down_for, 2)))
+            self._emit(NodeRecovered(node=member.name, down_seconds=round(down_for, 2)))
         member.state, member.misses, member.last_seen = "up", 0, now
         member.down_since, member.last_error, member.status = None, None, status
         disk = status.get("disk", {})
         if "used_bytes" in disk and "total_bytes" in disk:
-            self.node.manifest.set_capacity(member.name, disk["used_bytes"], disk["total_bytes"])
+            self.manifest.set_capacity(member.name, disk["used_bytes"], disk["total_bytes"])
 
     def _missed(self, member: Member, error: str) -> None:
         member.misses += 1
         member.last_error = error
         if member.misses >= self.down_after and member.state != "down":
             member.state, member.down_since = "down", time.time()
-            self.node.events.emit(NodeDown(node=member.name, misses=member.misses, error=error))
+            self._emit(NodeDown(node=member.name, misses=member.misses, error=error))
         elif (self.suspect_after <= member.misses < self.down_after
               and member.state == "up"):  # a node never seen yet is not "suspect", just not up
             member.state = "suspect"
-            self.node.events.emit(NodeSuspect(node=member.name, misses=member.misses, error=error))
+            self._emit(NodeSuspect(node=member.name, misses=member.misses, error=error))
 
     def view(self) -> dict[str, Any]:
         return {name: m.to_dict() for name, m in self.members.items()}

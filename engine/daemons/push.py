@@ -15,7 +15,7 @@ when one is configured, else its disk) and acts on the level it finds:
                                until usage is under cleanup_percent again
 
 A level change is a DISK_PRESSURE_CHANGED event. Pushes are the one push path
-(``Recovery.replicate`` -> ``AutoSyncDaemon._push_one``), with reason ``disk_pressure`` and
+(``Recovery.replicate`` -> ``PushPath.push``), with reason ``disk_pressure`` and
 the urgency on DATA_SYNC_STARTED / DATA_SYNC_COMPLETED. A paused node neither pushes nor
 deletes. It runs on every node but the coordinator.
 """
@@ -25,16 +25,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
-
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from engine.config.schema import PushThresholds
 from engine.daemons.cleanup import Cleaner, CleanupReport
-from engine.events import DiskPressureChanged
+from engine.daemons.recovery import Recovery
+from engine.errors import describe
+from engine.events import DiskPressureChanged, Payload
 from engine.health import HealthCheckResult
-
-if TYPE_CHECKING:
-    from engine.node import Node
+from engine.pause import PauseGate
+from engine.runtime import TaskSet
 
 log = logging.getLogger(__name__)
 
@@ -65,21 +66,32 @@ def pressure_level(percent: float, thresholds: PushThresholds, current: str = "n
 class SyncPushDaemon:
     """Pushes under disk pressure and cleans up behind verified copies, for one node."""
 
-    def __init__(self, node: "Node") -> None:
+    def __init__(self, node: str, thresholds: PushThresholds, *,
+                 measure: Callable[[], Awaitable[dict[str, Any]]],
+                 refresh_view: Callable[[], Awaitable[object]], recovery: Recovery,
+                 cleaner: Cleaner, pause: PauseGate, emit: Callable[[Payload], object]) -> None:
         self.node = node
-        self.thresholds = node.config.push
+        self.thresholds = thresholds
         """push/urgent/cleanup percentages and min_copies_before_delete."""
+        self._measure = measure
+        """Measures usage now (``Node.refresh_disk``)."""
+        self._refresh_view = refresh_view
+        """Fetches free space and down nodes now (``ClusterViewRefresher.refresh``)."""
+        self.recovery = recovery
+        self.pause = pause
+        self._emit = emit
         self.level = "normal"
         """The level found by the last cycle."""
         self.percent = 0.0
         """Usage found by the last cycle, in percent of capacity."""
-        self.cleaner = Cleaner(node)
+        self.cleaner = cleaner
         """Deletes sources behind live-vouched copies at the cleanup level."""
         self.last_cleanup: CleanupReport | None = None
         self.totals = {"cycles": 0, "pushed_files": 0, "pushed_bytes": 0}
         """Running counts since start (pushes made because of disk pressure)."""
         self.last_error: str | None = None
         self._wake = asyncio.Event()
+        self._tasks = TaskSet(f"sync_push on {node}")
         self._batch: asyncio.Task[None] | None = None
 
     @property
@@ -89,10 +101,8 @@ class SyncPushDaemon:
 
     async def stop(self) -> None:
         """Cancel the batch of pushes under way (the cycles are the supervisor's)."""
-        if self._batch is not None:
-            self._batch.cancel()
-            await asyncio.gather(self._batch, return_exceptions=True)
-            self._batch = None
+        await self._tasks.close()
+        self._batch = None
 
     def wake(self) -> None:
         """Measure and act now instead of at the next interval."""
@@ -102,32 +112,31 @@ class SyncPushDaemon:
         """Measure, set the level, clean up at the cleanup level, and start the next batch
         of pressure pushes unless one is still running (pushes never delay measuring). The
         supervised ``sync_push`` service's step, every ``interval_seconds`` or when woken."""
-        node = self.node
-        disk = await node.refresh_disk()
+        disk = await self._measure()
         self._set_level(pressure_level(disk["percent"], self.thresholds, self.level), disk)
         self.totals["cycles"] += 1
-        if self.level == "normal" or node.daemon.paused:
+        if self.level == "normal" or self.pause.paused:
             return
         if disk["percent"] >= self.thresholds.cleanup_percent:  # not just the level's
             self.last_cleanup = await self.cleaner.run(REASON, disk)  # hysteresis band
         if self._batch is None or self._batch.done():
-            await self.node.view_refresher.refresh()  # free space and down nodes, fresh
+            await self._refresh_view()  # free space and down nodes, fresh
             urgent = self.level in ("urgent", "cleanup")
-            self._batch = asyncio.create_task(self._push_batch(urgent),
-                                              name=f"sync-push-batch:{node.name}")
+            self._batch = self._tasks.spawn(self._push_batch(urgent),
+                                            name=f"sync-push-batch:{self.node}")
 
     async def _push_batch(self, urgent: bool) -> None:
         """Bring the oldest under-replicated own artifacts towards min_copies; wakes the daemon
         at once when a full batch went out and more is waiting."""
         batch = self.thresholds.urgent_batch_files if urgent else self.thresholds.batch_files
-        recovery = self.node.daemon.recovery
+        recovery = self.recovery
         try:
             found = [s for s in recovery.shortfalls() if not s.stored_copy]
             arrived = await recovery.replicate(found, REASON, "urgent" if urgent else "normal",
                                                batch)
         except Exception as exc:  # the next cycle starts another batch
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            log.exception("pressure pushes failed on %s", self.node.name)
+            self.last_error = describe(exc)
+            log.exception("pressure pushes failed on %s", self.node)
             return
         for arts in arrived.values():
             self.totals["pushed_files"] += len(arts)
@@ -140,10 +149,10 @@ class SyncPushDaemon:
         if level == self.level:
             return
         previous, self.level = self.level, level
-        log.info("%s disk pressure %s -> %s at %.1f%%", self.node.name, previous, level,
+        log.info("%s disk pressure %s -> %s at %.1f%%", self.node, previous, level,
                  disk["percent"])
-        self.node.events.emit(DiskPressureChanged(
-            node=self.node.name, level=level, previous=previous, percent=disk["percent"],
+        self._emit(DiskPressureChanged(
+            node=self.node, level=level, previous=previous, percent=disk["percent"],
             used_bytes=disk["used_bytes"], total_bytes=disk["total_bytes"]))
 
     # -- reporting --------------------------------------------------------------------------

@@ -12,9 +12,10 @@ artifact's origin: the number the deletion invariant asks for. A run on a node l
 
 A run starts now, whatever the backoff (like a priority sync), but not while the node is
 paused: a paused node answers with what it found and starts nothing, and a run that is
-paused midway starts no further push. Pushes go through ``AutoSyncDaemon._push_one`` (the
-one push path: transfer tracking, bandwidth, receipts, DATA_SYNC_FAILED); a failed push to
-a further replica target is not retried later, the run tries the next candidate instead.
+paused midway starts no further push. Pushes go through the node's one push path
+(``engine.push_path``: slot, breaker, transfer tracking, receipts, DATA_SYNC_FAILED) and
+claim their (version, target) pairs in its in-flight set; a failed push to a further
+replica target is not retried later, the run tries the next candidate instead.
 Events: PRIORITY_SYNC_REQUESTED (the caller's reason), DATA_SYNC_STARTED when pushes are
 scheduled, DATA_SYNC_COMPLETED per target, DATA_SYNC_FAILED per failed push, all with
 that reason.
@@ -25,17 +26,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from engine.copies import StoredCopies
 from engine.daemons.rehome import RemoteRehome
-from engine.events import DataSyncCompleted, DataSyncStarted, PrioritySyncRequested
-from engine.manifest import Artifact
-from engine.scanner import is_database
-
-if TYPE_CHECKING:
-    from engine.daemons.auto_sync import AutoSyncDaemon
+from engine.daemons.snapshots import SnapshotKeeper
+from engine.events import DataSyncCompleted, DataSyncStarted, Payload, PrioritySyncRequested
+from engine.manifest import Artifact, ClusterManifest
+from engine.pause import PauseGate
+from engine.push_path import PushPath
+from engine.router import SyncRouter
+from engine.runtime import TaskSet
+from engine.scanner import Scanner, is_database
+from engine.vouches import VouchClient
 
 log = logging.getLogger(__name__)
 
@@ -58,43 +64,56 @@ class Shortfall:
 
 
 class Recovery:
-    """Recovery runs of one node's AutoSyncDaemon; their tasks end with the daemon."""
+    """Recovery runs of one node; their tasks end at ``stop``."""
 
-    def __init__(self, daemon: "AutoSyncDaemon") -> None:
-        self.daemon = daemon
-        self.node = daemon.node
-        self.required = self.node.config.push.min_copies_before_delete
+    def __init__(self, node: str, required: int, *, manifest: ClusterManifest,
+                 router: SyncRouter, scanner: Scanner, vouches: VouchClient,
+                 copies: StoredCopies, pushes: PushPath, pause: PauseGate,
+                 snapshots: SnapshotKeeper, emit: Callable[[Payload], object],
+                 is_down: Callable[[str], bool] | None = None,
+                 remote: RemoteRehome | None = None) -> None:
+        self.node = node
+        self.required = required
         """Verified copies wanted on nodes other than the origin."""
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self.remote = RemoteRehome(self.node, self.required)
+        self.manifest = manifest
+        self.router = router
+        self.scanner = scanner
+        self.vouches = vouches
+        self.copies = copies
+        self.pushes = pushes
+        self.inflight = pushes.inflight
+        self.pause = pause
+        self.snapshots = snapshots
+        self._emit = emit
+        self._is_down = is_down
+        """The coordinator's membership (None elsewhere: no orphans to look after)."""
+        self.remote = remote
         """Orphans the coordinator does not hold: a holder is asked to send them on."""
-        self._remote_task: asyncio.Task[int] | None = None
+        self._tasks = TaskSet(f"recovery on {node}")
+        self._remote_task: asyncio.Task[Any] | None = None
 
     @property
     def running(self) -> bool:
-        return bool(self._tasks)
+        return bool(len(self._tasks))
 
     async def stop(self) -> None:
-        tasks, self._tasks = set(self._tasks), set()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.close()
 
     # -- what is missing --------------------------------------------------------------------
     def shortfalls(self) -> list[Shortfall]:
         """Own artifacts (and, on the coordinator, orphans) below the required copies, oldest
         first. An own artifact whose source this node deleted has no bytes here to push."""
-        manifest, me = self.node.manifest, self.node.name
+        manifest, me = self.manifest, self.node
         found: list[Shortfall] = []
         holders = manifest.verified_holders_by_artifact(me)
         gone = manifest.deleted_sources(me)
         for art in manifest.artifacts(origin=me):
             held = holders.get(art.ident, set()) - {me}
             if len(held) >= self.required:  # only then can the counting rules matter
-                held = self.node.vouches.remembered(art, held)
+                held = self.vouches.remembered(art, held)
             if len(held) < self.required and (art.ident not in gone
-                                               or self.daemon.scanner.source_back(art)):
-                first = self.node.router.get_sync_targets(art.data_type, art.config_key, art.path)
+                                               or self.scanner.source_back(art)):
+                first = self.router.get_sync_targets(art.data_type, art.config_key, art.path)
                 found.append(Shortfall(art, frozenset(held), tuple(first)))
         return found + self.orphans()
 
@@ -102,18 +121,18 @@ class Recovery:
         """``shortfalls``, counted by asking the holders now (``VouchClient``): every own
         version and every orphan this node holds, each with the holders that vouched. The
         manifest only says whom to ask."""
-        manifest, me = self.node.manifest, self.node.name
+        manifest, me = self.manifest, self.node
         gone = manifest.deleted_sources(me)
         mine = [a for a in manifest.artifacts(origin=me)
-                if a.ident not in gone or self.daemon.scanner.source_back(a)]
+                if a.ident not in gone or self.scanner.source_back(a)]
         orphans = self.orphans(everything=True)
-        counted = await asyncio.gather(*(self.node.vouches.counted(a) for a in mine),
-                                       *(self.node.vouches.counted(o.artifact) for o in orphans))
+        counted = await asyncio.gather(*(self.vouches.counted(a) for a in mine),
+                                       *(self.vouches.counted(o.artifact) for o in orphans))
         found: list[Shortfall] = []
         for art, vouched in zip(mine, counted):
             held = {v.node for v in vouched} - {me}
             if len(held) < self.required:
-                first = self.node.router.get_sync_targets(art.data_type, art.config_key, art.path)
+                first = self.router.get_sync_targets(art.data_type, art.config_key, art.path)
                 found.append(Shortfall(art, frozenset(held), tuple(first)))
         for orphan, vouched in zip(orphans, counted[len(mine):]):
             if not await self._own_copy_sound(orphan.artifact):
@@ -126,12 +145,12 @@ class Recovery:
     async def _own_copy_sound(self, art: Artifact) -> bool:
         """This node's stored copy of ``art``, hashed now, is that version (else it is
         quarantined and does not count)."""
-        copies = self.node.copies
+        copies = self.copies
         file = copies.path(art.ident)
         try:
             actual, _ = await copies.verify(art.ident, file, now=True)
         except OSError:
-            self.node.manifest.remove_replica(art.ident, self.node.name)
+            self.manifest.remove_replica(art.ident, self.node)
             return False
         if actual != art.sha256:
             copies.quarantine(art.ident, file, actual)
@@ -143,15 +162,15 @@ class Recovery:
         more (membership reports it down, it deleted that source, or the source changed
         since: a superseded version) and that have fewer than the required copies besides
         the origin (``everything``: whatever the manifest says of their copies)."""
-        manifest, me, membership = self.node.manifest, self.node.name, self.node.membership
-        if membership is None:
+        manifest, me, is_down = self.manifest, self.node, self._is_down
+        if is_down is None:
             return []
         found: list[Shortfall] = []
         held_here = {art.ident: art for art, rep in manifest.held_by(me)
                      if rep.verified_at is not None and art.origin != me}
         origins = sorted({ident[0] for ident in held_here})
         for origin in origins:
-            down = membership.is_down(origin)
+            down = is_down(origin)
             gone = manifest.deleted_sources(origin)
             holders = manifest.verified_holders_by_artifact(origin, versions=True)
             for ident, art in held_here.items():
@@ -159,7 +178,7 @@ class Recovery:
                     continue
                 held = holders.get(ident, set()) - {origin}
                 if len(held) >= self.required:  # the counting rules (roots, ephemeral hosts)
-                    held = self.node.vouches.remembered(art, held - {me}) | {me}
+                    held = self.vouches.remembered(art, held - {me}) | {me}
                 if everything or len(held) < self.required:
                     found.append(Shortfall(art, frozenset(held | {me}), stored_copy=True))
         return found
@@ -174,47 +193,39 @@ class Recovery:
             return []
         taken = set(shortfall.holders) | busy
         first = [t for t in shortfall.first if t not in taken][:need]
-        more = self.node.router.replica_targets(art.data_type, art.path, need - len(first),
+        more = self.router.replica_targets(art.data_type, art.path, need - len(first),
                                                 exclude=taken | set(first), origin=art.origin)
         return first + more
 
     # -- a run ------------------------------------------------------------------------------
     async def request(self, reason: str = DEFAULT_REASON, by: str = "api") -> dict[str, Any]:
         """Find what is under-replicated and start pushing it in the background."""
-        node, daemon = self.node, self.daemon
-        node.events.emit(PrioritySyncRequested(reason=reason, source_node=node.name,
-                                               config_key=None))
+        self._emit(PrioritySyncRequested(reason=reason, source_node=self.node, config_key=None))
         found = await self.live_shortfalls()
         jobs = self._schedule(found)
         scheduled = sum(len(targets) for _, targets in jobs)
         log.info("recovery on %s requested by %s (%s): %d under-replicated (asked live),"
-                 " %d pushes%s", node.name, by, reason, len(found), scheduled,
-                 " (paused)" if daemon.paused else "")
+                 " %d pushes%s", self.node, by, reason, len(found), scheduled,
+                 " (paused)" if self.pause.paused else "")
         if jobs:
-            task = asyncio.create_task(self._run(jobs, reason), name=f"recovery:{node.name}")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        return {"node": node.name, "under_replicated": len(found), "scheduled": scheduled,
-                "paused": daemon.paused, "reason": reason}
+            self._tasks.spawn(self._run(jobs, reason), name=f"recovery:{self.node}")
+        return {"node": self.node, "under_replicated": len(found), "scheduled": scheduled,
+                "paused": self.pause.paused, "reason": reason}
 
     def rehome(self) -> int:
         """On the coordinator, every sync cycle: push orphans (versions whose origin can no
         longer push them) that are below the required copies on from this node's stored
         copy, in the background; returns the pushes started. Without it a copy lost on a
         holder (a rolled-back disk, a quarantine) would stay lost until an operator asked."""
-        if self.node.membership is None or self.daemon.paused:
+        if self._is_down is None or self.pause.paused:
             return 0
         jobs = self._schedule(self.orphans())
         if jobs:
-            task = asyncio.create_task(self._run(jobs, ORPHAN_RECOVERY),
-                                       name=f"rehome:{self.node.name}")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        if self._remote_task is None or self._remote_task.done():  # orphans held elsewhere
-            self._remote_task = asyncio.create_task(self.remote.run(),
-                                                    name=f"rehome-remote:{self.node.name}")
-            self._tasks.add(self._remote_task)
-            self._remote_task.add_done_callback(self._tasks.discard)
+            self._tasks.spawn(self._run(jobs, ORPHAN_RECOVERY), name=f"rehome:{self.node}")
+        if self.remote is not None and (self._remote_task is None
+                                        or self._remote_task.done()):  # orphans held elsewhere
+            self._remote_task = self._tasks.spawn(self.remote.run(),
+                                                  name=f"rehome-remote:{self.node}")
         return sum(len(targets) for _, targets in jobs)
 
     async def replicate(self, found: list[Shortfall], reason: str, urgency: str = "normal",
@@ -227,51 +238,50 @@ class Recovery:
         return await self._run(jobs, reason, urgency)
 
     def _schedule(self, found: list[Shortfall]) -> list[tuple[Shortfall, list[str]]]:
-        """Targets for each shortfall, reserved in the daemon's in-flight set; none while
-        the node is paused. Emits DATA_SYNC_STARTED when anything is scheduled."""
-        daemon = self.daemon
-        if daemon.paused:
+        """Targets for each shortfall, claimed in the node's in-flight set; none while the
+        node is paused."""
+        if self.pause.paused:
             return []
-        busy: dict[str, set[str]] = {}
-        for key, target in daemon.inflight:
+        busy: dict[Any, set[str]] = {}
+        for key, target in self.inflight:
             busy.setdefault(key, set()).add(target)
         jobs: list[tuple[Shortfall, list[str]]] = []
         for shortfall in found:
             targets = self.plan(shortfall, busy.get(shortfall.artifact.ident, set()))
             if targets:
                 jobs.append((shortfall, targets))
-                daemon.inflight.update((shortfall.artifact.ident, t) for t in targets)
+                self.inflight.claim((shortfall.artifact.ident, t) for t in targets)
         return jobs
 
     async def _run(self, jobs: list[tuple[Shortfall, list[str]]], reason: str,
                    urgency: str = "normal") -> dict[str, list[Artifact]]:
         started = time.monotonic()
-        self.node.events.emit(DataSyncStarted(
-            source=self.node.name, targets=sorted({t for _, ts in jobs for t in ts}),
+        self._emit(DataSyncStarted(
+            source=self.node, targets=sorted({t for _, ts in jobs for t in ts}),
             files=sum(len(ts) for _, ts in jobs),
             bytes=sum(s.artifact.size * len(ts) for s, ts in jobs),
-            reason=reason, urgency=urgency, strategy=self.daemon.strategy))
+            reason=reason, urgency=urgency, strategy=self.pushes.strategy))
         arrived: dict[str, list[Artifact]] = {}
         try:
             await asyncio.gather(*(self._recover(s, targets, reason, arrived, urgency)
                                    for s, targets in jobs))
         finally:
             for s, targets in jobs:  # whatever was not started stays free
-                self.daemon.inflight.difference_update((s.artifact.ident, t) for t in targets)
+                self.inflight.release((s.artifact.ident, t) for t in targets)
         for target, arts in sorted(arrived.items()):
-            self.node.events.emit(DataSyncCompleted(
-                source=self.node.name, target=target, files=len(arts),
+            self._emit(DataSyncCompleted(
+                source=self.node, target=target, files=len(arts),
                 bytes=sum(a.size for a in arts), artifacts=[a.key for a in arts[:20]],
-                reason=reason, urgency=urgency, strategy=self.daemon.strategy,
+                reason=reason, urgency=urgency, strategy=self.pushes.strategy,
                 seconds=round(time.monotonic() - started, 3)))
-        self.daemon._drop_finished_snapshots([s.artifact for s, _ in jobs if not s.stored_copy])
+        self.snapshots.drop_finished([s.artifact for s, _ in jobs if not s.stored_copy])
         return arrived
 
     async def _recover(self, shortfall: Shortfall, targets: list[str], reason: str,
                        arrived: dict[str, list[Artifact]], urgency: str = "normal") -> None:
         """Push one artifact to ``targets``; a failed further target is replaced by the next
         candidate until enough copies exist or none is left."""
-        art, inflight = shortfall.artifact, self.daemon.inflight
+        art, inflight = shortfall.artifact, self.inflight
         tried = set(targets)
         try:
             source = await self._source(shortfall, targets, reason)
@@ -283,29 +293,29 @@ class Recovery:
                     self._attempt(shortfall, t, source, reason, arrived, urgency)
                     for t in batch))
                 failed = results.count(False)
-                if not failed or self.daemon.paused:
+                if not failed or self.pause.paused:
                     return
                 busy = {t for key, t in inflight if key == art.ident}
-                batch = self.node.router.replica_targets(
+                batch = self.router.replica_targets(
                     art.data_type, art.path, failed, exclude=tried | busy | shortfall.holders,
                     origin=art.origin)
                 tried.update(batch)
-                inflight.update((art.ident, t) for t in batch)
+                inflight.claim((art.ident, t) for t in batch)
         finally:
-            inflight.difference_update((art.ident, t) for t in tried)
+            inflight.release((art.ident, t) for t in tried)
 
     async def _attempt(self, shortfall: Shortfall, target: str, source: Path, reason: str,
                        arrived: dict[str, list[Artifact]], urgency: str = "normal") -> bool | None:
         """One push; None when it was not started because the node is paused."""
         art = shortfall.artifact
         try:
-            if self.daemon.paused:
+            if self.pause.paused:
                 return None
-            ok = await self.daemon._push_one(art, target, reason, source_file=source,
-                                             retry=target in shortfall.first,
-                                             urgent=urgency == "urgent")
+            ok = await self.pushes.push(art, target, reason, source_file=source,
+                                        retry=target in shortfall.first,
+                                        urgent=urgency == "urgent")
         finally:
-            self.daemon.inflight.discard((art.ident, target))
+            self.inflight.release(((art.ident, target),))
         if ok:
             arrived.setdefault(target, []).append(art)
         return ok
@@ -316,15 +326,12 @@ class Recovery:
         registered: the scanner registers the new version and pushes that."""
         art = shortfall.artifact
         if shortfall.stored_copy:
-            return self.node.copies.path(art.ident)
-        scanner = self.daemon.scanner
-        source = scanner.push_source(art)
+            return self.copies.path(art.ident)
+        source = await self.snapshots.source_for(art)
         if not is_database(art.path) or source.exists():
             return source
-        if await asyncio.to_thread(scanner.restore_snapshot, art):
-            return source
         for target in targets:
-            self.daemon._failed(art, target, f"{art.key} changed or vanished since it was"
-                                " registered; the scanner will register the new version",
-                                True, reason, retry=False)
+            self.pushes.failed(art.key, target, f"{art.key} changed or vanished since it was"
+                               " registered; the scanner will register the new version",
+                               True, reason, retry_key=None)
         return None

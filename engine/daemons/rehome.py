@@ -12,17 +12,14 @@ Each (version, target) is asked at most once per ``REASK_SECONDS``.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
 
-import aiohttp
-
-from engine.manifest import Artifact
-
-if TYPE_CHECKING:
-    from engine.node import Node
+from engine.manifest import Artifact, ClusterManifest
+from engine.peer_client import PeerClient, PeerError
+from engine.router import SyncRouter
+from engine.vouches import VouchClient
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +29,22 @@ REASK_SECONDS = 60.0
 class RemoteRehome:
     """Asks holders to send orphans on; owned by the coordinator's Recovery."""
 
-    def __init__(self, node: "Node", required: int) -> None:
-        self.node = node
+    def __init__(self, name: str, required: int, nodes: Iterable[str], *,
+                 manifest: ClusterManifest, vouches: VouchClient, router: SyncRouter,
+                 is_down: Callable[[str], bool], peers: PeerClient) -> None:
+        self.name = name
+        """The coordinator's node name."""
         self.required = required
+        """Verified copies wanted on nodes other than the origin."""
+        self.origins = sorted(n for n in nodes if n != name)
+        """The nodes whose orphans are looked after (every other node)."""
+        self.manifest = manifest
+        self.vouches = vouches
+        self.router = router
+        self._is_down = is_down
+        """Membership's verdict: a down origin's versions are orphans; a down holder is not
+        asked to send."""
+        self._peers = peers
         self._asked: dict[tuple[tuple[str, str, str, str], str], float] = {}
         self.asked_total = 0
         """Send requests a holder accepted."""
@@ -42,19 +52,17 @@ class RemoteRehome:
     def short(self) -> list[tuple[Artifact, set[str]]]:
         """Orphans this node holds no copy of, with the holders that count (from memory:
         the same counting rules as deletion), at least one and fewer than required."""
-        manifest, me, membership = self.node.manifest, self.node.name, self.node.membership
-        if membership is None:
-            return []
+        manifest, me = self.manifest, self.name
         found = []
-        for origin in sorted(n for n in self.node.config.hosts if n != me):
-            down = membership.is_down(origin)
+        for origin in self.origins:
+            down = self._is_down(origin)
             gone = manifest.deleted_sources(origin)
             holders = manifest.verified_holders_by_artifact(origin, versions=True)
             for art in manifest.artifacts(origin=origin, versions=True):
                 held = holders.get(art.ident, set()) - {origin}
                 if me in held or not held or not (down or art.ident in gone or art.superseded):
                     continue
-                counted = self.node.vouches.remembered(art, held)
+                counted = self.vouches.remembered(art, held)
                 if counted and len(counted) < self.required:
                     found.append((art, counted))
         return found
@@ -65,9 +73,9 @@ class RemoteRehome:
         now = time.monotonic()
         for art, held in self.short():
             need = self.required - len(held)
-            targets = self.node.router.replica_targets(
+            targets = self.router.replica_targets(
                 art.data_type, art.path, need, exclude=held | {art.origin}, origin=art.origin)
-            sources = [h for h in sorted(held) if not self.node.view.is_down(h)]
+            sources = [h for h in sorted(held) if not self._is_down(h)]
             for target in targets:
                 key = (art.ident, target)
                 if not sources or now - self._asked.get(key, -REASK_SECONDS) < REASK_SECONDS:
@@ -81,17 +89,15 @@ class RemoteRehome:
     async def _ask(self, source: str, art: Artifact, target: str) -> bool:
         body = {"origin": art.origin, "data_type": art.data_type, "path": art.path,
                 "sha256": art.sha256, "to": target}
-        url = f"{self.node.config.host(source).url}/v1/gossip/send"
         try:
-            async with self.node.session.post(url, json=body,
-                                              timeout=aiohttp.ClientTimeout(total=10)) as resp:
-                if resp.status == 202:
-                    log.info("re-homing %s: %s asked to send it to %s", art.label, source,
-                             target)
-                    return True
-                log.warning("re-homing %s: %s refused to send it to %s (HTTP %d)", art.label,
-                            source, target, resp.status)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            log.warning("re-homing %s: %s unreachable: %s", art.label, source,
-                        type(exc).__name__)
-        return False
+            await self._peers.post(source, "/v1/gossip/send", body, timeout=10, expect=(202,),
+                                   parse=False)
+        except PeerError as exc:
+            if exc.unreachable:
+                log.warning("re-homing %s: %s", art.label, exc)
+            else:
+                log.warning("re-homing %s: %s refused to send it to %s (HTTP %s)", art.label,
+                            source, target, exc.status)
+            return False
+        log.info("re-homing %s: %s asked to send it to %s", art.label, source, target)
+        return True

@@ -18,6 +18,11 @@ pending until the copy is back here, verified: asked again when nobody could sen
 DATA_SYNC_FAILED event, ``reason: scrub``, once, and ``/health`` unhealthy meanwhile) or
 when an accepted send has not arrived within ``REASK_SECONDS``. Every pass ends with
 REPLICAS_VERIFIED (``requested_by: scrub``).
+
+The work is the supervised ``scrub`` service (``engine.runtime``): its ``step``, every
+``IDLE_SECONDS``, runs a pass when one is due and then looks at the pending repairs. A
+step that raises is the service's failure (reported and restarted by the supervisor); the
+pass that failed is not retried before the next one is due.
 """
 
 from __future__ import annotations
@@ -25,17 +30,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Collection
+from typing import Any
 
-import aiohttp
-
+from engine.config.schema import Scrub
+from engine.copies import StoredCopies
 from engine.daemons.verification import check_copy, stored_copies
-from engine.events import DataSyncFailed, ReplicasVerified
+from engine.errors import describe
+from engine.events import DataSyncFailed, Payload, ReplicasVerified
 from engine.health import HealthCheckResult
-from engine.manifest import Artifact
-
-if TYPE_CHECKING:
-    from engine.node import Node
+from engine.manifest import Artifact, ClusterManifest
+from engine.peer_client import PeerClient, PeerError
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +48,36 @@ IDLE_SECONDS = 5.0
 """How often pending repairs are looked at (and the shortest pause between passes)."""
 REASK_SECONDS = 60.0
 """A repair whose copy has not arrived this long after a node accepted is asked again."""
+SEND_TIMEOUT_SECONDS = 10.0
+"""One repair request (``POST /v1/gossip/send``) gives up after this."""
 
 
 class Scrubber:
-    """The background scrub of one node; owns its task, its progress and its last error."""
+    """The background scrub of one node: its step, its progress and its last error."""
 
-    def __init__(self, node: "Node") -> None:
+    interval = IDLE_SECONDS
+    """Seconds from the end of one step of the ``scrub`` service to the next (``next_delay``)."""
+
+    def __init__(self, node: str, settings: Scrub, *, coordinator: str, hosts: Collection[str],
+                 manifest: ClusterManifest, copies: StoredCopies,
+                 is_down: Callable[[str], bool], peers: PeerClient,
+                 emit: Callable[[Payload], object],
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.node = node
-        self.config = node.config.scrub
-        self._task: asyncio.Task[None] | None = None
+        """This node's name."""
+        self.config = settings
+        self.coordinator = coordinator
+        """The coordinator's name (asked last for a repair: it learns every holder)."""
+        self.hosts = hosts
+        """The cluster's host names (a node no longer among them is never asked)."""
+        self.manifest = manifest
+        self.copies = copies
+        self.is_down = is_down
+        self.peers = peers
+        self._emit = emit
+        self._clock = clock
+        self._next_pass = 0.0
+        """Monotonic time the next pass is due."""
         self.progress: dict[str, Any] = {
             "passes": 0, "position": 0, "copies": 0, "bytes_done": 0, "bytes_total": 0,
             "rate_bytes_per_second": 0, "pass_started_at": None, "last_pass_at": None,
@@ -65,15 +91,10 @@ class Scrubber:
         when a node last accepted to send it (None: nobody could be asked)."""
         self.last_error: str | None = None
 
-    async def start(self) -> None:
-        if self.config.enabled:
-            self._task = asyncio.create_task(self._run(), name=f"scrub:{self.node.name}")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+    @property
+    def enabled(self) -> bool:
+        """``scrub.enabled``: the node runs the ``scrub`` service only then."""
+        return self.config.enabled
 
     def rate(self, total_bytes: int) -> float:
         """Bytes per second for a pass over ``total_bytes``."""
@@ -82,31 +103,29 @@ class Scrubber:
         return max(float(self.config.min_bytes_per_second),
                    total_bytes / (self.config.pass_hours * 3600))
 
-    async def _run(self) -> None:
-        next_pass = 0.0
-        while True:
-            if time.monotonic() >= next_pass:
-                started = time.monotonic()
-                try:
-                    await self.scrub_pass()
-                except Exception as exc:  # keep scrubbing; the failure is visible
-                    self.last_error = f"{type(exc).__name__}: {exc}"
-                    log.exception("scrub pass failed on %s", self.node.name)
+    def next_delay(self) -> float:
+        """The pause after each step, however long it took (a pass may take hours)."""
+        return self.interval
+
+    async def step(self) -> None:
+        """A pass when one is due, then the pending repairs (the ``scrub`` service's step).
+        What raises is also kept as ``last_error`` (``/status``)."""
+        try:
+            now = self._clock()
+            if now >= self._next_pass:
                 # one pass per pass_hours (a small store is done early and waits); with a
                 # fixed bytes_per_second the passes follow each other
                 period = 0.0 if self.config.bytes_per_second else self.config.pass_hours * 3600
-                next_pass = started + period
-            try:
-                await self.retry_repairs()
-            except Exception as exc:
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.exception("scrub repairs failed on %s", self.node.name)
-            await asyncio.sleep(IDLE_SECONDS)
+                self._next_pass = now + period
+                await self.scrub_pass()
+            await self.retry_repairs()
+        except Exception as exc:
+            self.last_error = describe(exc)
+            raise
 
     async def scrub_pass(self) -> dict[str, int]:
         """One pass over every copy stored now; returns its counts."""
-        node = self.node
-        held = stored_copies(node)
+        held = stored_copies(self.node, self.manifest, self.copies)
         total = sum(art.size for art, _ in held)
         rate = self.rate(total)
         started = time.monotonic()
@@ -115,9 +134,9 @@ class Scrubber:
                              rate_bytes_per_second=round(rate), pass_started_at=time.time())
         for i, (art, rep) in enumerate(held):
             began = time.monotonic()
-            if not any(r.node == node.name for r in node.manifest.replicas(rep.ident)):
+            if not any(r.node == self.node for r in self.manifest.replicas(rep.ident)):
                 continue  # dropped meanwhile (a vouch found it bad, a delta, a deletion)
-            verdict = await check_copy(node, art, rep)
+            verdict = await check_copy(self.copies, art, rep)
             counts[verdict] += 1
             self.findings["checked"] += 1
             self.findings[verdict] += 1
@@ -131,8 +150,8 @@ class Scrubber:
         self.progress.update(passes=self.progress["passes"] + 1, last_pass_at=time.time(),
                              last_pass_seconds=seconds)
         if held:
-            node.events.emit(ReplicasVerified(node=node.name, checked=len(held), **counts,
-                                              seconds=seconds, requested_by="scrub"))
+            self._emit(ReplicasVerified(node=self.node, checked=len(held), **counts,
+                                        seconds=seconds, requested_by="scrub"))
         return counts
 
     # -- repair -----------------------------------------------------------------------------
@@ -141,25 +160,25 @@ class Scrubber:
         the other nodes the manifest says hold it verified, then the coordinator (which
         knows, and may hold, more); never this node, a down node or one that is no longer
         in the config. Each answers 404 unless it holds a copy it can stand behind."""
-        node, manifest = self.node, self.node.manifest
+        node, manifest = self.node, self.manifest
         out = []
-        if (not art.superseded and art.origin != node.name
+        if (not art.superseded and art.origin != node
                 and art.ident not in manifest.deleted_sources(art.origin)):
             out.append(art.origin)
         out += sorted(r.node for r in manifest.replicas(art)
-                      if r.verified_at is not None and r.node not in (node.name, art.origin))
-        coordinator = node.config.coordinator.name  # it learns every holder by deltas
-        if coordinator not in out and coordinator != node.name:
+                      if r.verified_at is not None and r.node not in (node, art.origin))
+        coordinator = self.coordinator  # it learns every holder by deltas
+        if coordinator not in out and coordinator != node:
             out.append(coordinator)
-        return [n for n in out if n in node.config.hosts and not node.view.is_down(n)]
+        return [n for n in out if n in self.hosts and not self.is_down(n)]
 
     async def retry_repairs(self) -> None:
         """Forget the repairs whose copy arrived (verified here); ask again for those nobody
         could send, and for those asked more than ``REASK_SECONDS`` ago (a push that failed)."""
-        now = time.monotonic()
+        now = self._clock()
         for ident, (art, asked_at) in list(self.repairs.items()):
-            if any(r.node == self.node.name and r.verified_at is not None
-                   for r in self.node.manifest.replicas(ident)):
+            if any(r.node == self.node and r.verified_at is not None
+                   for r in self.manifest.replicas(ident)):
                 del self.repairs[ident]
                 self.findings["repaired"] += 1
             elif asked_at is None or now - asked_at >= REASK_SECONDS:
@@ -172,22 +191,20 @@ class Scrubber:
         node = self.node
         first = art.ident not in self.repairs
         body = {"origin": art.origin, "data_type": art.data_type, "path": art.path,
-                "sha256": art.sha256, "to": node.name}
+                "sha256": art.sha256, "to": node}
         errors = []
         for source in self.repair_sources(art):
-            url = f"{node.config.host(source).url}/v1/gossip/send"
             try:
-                async with node.session.post(url, json=body,
-                                             timeout=aiohttp.ClientTimeout(total=10)) as resp:
-                    if resp.status == 202:
-                        self.findings["repairs_asked"] += 1
-                        self.repairs[art.ident] = (art, time.monotonic())
-                        log.info("scrub on %s: %s asked to send %s again", node.name, source,
-                                 art.label)
-                        return True
-                    errors.append(f"{source}: HTTP {resp.status}")
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                errors.append(f"{source}: {type(exc).__name__}")
+                await self.peers.post(source, "/v1/gossip/send", body,
+                                      timeout=SEND_TIMEOUT_SECONDS, expect=(202,), parse=False)
+            except PeerError as exc:
+                errors.append(f"{source}: unreachable" if exc.status is None
+                              else f"{source}: HTTP {exc.status}")
+                continue
+            self.findings["repairs_asked"] += 1
+            self.repairs[art.ident] = (art, self._clock())
+            log.info("scrub on %s: %s asked to send %s again", node, source, art.label)
+            return True
         self.repairs[art.ident] = (art, None)
         error = (f"no good copy of {art.label} could be asked for"
                  f" ({'; '.join(errors) or 'no other holder known'}); asking again")
@@ -195,10 +212,10 @@ class Scrubber:
         if not first:
             return False
         self.findings["repairs_unsourced"] += 1
-        log.warning("scrub on %s: %s", node.name, error)
-        node.events.emit(DataSyncFailed(source=node.name, target=node.name, artifact=art.key,
-                                        error=error, attempt=0, retry_in_seconds=None,
-                                        reason="scrub", strategy="scrub"))
+        log.warning("scrub on %s: %s", node, error)
+        self._emit(DataSyncFailed(source=node, target=node, artifact=art.key, error=error,
+                                  attempt=0, retry_in_seconds=None, reason="scrub",
+                                  strategy="scrub"))
         return False
 
     # -- reporting --------------------------------------------------------------------------
@@ -209,12 +226,10 @@ class Scrubber:
                 "last_error": self.last_error}
 
     def health_check(self) -> HealthCheckResult:
-        """Healthy while it runs; a copy found bad is reported (it is quarantined, stops
-        counting and is asked for again), which the message says."""
+        """Healthy unless a quarantined copy waits for a source to repair it from (a failing
+        step is the supervisor's ``components`` part); a copy found bad is reported (it is
+        quarantined, stops counting and is asked for again), which the message says."""
         f = self.findings
-        running = self._task is not None and not self._task.done()
-        if self.config.enabled and not running and self._task is not None:
-            return HealthCheckResult(False, "scrub stopped", self.status())
         unsourced = [a.label for a, at in self.repairs.values() if at is None]
         if unsourced:  # a copy lost here that nobody can send yet: one fault from losing it
             return HealthCheckResult(False, f"{len(unsourced)} quarantined copies wait for a"

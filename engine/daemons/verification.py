@@ -2,8 +2,8 @@
 
 One run (``POST /v1/control/verify``, the dashboard's ``v``) takes every copy this node
 stores (``stored_copies``: received copies under ``<data_type>/@<origin>/``, every version)
-and re-hashes the bytes now (``check_copy``, through ``Node.copies``, bounded by the node's
-hash concurrency). Then:
+and re-hashes the bytes now (``check_copy``, through the node's ``StoredCopies``, bounded by
+its hash concurrency). Then:
 
 * matches its version's SHA-256: the replica stays verified, with a fresh ``verified_at``;
 * does not match: the file is moved to ``<data_root>/.ringsync/quarantine/`` (never outside
@@ -20,14 +20,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
-from engine.events import ReplicasVerified
+from engine.copies import StoredCopies
+from engine.errors import describe
+from engine.events import Payload, ReplicasVerified
 from engine.health import HealthCheckResult
-from engine.manifest import Artifact, Replica
-
-if TYPE_CHECKING:
-    from engine.node import Node
+from engine.manifest import Artifact, ClusterManifest, Replica
+from engine.runtime import TaskSet
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,14 @@ class VerificationRunning(RuntimeError):
 class ReplicaVerifier:
     """Runs verification on one node, in a background task ended with the node."""
 
-    def __init__(self, node: "Node") -> None:
+    def __init__(self, node: str, *, manifest: ClusterManifest, copies: StoredCopies,
+                 emit: Callable[[Payload], object]) -> None:
         self.node = node
+        """This node's name."""
+        self.manifest = manifest
+        self.copies = copies
+        self._emit = emit
+        self._tasks = TaskSet(f"verification {node}")
         self._task: asyncio.Task[None] | None = None
         self.last: dict[str, Any] | None = None
         """The summary of the last finished run (the REPLICAS_VERIFIED payload)."""
@@ -52,10 +59,10 @@ class ReplicaVerifier:
     def start(self, by: str) -> dict[str, Any]:
         """Start a run over every replica this node holds; raises VerificationRunning."""
         if self.running:
-            raise VerificationRunning(f"a verification is already running on {self.node.name}")
-        held = stored_copies(self.node)
-        self._task = asyncio.create_task(self._run(held, by), name=f"verify:{self.node.name}")
-        return {"node": self.node.name, "replicas": len(held), "started": True}
+            raise VerificationRunning(f"a verification is already running on {self.node}")
+        held = stored_copies(self.node, self.manifest, self.copies)
+        self._task = self._tasks.spawn(self._run(held, by), name=f"verify:{self.node}")
+        return {"node": self.node, "replicas": len(held), "started": True}
 
     def health_check(self) -> HealthCheckResult:
         """Healthy: a copy found changed or missing is quarantined and stops counting, so
@@ -68,47 +75,47 @@ class ReplicaVerifier:
         return HealthCheckResult(True, message, {"running": self.running, "last": self.last})
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._tasks.close()
+        self._task = None
 
     async def _run(self, held: list[tuple[Artifact, Replica]], by: str) -> None:
         started = time.monotonic()
         counts = {"matched": 0, "mismatched": 0, "missing": 0}
         for art, rep in held:
-            counts[await check_copy(self.node, art, rep)] += 1
-        summary = ReplicasVerified(node=self.node.name, checked=len(held), **counts,
+            counts[await check_copy(self.copies, art, rep)] += 1
+        summary = ReplicasVerified(node=self.node, checked=len(held), **counts,
                                    seconds=round(time.monotonic() - started, 3), requested_by=by)
         self.last = summary.to_dict()
-        self.node.events.emit(summary)
+        self._emit(summary)
 
 
-def stored_copies(node: "Node") -> list[tuple[Artifact, Replica]]:
-    """Every copy this node stores (received from others, or its own pushed back to it),
-    with its replica row; not the rows of its own sources, which the scanner keeps true."""
+def stored_copies(node: str, manifest: ClusterManifest,
+                  copies: StoredCopies) -> list[tuple[Artifact, Replica]]:
+    """Every copy ``node`` (this node) stores (received from others, or its own pushed back
+    to it), with its replica row; not the rows of its own sources, which the scanner keeps
+    true."""
     out = []
-    for art, rep in node.manifest.held_by(node.name):
-        if art.origin == node.name and not node.copies.path(rep.ident).exists():
+    for art, rep in manifest.held_by(node):
+        if art.origin == node and not copies.path(rep.ident).exists():
             continue
         out.append((art, rep))
     return out
 
 
-async def check_copy(node: "Node", art: Artifact, rep: Replica) -> str:
+async def check_copy(copies: StoredCopies, art: Artifact, rep: Replica) -> str:
     """Re-hash one stored copy now; ``matched``, ``mismatched`` (quarantined) or ``missing``
     (its row dropped). Either of the last two is a REPLICA_QUARANTINED event."""
     try:
-        file = node.copies.path(rep.ident)
-        actual, _at = await node.copies.verify(rep.ident, file, now=True)
+        file = copies.path(rep.ident)
+        actual, _at = await copies.verify(rep.ident, file, now=True)
     except Exception as exc:  # gone, unreadable or unusable: it cannot be vouched for
         if not isinstance(exc, FileNotFoundError):
-            log.warning("cannot verify %s on %s: %s: %s", art.label, node.name,
-                        type(exc).__name__, exc)
-        node.copies.quarantine(rep.ident, None, None)
+            log.warning("cannot verify %s on %s: %s", art.label, copies.name, describe(exc))
+        copies.quarantine(rep.ident, None, None)
         return "missing"
     if actual == rep.sha256:
         return "matched"
-    log.warning("%s's copy of %s hashes to %s: quarantined", node.name, art.label, actual[:12])
-    node.copies.quarantine(rep.ident, file, actual)
+    log.warning("%s's copy of %s hashes to %s: quarantined", copies.name, art.label,
+                actual[:12])
+    copies.quarantine(rep.ident, file, actual)
     return "mismatched"

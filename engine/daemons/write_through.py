@@ -13,14 +13,13 @@ returns). ``WriteThrough``, the AutoSyncDaemon's logic around it:
   in between repeats the event at the next start: at least once, never early);
 * a row whose bytes left this node before it was safe (source deleted or vanished) can never
   be pushed from here: DATA_SYNC_FAILED (``reason: write_through``, no retry), row removed;
-* ``drain`` pushes the queue at start, before any scan; ``final_push`` (SIGTERM) treats every
-  file no process holds open as finished, queues it and pushes until the queue is empty or
-  the deadline passes; what is left stays queued for the next start.
+* the AutoSyncDaemon pushes the queue at start, before any scan, and on SIGTERM makes a
+  final push (``final_candidates``: every file no process holds open counts as finished)
+  until the queue is empty or the deadline passes; what is left stays queued.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import sqlite3
@@ -28,15 +27,12 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from engine.events import ArtifactSafe, DataSyncFailed, Event, EventType
-from engine.manifest import Artifact
+from engine.events import ArtifactSafe, DataSyncFailed, Event, EventBus, EventType
+from engine.manifest import Artifact, ClusterManifest
 from engine.openfiles import opened_elsewhere
 from engine.scanner import Candidate, Scanner, is_database
-
-if TYPE_CHECKING:
-    from engine.daemons.auto_sync import AutoSyncDaemon
 
 log = logging.getLogger(__name__)
 
@@ -155,22 +151,26 @@ def final_candidates(scanner: Scanner,
 
 
 class WriteThrough:
-    """The ephemeral strategy's queue and safety check, owned by the AutoSyncDaemon."""
+    """The ephemeral strategy's queue and safety check (the AutoSyncDaemon pushes)."""
 
-    def __init__(self, daemon: "AutoSyncDaemon") -> None:
-        self.daemon = daemon
-        self.node = daemon.node
-        self.queue = WriteThroughQueue(self.node.data.state / QUEUE_FILE)
+    def __init__(self, node: str, strategy: str, queue: WriteThroughQueue,
+                 durable: frozenset[str], *, manifest: ClusterManifest, scanner: Scanner,
+                 events: EventBus) -> None:
+        self.node = node
+        self.strategy = strategy
+        self.queue = queue
         """What is not safe yet."""
-        self.durable = frozenset(n for n, h in self.node.config.hosts.items()
-                                 if not h.ephemeral and n != self.node.name)
+        self.durable = durable
         """Nodes whose verified copy makes an artifact safe."""
+        self.manifest = manifest
+        self.scanner = scanner
+        self._emit = events.emit
         self.safe_total = 0
         """ARTIFACT_SAFE events since start."""
         self.abandoned_total = 0
         """Rows removed since start because their bytes were gone before they were safe."""
         self._closed = False
-        self.node.events.listen(self._on_failed, EventType.DATA_SYNC_FAILED)
+        events.listen(self._on_failed, EventType.DATA_SYNC_FAILED)
 
     def close(self) -> None:
         self._closed = True
@@ -181,12 +181,12 @@ class WriteThrough:
         """Queue every own artifact no durable node holds verified whose bytes are here (a row
         whose bytes left is reported once by ``settle``, never queued again); returns rows
         added or replaced."""
-        manifest, me = self.node.manifest, self.node.name
+        manifest, me = self.manifest, self.node
         holders = manifest.verified_holders_by_artifact(me)
         gone = manifest.deleted_sources(me)
         queued = {(e.data_type, e.path): e.sha256 for e in self.queue.pending()}
         items = [(a.data_type, a.path, a.sha256, a.size) for a in manifest.artifacts(origin=me)
-                 if (a.ident not in gone or self.daemon.scanner.source_back(a))
+                 if (a.ident not in gone or self.scanner.source_back(a))
                  and not holders.get(a.ident, set()) & self.durable
                  and queued.get((a.data_type, a.path)) != a.sha256
                  and self._bytes_here(a.data_type, a.path, a)]
@@ -202,7 +202,7 @@ class WriteThrough:
     def settle(self) -> None:
         """ARTIFACT_SAFE for every queued version a durable node holds verified (then off the
         queue); report and drop rows whose bytes are gone from here."""
-        manifest, me = self.node.manifest, self.node.name
+        manifest, me = self.manifest, self.node
         gone = manifest.deleted_sources(me)
         for entry in self.queue.pending():
             art = manifest.get_artifact(entry.data_type, entry.path, me)
@@ -212,7 +212,7 @@ class WriteThrough:
                 continue  # else the next enqueue replaces the row with the new version
             durable_on = sorted(manifest.verified_holders(art) & self.durable) if art else []
             if durable_on:
-                self.node.events.emit(ArtifactSafe(
+                self._emit(ArtifactSafe(
                     node=me, artifact=entry.key, sha256=entry.sha256, bytes=entry.size,
                     durable_on=durable_on,
                     queued_seconds=round(time.time() - entry.enqueued_at, 3)))
@@ -224,71 +224,30 @@ class WriteThrough:
 
     def _bytes_here(self, data_type: str, path: str, art: Artifact | None) -> bool:
         """Can this node still push it? (A changed source is re-registered by the scanner.)"""
-        snapshot = self.daemon.scanner.snapshot_path(data_type, path)
-        return self.node.data.source_path(data_type, path).exists() or \
+        snapshot = self.scanner.snapshot_path(data_type, path)
+        return self.scanner.data.source_path(data_type, path).exists() or \
             (is_database(path) and art is not None and snapshot.exists())
 
     def _abandon(self, entry: QueueEntry, art: Artifact | None) -> None:
-        me = self.node.name
-        copies = sorted(self.node.manifest.verified_holders(art) - {me}) if art else []
+        me = self.node
+        copies = sorted(self.manifest.verified_holders(art) - {me}) if art else []
         error = (f"its bytes left {me} before a durable node held them verified (verified"
                  f" copies elsewhere: {', '.join(copies) or 'none'}); off the write-through queue")
         self.queue.remove(entry.data_type, entry.path, entry.sha256)
         self.abandoned_total += 1
         log.error("write-through: %s %s", entry.key, error)
-        self.node.events.emit(DataSyncFailed(
+        self._emit(DataSyncFailed(
             source=me, target=me, artifact=entry.key, error=error, attempt=entry.attempts,
-            retry_in_seconds=None, reason="write_through", strategy=self.daemon.strategy))
+            retry_in_seconds=None, reason="write_through", strategy=self.strategy))
 
     def _on_failed(self, event: Event) -> None:
         """Count a failed push of a queued artifact in its row (attempts, last error)."""
         payload = event.payload
-        if self._closed or getattr(payload, "source", None) != self.node.name or \
+        if self._closed or getattr(payload, "source", None) != self.node or \
                 getattr(payload, "reason", None) in ("scan", "write_through"):
             return
         data_type, _, path = str(getattr(payload, "artifact", "")).partition("/")
         self.queue.record_failure(data_type, path, str(getattr(payload, "error", "")))
-
-    # -- start and stop ---------------------------------------------------------------------
-    async def drain(self) -> None:
-        """At start: push what the queue holds (a restart after SIGKILL) before any scan."""
-        if not self.daemon.enabled or not len(self.queue):
-            return
-        log.info("write-through: %d artifacts queued on %s from before this start",
-                 len(self.queue), self.node.name)
-        try:
-            await self.daemon.run_cycle("write_through_restart", scan=False)
-        except Exception as exc:  # the regular cycles carry on; the failure is visible
-            self.daemon.last_error = f"{type(exc).__name__}: {exc}"
-            log.exception("write-through drain failed on %s", self.node.name)
-
-    async def final_push(self, seconds: float) -> None:
-        """SIGTERM: queue every file no process holds open and push the queue until it is
-        empty or ``seconds`` have passed; what is left stays queued for the next start."""
-        daemon, me = self.daemon, self.node.name
-        if daemon.paused or not daemon.enabled:
-            log.warning("final push skipped on %s (sync %s): %d artifacts stay queued", me,
-                        "paused" if daemon.paused else "disabled", len(self.queue))
-            return
-        started, outcome, safe_before = time.monotonic(), "done", self.safe_total
-        try:
-            async with asyncio.timeout(seconds):
-                await daemon.scan(final=True)
-                self.enqueue_unsafe()
-                while len(self.queue):
-                    report = await daemon.run_cycle("final_push", scan=False)
-                    if len(self.queue) and not report.pushed:
-                        await asyncio.sleep(FINAL_PUSH_PAUSE_SECONDS)
-        except TimeoutError:
-            outcome = "deadline reached"
-        except Exception:  # stopping goes on; what is left stays queued and is logged below
-            outcome = "failed"
-            log.exception("final push failed on %s", me)
-        left = [e.key for e in self.queue.pending()]
-        log.log(logging.INFO if outcome == "done" else logging.WARNING,
-                "final push on %s, %s after %.1fs: %d artifacts made safe, %d not%s", me,
-                outcome, time.monotonic() - started, self.safe_total - safe_before, len(left),
-                f" (they stay queued: {', '.join(left[:20])})" if left else "")
 
     # -- reporting --------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

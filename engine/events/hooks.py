@@ -1,7 +1,7 @@
 """HookRunner: runs the configured ``hooks:`` commands when their events are emitted.
 
 The bus listener only enqueues (it runs inside ``EventBus.emit``); a fixed number of worker
-tasks take jobs from a bounded queue and run each command with
+tasks (a ``TaskSet`` of the runtime) take jobs from a bounded queue and run each command with
 ``asyncio.create_subprocess_exec`` (no shell), so a slow or hanging hook never blocks
 syncing or the event loop. A full queue drops the job. A dropped job, a command that
 cannot start, exits non-zero or outlives ``timeout_seconds`` (its process group is then
@@ -35,6 +35,7 @@ from engine.events.types import Event, EventType, HookFailed
 from engine.health import HealthCheckResult
 from engine.manifest import ClusterManifest
 from engine.paths import DataRoot, UnsafePath
+from engine.runtime import TaskSet
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,8 @@ class HookRunner:
         self._outcomes: list[collections.deque[bool]] = [
             collections.deque(maxlen=FAILING_RUNS) for _ in self.hooks]
         self._errors = ["" for _ in self.hooks]
-        self._tasks: list[asyncio.Task[None]] = []
+        self._workers = TaskSet(f"hooks:{node}")
+        """The worker tasks (none before ``start`` and after ``stop``)."""
         self._running: set[HookJob] = set()
         self._procs: set[asyncio.subprocess.Process] = set()
         self._quiet = False
@@ -112,17 +114,14 @@ class HookRunner:
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
         """Start the worker tasks (jobs enqueued before this wait for them)."""
-        if self.hooks and not self._tasks:
-            self._tasks = [asyncio.create_task(self._work(), name=f"hooks:{self.node}:{i}")
-                           for i in range(self.workers)]
+        if self.hooks and not len(self._workers):
+            for i in range(self.workers):
+                self._workers.spawn(self._work(), name=f"hooks:{self.node}:{i}")
 
     async def stop(self) -> None:
         """Stop taking jobs, cancel the workers and kill (and reap) every running command."""
         self._stopped = True
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        await self._workers.close()
         for proc in list(self._procs):  # a worker cancelled before its own cleanup ran
             if proc.returncode is None:
                 await _kill(proc)

@@ -3,7 +3,7 @@
 ``Sender.start`` answers a send request (``POST /v1/gossip/send``): it refuses what this
 node cannot send (``SendRefused``: 404 no verified copy of that version, 503 paused or
 its breaker to the asker open) and otherwise pushes the stored copy in a background task
-through the one push path (``AutoSyncDaemon.push_copy``, reason ``gossip``: bandwidth,
+through the one push path (``PushPath.push_once``, reason ``gossip``: bandwidth,
 transfer tracking, receipts, DATA_SYNC_FAILED on failure). A node sends only a copy it can
 stand behind: its own verified replica of exactly that version (the file under that
 version's name, of the right size), or, as the artifact's origin, its source with the
@@ -18,15 +18,21 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from engine.manifest import Artifact
+from engine.copies import StoredCopies
+from engine.daemons.breaker import Breakers
+from engine.manifest import Artifact, ClusterManifest
+from engine.pause import PauseGate
+from engine.paths import DataRoot
+from engine.push_path import PushPath
+from engine.runtime import TaskSet
 from engine.scanner import Scanner, is_database
 
-if TYPE_CHECKING:
-    from engine.node import Node
-
 log = logging.getLogger(__name__)
+
+REASON = "gossip"
+"""The reason every push this module starts is reported with."""
 
 
 class SendRefused(Exception):
@@ -47,22 +53,23 @@ class StoredCopy:
     """An own database whose snapshot must be re-made (in a worker) before it is sent."""
 
 
-def stored_copy(node: "Node", art: Artifact) -> StoredCopy | None:
-    """The copy of version ``art`` this node can send, or None when it holds none it can
-    stand behind. Raises UnsafePath for a name that is not a plain relative path."""
-    if art.origin == node.name and not art.superseded \
-            and art.ident not in node.manifest.deleted_sources(node.name):
+def stored_copy(art: Artifact, *, node: str, data: DataRoot, manifest: ClusterManifest,
+                copies: StoredCopies, scanner: Scanner) -> StoredCopy | None:
+    """The copy of version ``art`` that ``node`` (this node) can send, or None when it holds
+    none it can stand behind. Raises UnsafePath for a name that is not a plain relative path."""
+    if art.origin == node and not art.superseded \
+            and art.ident not in manifest.deleted_sources(node):
         try:
-            st = node.data.source_path(art.data_type, art.path).stat()
+            st = data.source_path(art.data_type, art.path).stat()
         except FileNotFoundError:
             st = None
         if st is not None and Scanner.unchanged(art, st):
-            source = node.daemon.scanner.push_source(art)
+            source = scanner.push_source(art)
             return StoredCopy(source,
                               restore_snapshot=is_database(art.path) and not source.exists())
-    copy = node.copies.path(art.ident)
-    verified = [r for r in node.manifest.replicas(art)
-                if r.node == node.name and r.verified_at is not None]
+    copy = copies.path(art.ident)
+    verified = [r for r in manifest.replicas(art)
+                if r.node == node and r.verified_at is not None]
     try:
         size = copy.stat().st_size
     except FileNotFoundError:
@@ -75,59 +82,62 @@ def stored_copy(node: "Node", art: Artifact) -> StoredCopy | None:
 class Sender:
     """Starts the pushes other nodes ask this node for; owns their tasks until ``stop``."""
 
-    def __init__(self, node: "Node") -> None:
+    def __init__(self, node: str, *, data: DataRoot, manifest: ClusterManifest,
+                 copies: StoredCopies, scanner: Scanner, pushes: PushPath, pause: PauseGate,
+                 breakers: Breakers) -> None:
         self.node = node
+        """This node's name."""
+        self.data = data
+        self.manifest = manifest
+        self.copies = copies
+        self.scanner = scanner
+        self.pushes = pushes
+        self.pause = pause
+        self.breakers = breakers
         self.counts = {"sends": 0, "sends_refused": 0}
         """Send requests started and refused."""
         self.last_error: str | None = None
         """The last send that could not even start its push (a snapshot not re-made)."""
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.tasks = TaskSet(f"gossip sender {node}")
+        """The pushes under way (cancelled on ``stop``)."""
 
     def start(self, origin: str, data_type: str, path: str, sha256: str,
               to: str) -> dict[str, Any]:
         """Push the stored copy of ``origin``'s ``data_type/path`` version ``sha256`` to ``to``
         in the background, unless that push is already running; raises SendRefused."""
-        node = self.node
-        art = node.manifest.get_artifact(data_type, path, origin, sha256)
+        art = self.manifest.get_artifact(data_type, path, origin, sha256)
         if art is None:
-            raise self._refused(404, f"{node.name} knows no version {sha256[:12]} of"
+            raise self._refused(404, f"{self.node} knows no version {sha256[:12]} of"
                                 f" {origin}'s {data_type}/{path}")
-        if node.daemon.paused:
-            raise self._refused(503, f"{node.name} is paused: it sends nothing")
-        if not node.breakers.allow(to):
-            raise self._refused(503, f"{node.name}'s circuit breaker to {to} is open")
-        copy = stored_copy(node, art)
+        if self.pause.paused:
+            raise self._refused(503, f"{self.node} is paused: it sends nothing")
+        if not self.breakers.allow(to):
+            raise self._refused(503, f"{self.node}'s circuit breaker to {to} is open")
+        copy = stored_copy(art, node=self.node, data=self.data, manifest=self.manifest,
+                           copies=self.copies, scanner=self.scanner)
         if copy is None:
-            raise self._refused(404, f"{node.name} holds no verified copy of {art.key}")
-        running = (art.ident, to) in node.daemon.inflight
+            raise self._refused(404, f"{self.node} holds no verified copy of {art.key}")
+        running = (art.ident, to) in self.pushes.inflight
         if not running:
-            task = asyncio.create_task(self._send(art, to, copy),
-                                       name=f"gossip-send:{art.key}->{to}")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self.tasks.spawn(self._send(art, to, copy), name=f"gossip-send:{art.key}->{to}")
             self.counts["sends"] += 1
-        return {"node": node.name, "artifact": art.key, "to": to, "started": not running}
+        return {"node": self.node, "artifact": art.key, "to": to, "started": not running}
 
     async def stop(self) -> None:
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._tasks.clear()
+        await self.tasks.close()
 
     def status(self) -> dict[str, Any]:
-        return {**self.counts, "sending": len(self._tasks), "last_send_error": self.last_error}
+        return {**self.counts, "sending": len(self.tasks), "last_send_error": self.last_error}
 
     def _refused(self, status: int, message: str) -> SendRefused:
         self.counts["sends_refused"] += 1
         return SendRefused(status, message)
 
     async def _send(self, art: Artifact, to: str, copy: StoredCopy) -> None:
-        daemon = self.node.daemon
         if copy.restore_snapshot and \
-                not await asyncio.to_thread(daemon.scanner.restore_snapshot, art):
+                not await asyncio.to_thread(self.scanner.restore_snapshot, art):
             self.last_error = f"send of {art.key} to {to}: its snapshot cannot be re-made"
-            log.warning("gossip %s: %s", self.node.name, self.last_error)
+            log.warning("gossip %s: %s", self.node, self.last_error)
             return
-        # push_copy reports a failure itself (DATA_SYNC_FAILED, breaker); None: one running
-        await daemon.push_copy(art, to, reason="gossip", source_file=copy.file)
+        # push_once reports a failure itself (DATA_SYNC_FAILED, breaker); None: one running
+        await self.pushes.push_once(art, to, REASON, source_file=copy.file)

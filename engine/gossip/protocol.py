@@ -36,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.errors import describe
 from engine.gossip.messages import (DELTA_TABLES, ProtocolError, check_answer, check_delta,
                                     check_reply, check_request)
 from engine.manifest import ClusterManifest
@@ -185,7 +186,7 @@ class Gossip:
         try:
             changed = self.manifest.merge_peer(peer, delta, relay=True)
         except (KeyError, TypeError) as exc:  # check_delta should have caught it
-            raise ProtocolError(f"cannot merge {peer}'s delta: {type(exc).__name__}: {exc}") \
+            raise ProtocolError(f"cannot merge {peer}'s delta: {describe(exc)}") \
                 from None
         if changed:
             self.view(peer).echoes.add(self.manifest.seq)

@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
 
-from engine.manifest import Artifact
-from engine.paths import UnsafePath
-
-if TYPE_CHECKING:
-    from engine.node import Node
+from engine.copies import StoredCopies
+from engine.manifest import Artifact, ClusterManifest
+from engine.paths import DataRoot, UnsafePath
+from engine.router import SyncRouter
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +47,17 @@ class PullRecord:
 class Pulls:
     """The wanted list and the requests of one gossip node."""
 
-    def __init__(self, node: "Node", clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, node: str, *, manifest: ClusterManifest, router: SyncRouter,
+                 data: DataRoot, copies: StoredCopies, uploads: Collection[Path],
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.node = node
+        """This node's name."""
+        self.manifest = manifest
+        self.router = router
+        self.data = data
+        self.copies = copies
+        self.uploads = uploads
+        """The partial files of uploads arriving now (the node's live set)."""
         self.clock = clock
         self.requested: dict[tuple[str, str, str, str], PullRecord] = {}
         """Artifact version -> the latest request for it, until its copy arrives or is forgotten."""
@@ -58,16 +66,16 @@ class Pulls:
 
     def held(self) -> set[tuple[str, str, str, str]]:
         """Every version this node holds a verified copy of."""
-        return {rep.ident for _art, rep in self.node.manifest.held_by(self.node.name)
+        return {rep.ident for _art, rep in self.manifest.held_by(self.node)
                 if rep.verified_at is not None}
 
     def wanted(self, limit: int) -> list[Artifact]:
         """Up to ``limit`` artifacts to ask for now, oldest first; counts arrivals first."""
         held = self.held()
         self._note_arrivals(held)
-        name, now = self.node.name, self.clock()
+        name, now = self.node, self.clock()
         out: list[Artifact] = []
-        for art in self.node.manifest.artifacts():
+        for art in self.manifest.artifacts():
             if len(out) >= limit:
                 break
             if art.origin == name or art.ident in held:
@@ -75,9 +83,9 @@ class Pulls:
             asked = self.requested.get(art.ident)
             if asked is not None and asked.sha256 == art.sha256 \
                     and now - asked.at < ASK_AGAIN_SECONDS \
-                    and asked.source in self.node.router.pull_sources(art):
+                    and asked.source in self.router.pull_sources(art):
                 continue  # on its way, from a source still up
-            if self.node.router.should_hold(art) and self._absent(art):
+            if self.router.should_hold(art) and self._absent(art):
                 out.append(art)
         return out
 
@@ -87,15 +95,14 @@ class Pulls:
 
     def _absent(self, art: Artifact) -> bool:
         """No file under the artifact's name and no upload of it arriving."""
-        data = self.node.data
         try:
-            if self.node.copies.path(art.ident).exists():
+            if self.copies.path(art.ident).exists():
                 return False
-            part = data.partial_path(art.data_type, art.path, art.sha256, origin=art.origin)
+            part = self.data.partial_path(art.data_type, art.path, art.sha256, origin=art.origin)
         except UnsafePath as exc:  # merge checks names on the way in; never expected here
             log.warning("gossip: not pulling %s: %s", art.key, exc)
             return False
-        return part not in self.node.uploads_in_progress
+        return part not in self.uploads
 
     def _note_arrivals(self, held: set[tuple[str, str, str, str]]) -> None:
         now = self.clock()

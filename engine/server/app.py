@@ -21,19 +21,20 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Protocol
 
 from aiohttp import web
 
+from engine.copies import StoredCopies
 from engine.daemons.recovery import DEFAULT_REASON
 from engine.daemons.verification import VerificationRunning
 from engine.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from engine.paths import DataRoot
 from engine.server import gossip, objects, vouch
-from engine.server.context import NODE_KEY, node_of
+from engine.server.context import NODE_KEY, STORAGE_KEY, NodeApi, Storage, node_of
 from engine.server.events_stream import stream_events
-
-if TYPE_CHECKING:
-    from engine.node import Node
+from engine.transfers import TransferTracker
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPEN_PATHS = frozenset({"/health"})
@@ -159,9 +160,37 @@ async def control_verify(request: web.Request) -> web.Response:
     return web.json_response(answer, status=202)
 
 
-def make_app(node: "Node") -> web.Application:
+class Refusing(Protocol):
+    def refuses(self, urgent: bool) -> str | None: ...
+
+
+class ServedNode(NodeApi, Protocol):
+    """``NodeApi`` and the parts ``Storage`` is made of (``engine.node.Node``)."""
+
+    root_id: str
+    data: DataRoot
+    copies: StoredCopies
+    transfers: TransferTracker
+    uploads_in_progress: set[Path]
+    backpressure: Refusing
+
+    def has_room_for(self, nbytes: int) -> bool: ...
+    def note_stored(self, size: int) -> None: ...
+
+
+def storage(node: ServedNode) -> Storage:
+    """The parts of ``node`` the object and vouch handlers use."""
+    transfer = node.config.transfer
+    return Storage(node.name, node.root_id, node.config.hosts, node.data, node.manifest,
+                   node.copies, node.transfers, node.uploads_in_progress, node.events.emit,
+                   node.backpressure.refuses, node.has_room_for, node.note_stored,
+                   transfer.chunk_bytes, transfer.integrity_check_max_bytes)
+
+
+def make_app(node: ServedNode) -> web.Application:
     app = web.Application(middlewares=[auth_middleware], client_max_size=1 << 20)
     app[NODE_KEY] = node
+    app[STORAGE_KEY] = storage(node)
     app.router.add_get("/health", health)
     app.router.add_get("/status", status)
     app.router.add_get("/bandwidth/status", bandwidth_status)

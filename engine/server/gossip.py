@@ -15,17 +15,14 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
 from engine.gossip import ProtocolError
 from engine.gossip.holder import SendRefused
 from engine.paths import DATA_TYPES, UnsafePath, check_relative
-from engine.server.context import node_of
-
-if TYPE_CHECKING:
-    from engine.daemons.gossip import GossipDaemon
+from engine.server.context import GossipServing, node_of
 
 MAX_BODY_BYTES = 32 * 2**20
 """A follow-up delta is at most a page of rows per table; far below this."""
@@ -44,11 +41,11 @@ class _Refusal(Exception):
         self.response = _error(status, message)
 
 
-def _daemon(request: web.Request) -> "GossipDaemon":
+def _daemon(request: web.Request) -> GossipServing:
     node = node_of(request)
     if node.gossip is None:
         raise _Refusal(409, f"{node.name} does not run the gossip strategy"
-                            f" (its strategy: {node.daemon.strategy})")
+                            f" (its strategy: {node.config.strategy_for(node.name)})")
     return node.gossip
 
 

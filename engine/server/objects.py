@@ -35,29 +35,21 @@ import asyncio
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from engine import diskio
 from engine.events import DataSyncCompleted, DataSyncFailed, ReplicaQuarantined
+from engine.headers import (
+    H_BACKPRESSURE, H_KEY, H_LIVE, H_MTIME, H_OFFSET, H_ORIGIN, H_REASON, H_ROOT, H_SHA,
+    H_SIZE, H_SOURCE, H_URGENCY, H_VERIFIED, H_VERIFY)
 from engine.manifest import Artifact, SyncReceipt
 from engine.paths import UnsafePath
 from engine.scanner import is_database
 from engine.server.body import UploadStalled, receive_body
-from engine.server.context import node_of
+from engine.server.context import Storage, storage_of
 from engine.sqlite_check import check_database_async
 from engine.transfers import Transfer
-
-if TYPE_CHECKING:
-    from engine.node import Node
-
-H_SIZE, H_SHA, H_OFFSET = "X-Ringsync-Size", "X-Ringsync-Sha256", "X-Ringsync-Offset"
-H_SOURCE, H_ORIGIN, H_KEY = "X-Ringsync-Source", "X-Ringsync-Origin", "X-Ringsync-Config-Key"
-H_MTIME, H_REASON, H_VERIFIED = "X-Ringsync-Mtime", "X-Ringsync-Reason", "X-Ringsync-Verified-At"
-H_VERIFY, H_LIVE = "X-Ringsync-Verify", "X-Ringsync-Live"
-H_URGENCY, H_BACKPRESSURE = "X-Ringsync-Urgency", "X-Ringsync-Backpressure"
-H_ROOT = "X-Ringsync-Root-Id"
 
 _HEX = frozenset("0123456789abcdef")
 
@@ -69,25 +61,25 @@ def _bad(status: type[web.HTTPException], message: str, **extra: object) -> web.
                   content_type="application/json")
 
 
-def _resolve(node: "Node", request: web.Request, sha: str | None,
+def _resolve(store: Storage, request: web.Request, sha: str | None,
              origin: str | None) -> tuple[str, str, Path]:
     """(data_type, path, where this node keeps it): the stored copy of ``origin``'s version
     ``sha``; without a version (a GET), this node's own source."""
     data_type, rel = request.match_info["data_type"], request.match_info["path"]
     try:
         if sha is None:
-            return data_type, rel, node.data.source_path(data_type, rel)
-        return data_type, rel, node.data.copy_path(origin or "", data_type, rel, sha)
+            return data_type, rel, store.data.source_path(data_type, rel)
+        return data_type, rel, store.data.copy_path(origin or "", data_type, rel, sha)
     except UnsafePath as exc:
         raise _bad(web.HTTPBadRequest, str(exc)) from None
 
 
-def _origin(node: "Node", request: web.Request) -> str:
+def _origin(store: Storage, request: web.Request) -> str:
     """The node whose artifact this is: required, and a host of this cluster."""
     origin = request.headers.get(H_ORIGIN, "")
     if not origin:
         raise _bad(web.HTTPBadRequest, f"missing header {H_ORIGIN}: the artifact's origin node")
-    if origin not in node.config.hosts:
+    if origin not in store.hosts:
         raise _bad(web.HTTPBadRequest, f"unknown origin {origin[:80]!r}")
     return origin
 
@@ -114,34 +106,34 @@ def _sha_header(request: web.Request) -> str:
     return sha
 
 
-def _live_origin(node: "Node", request: web.Request) -> str | None:
+def _live_origin(store: Storage, request: web.Request) -> str | None:
     """The sending node of a live snapshot (None for an ordinary upload); it must be a host
     of this cluster, since it names the directory the snapshot is kept in."""
     if request.headers.get(H_LIVE, "0").lower() not in ("1", "true"):
         return None
     origin = request.headers.get(H_ORIGIN) or request.headers.get(H_SOURCE, "")
-    if origin not in node.config.hosts:
+    if origin not in store.hosts:
         raise _bad(web.HTTPBadRequest, f"live snapshot from unknown origin {origin!r}")
     return origin
 
 
 async def head_object(request: web.Request) -> web.Response:
-    node = node_of(request)
-    live_origin = _live_origin(node, request)
+    store = storage_of(request)
+    live_origin = _live_origin(store, request)
     sha = _sha_header(request)
-    origin = _origin(node, request) if live_origin is None else live_origin
-    data_type, rel, final = _resolve(node, request, sha, origin)
+    origin = _origin(store, request) if live_origin is None else live_origin
+    data_type, rel, final = _resolve(store, request, sha, origin)
     if live_origin is None and final.is_file():
-        held = await _held(node, (origin, data_type, rel, sha), final,
+        held = await _held(store, (origin, data_type, rel, sha), final,
                            now=request.headers.get(H_VERIFY) == "now")
         if held is not None:
             return web.Response(status=200, headers={
                 H_SHA: sha, H_VERIFIED: f"{held:.6f}", H_SIZE: str(final.stat().st_size),
-                H_ROOT: node.root_id})
+                H_ROOT: store.root_id})
     headers = {H_OFFSET: "0"}
     if sha:
-        part = node.data.partial_path(data_type, rel, sha, live_origin, origin)
-        if part in node.uploads_in_progress:  # its size is still moving: ask again later
+        part = store.data.partial_path(data_type, rel, sha, live_origin, origin)
+        if part in store.uploads:  # its size is still moving: ask again later
             return web.Response(status=409)
         if part.exists():
             headers[H_OFFSET] = str(part.stat().st_size)
@@ -150,28 +142,28 @@ async def head_object(request: web.Request) -> web.Response:
 
 async def get_object(request: web.Request) -> web.StreamResponse:
     """``?origin=O&sha256=S``: the stored copy of that version; without: the own source."""
-    node = node_of(request)
+    store = storage_of(request)
     sha = request.query.get("sha256")
-    _data_type, _rel, final = _resolve(node, request, sha.lower() if sha else None,
-                                       request.query.get("origin", node.name))
+    _data_type, _rel, final = _resolve(store, request, sha.lower() if sha else None,
+                                       request.query.get("origin", store.name))
     if not final.is_file():
         raise _bad(web.HTTPNotFound, "no such object")
-    return web.FileResponse(final, chunk_size=node.config.transfer.chunk_bytes)
+    return web.FileResponse(final, chunk_size=store.chunk_bytes)
 
 
-def _receive_failed(node: "Node", source: str, artifact: str, error: str) -> None:
+def _receive_failed(store: Storage, source: str, artifact: str, error: str) -> None:
     """Every rejected or interrupted upload is an event (invariant 6)."""
-    node.events.emit(DataSyncFailed(source=source, target=node.name, artifact=artifact,
-                                    error=error, attempt=0, retry_in_seconds=None,
-                                    reason="receive", strategy="receive"))
+    store.emit(DataSyncFailed(source=source, target=store.name, artifact=artifact,
+                              error=error, attempt=0, retry_in_seconds=None,
+                              reason="receive", strategy="receive"))
 
 
 async def put_object(request: web.Request) -> web.Response:
-    node = node_of(request)
+    store = storage_of(request)
     size, sha = _int_header(request, H_SIZE), _sha_header(request)
-    live_origin = _live_origin(node, request)
-    origin = _origin(node, request) if live_origin is None else live_origin
-    data_type, rel, final = _resolve(node, request, sha, origin)
+    live_origin = _live_origin(store, request)
+    origin = _origin(store, request) if live_origin is None else live_origin
+    data_type, rel, final = _resolve(store, request, sha, origin)
     offset = _int_header(request, H_OFFSET, 0)
     source = request.headers.get(H_SOURCE, "unknown")
     artifact_name = f"{data_type}/{rel}"
@@ -181,58 +173,58 @@ async def put_object(request: web.Request) -> web.Response:
         raise _bad(web.HTTPBadRequest,
                    f"Content-Length {request.content_length} != size - offset ({size - offset})")
     if live_origin is None and final.exists():
-        verified_at = await _held(node, (origin, data_type, rel, sha), final, now=False)
+        verified_at = await _held(store, (origin, data_type, rel, sha), final, now=False)
         if verified_at is not None:
-            await _drop_live(node, request, data_type, rel)
-            return web.json_response({"node": node.name, "root_id": node.root_id,
+            await _drop_live(store, request, data_type, rel)
+            return web.json_response({"node": store.name, "root_id": store.root_id,
                                       "origin": origin, "data_type": data_type, "path": rel,
                                       "sha256": sha, "size": size, "verified_at": verified_at,
                                       "already_present": True})
         # the copy under this version's name had rotted: quarantined by _held, repaired now
-    pressure = node.backpressure.refuses(request.headers.get(H_URGENCY) == "urgent")
+    pressure = store.refuses(request.headers.get(H_URGENCY) == "urgent")
     if pressure is not None:
         raise web.HTTPServiceUnavailable(
-            text=web.json_response({"error": f"{node.name} holds normal syncs: backpressure"
+            text=web.json_response({"error": f"{store.name} holds normal syncs: backpressure"
                                              f" ({pressure})"}).text,
             content_type="application/json",
             headers={H_BACKPRESSURE: pressure, "Retry-After": "5"})
-    if not node.has_room_for(size - offset):
-        raise _bad(web.HTTPInsufficientStorage, f"{node.name} has no room for {size} bytes")
-    part = node.data.partial_path(data_type, rel, sha, live_origin, origin)
-    if part in node.uploads_in_progress:
+    if not store.has_room_for(size - offset):
+        raise _bad(web.HTTPInsufficientStorage, f"{store.name} has no room for {size} bytes")
+    part = store.data.partial_path(data_type, rel, sha, live_origin, origin)
+    if part in store.uploads:
         raise _bad(web.HTTPConflict, f"an upload of {artifact_name} is already in progress")
     have = part.stat().st_size if part.exists() else 0
     if have != offset:
         raise _bad(web.HTTPConflict, f"resume offset {offset} != {have} bytes held", offset=have)
 
-    node.uploads_in_progress.add(part)  # until published or rejected: no second upload meanwhile
-    transfer = node.transfers.start(direction="in", source=source, target=node.name,
-                                    artifact=artifact_name, size=size, transport="http",
-                                    offset=offset)
+    store.uploads.add(part)  # until published or rejected: no second upload meanwhile
+    transfer = store.transfers.start(direction="in", source=source, target=store.name,
+                                     artifact=artifact_name, size=size, transport="http",
+                                     offset=offset)
     try:
         try:
             digest = await receive_body(request, part, offset, size,
-                                    node.config.transfer.chunk_bytes, transfer)
+                                        store.chunk_bytes, transfer)
         except web.HTTPException as exc:
-            node.transfers.finish(transfer, error=exc.text or exc.reason)
+            store.transfers.finish(transfer, error=exc.text or exc.reason)
             raise
         except UploadStalled as exc:
             # The sender is silent but the connection still open (a vanished host): free
             # the upload now, not at TCP keepalive; the partial stays for a resume.
             error = (f"upload stalled after {offset + transfer.done} of {size} bytes: {exc}"
                      " (partial kept for resume)")
-            node.transfers.finish(transfer, error=error)
-            _receive_failed(node, source, artifact_name, error)
+            store.transfers.finish(transfer, error=error)
+            _receive_failed(store, source, artifact_name, error)
             log.warning("%s from %s: %s", artifact_name, source, error)
             raise _bad(web.HTTPRequestTimeout, error) from None
         except diskio.DiskError as exc:
-            raise _disk_failed(node, source, artifact_name, part, exc, transfer) from None
+            raise _disk_failed(store, source, artifact_name, part, exc, transfer) from None
         except BaseException as exc:
             # The sender went away mid-body: keep the partial for resume; nothing is visible.
             error = (f"upload interrupted after {offset + transfer.done} of {size} bytes"
                      f" (partial kept for resume): {type(exc).__name__}")
-            node.transfers.finish(transfer, error=error)
-            _receive_failed(node, source, artifact_name, error)
+            store.transfers.finish(transfer, error=error)
+            _receive_failed(store, source, artifact_name, error)
             if isinstance(exc, Exception):  # reported above; not a server error worth a traceback
                 raise _bad(web.HTTPBadRequest, error) from None
             raise
@@ -242,37 +234,37 @@ async def put_object(request: web.Request) -> web.Response:
             part.unlink(missing_ok=True)
             error = (f"size mismatch: declared {size}, received {received}" if received != size
                      else f"sha256 mismatch: declared {sha}, received {digest}")
-            node.transfers.finish(transfer, error=error)
-            _receive_failed(node, source, artifact_name, error)
+            store.transfers.finish(transfer, error=error)
+            _receive_failed(store, source, artifact_name, error)
             raise _bad(web.HTTPUnprocessableEntity, error)
         if is_database(rel):
-            result = await check_database_async(part, node.config.transfer.integrity_check_max_bytes)
+            result = await check_database_async(part, store.integrity_check_max_bytes)
             if not result.ok:
-                raise await _reject_database(node, source, origin, data_type, rel, part, digest,
+                raise await _reject_database(store, source, origin, data_type, rel, part, digest,
                                              result.describe(), transfer)
         if live_origin is not None:
-            target = node.data.live_path(live_origin, data_type, rel)
+            target = store.data.live_path(live_origin, data_type, rel)
             try:
                 await asyncio.to_thread(diskio.replace_live, part, target)
             except diskio.DiskError as exc:
-                raise _disk_failed(node, source, artifact_name, part, exc, transfer) from None
+                raise _disk_failed(store, source, artifact_name, part, exc, transfer) from None
         else:
             try:
-                await asyncio.to_thread(diskio.publish, part, final, node.data.root)
+                await asyncio.to_thread(diskio.publish, part, final, store.data.root)
             except diskio.DiskError as exc:
-                raise _disk_failed(node, source, artifact_name, part, exc, transfer) from None
+                raise _disk_failed(store, source, artifact_name, part, exc, transfer) from None
             except FileExistsError:
                 part.unlink(missing_ok=True)
-                node.transfers.finish(transfer, error="lost a race with another upload")
+                store.transfers.finish(transfer, error="lost a race with another upload")
                 raise _bad(web.HTTPConflict,
                            f"{artifact_name} appeared during the upload") from None
     finally:
-        node.uploads_in_progress.discard(part)
-    return await _stored(node, request, origin, data_type, rel, size, sha, transfer,
+        store.uploads.discard(part)
+    return await _stored(store, request, origin, data_type, rel, size, sha, transfer,
                          live_origin)
 
 
-def _disk_failed(node: "Node", source: str, artifact_name: str, part: Path,
+def _disk_failed(store: Storage, source: str, artifact_name: str, part: Path,
                  exc: diskio.DiskError, transfer: Transfer) -> web.HTTPException:
     """This node's disk failed on a part: discard it (never kept for a resume, never
     published), report it, and answer a retryable 507 (full) or 503 naming the errno."""
@@ -280,94 +272,94 @@ def _disk_failed(node: "Node", source: str, artifact_name: str, part: Path,
         part.unlink(missing_ok=True)
     except OSError:
         log.warning("cannot discard %s after a disk error", part, exc_info=True)
-    error = f"{node.name} could not store {artifact_name}: {exc} (part discarded)"
-    node.transfers.finish(transfer, error=error)
-    _receive_failed(node, source, artifact_name, error)
+    error = f"{store.name} could not store {artifact_name}: {exc} (part discarded)"
+    store.transfers.finish(transfer, error=error)
+    _receive_failed(store, source, artifact_name, error)
     log.warning("%s from %s: %s", artifact_name, source, error)
     status = (web.HTTPInsufficientStorage if exc.status == 507
               else web.HTTPServiceUnavailable)
     return _bad(status, error, errno=exc.errno_name, op=exc.op)
 
 
-async def _held(node: "Node", ident: tuple[str, str, str, str], final: Path,
+async def _held(store: Storage, ident: tuple[str, str, str, str], final: Path,
                 now: bool) -> float | None:
     """When this node's copy of ``ident`` was hashed, if its bytes are that version (cached
     while the file's identity is unchanged, unless ``now``); a copy that no longer matches
     is quarantined (None)."""
     try:
-        actual, at = await node.copies.verify(ident, final, now=now)
+        actual, at = await store.copies.verify(ident, final, now=now)
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise _bad(web.HTTPServiceUnavailable, f"cannot read the stored copy: {exc}") from None
     if actual == ident[3]:
         return at
-    node.copies.quarantine(ident, final, actual)
+    store.copies.quarantine(ident, final, actual)
     return None
 
 
-async def _stored(node: "Node", request: web.Request, origin: str, data_type: str, rel: str,
+async def _stored(store: Storage, request: web.Request, origin: str, data_type: str, rel: str,
                   size: int, sha: str, transfer: Transfer,
                   live_origin: str | None) -> web.Response:
     """Record a verified arrival: a finished artifact is registered as a verified replica
     (and any live snapshot of it dropped); a live snapshot is only reported."""
     source = request.headers.get(H_SOURCE, "unknown")
     verified_at = time.time()
-    node.transfers.finish(transfer)
-    node.note_stored(size)
+    store.transfers.finish(transfer)
+    store.note_stored(size)
     if live_origin is None:
         try:
             mtime = float(request.headers.get(H_MTIME, verified_at))
         except ValueError:
             mtime = verified_at
-        node.manifest.register_sync(
-            SyncReceipt(data_type, rel, source, node.name, sha, size, verified_at, "http",
-                        origin=origin, root_id=node.root_id),
+        store.manifest.register_sync(
+            SyncReceipt(data_type, rel, source, store.name, sha, size, verified_at, "http",
+                        origin=origin, root_id=store.root_id),
             Artifact(data_type, rel, request.headers.get(H_KEY) or None, size, sha, mtime,
                      origin))
-        await _drop_live(node, request, data_type, rel)
-    node.events.emit(DataSyncCompleted(source=source, target=node.name, files=1, bytes=size,
-                                       artifacts=[f"{data_type}/{rel}"],
-                                       reason=request.headers.get(H_REASON, "push"),
-                                       urgency=("urgent" if request.headers.get(H_URGENCY)
-                                                == "urgent" else "normal"),
-                                       strategy="receive",
-                                       seconds=round(time.time() - transfer.started, 3)))
-    return web.json_response({"node": node.name, "root_id": node.root_id, "origin": origin,
+        await _drop_live(store, request, data_type, rel)
+    store.emit(DataSyncCompleted(source=source, target=store.name, files=1, bytes=size,
+                                 artifacts=[f"{data_type}/{rel}"],
+                                 reason=request.headers.get(H_REASON, "push"),
+                                 urgency=("urgent" if request.headers.get(H_URGENCY)
+                                          == "urgent" else "normal"),
+                                 strategy="receive",
+                                 seconds=round(time.time() - transfer.started, 3)))
+    return web.json_response({"node": store.name, "root_id": store.root_id, "origin": origin,
                               "data_type": data_type, "path": rel,
                               "sha256": sha, "size": size, "verified_at": verified_at,
                               "already_present": False, "live": live_origin is not None},
                              status=201)
 
 
-async def _reject_database(node: "Node", source: str, origin: str, data_type: str, rel: str,
+async def _reject_database(store: Storage, source: str, origin: str, data_type: str, rel: str,
                            part: Path,
                            digest: str, error: str, transfer: Transfer) -> web.HTTPException:
     """A database with the declared hash that SQLite finds unsound: quarantined, never
     published nor counted; reported as REPLICA_QUARANTINED and DATA_SYNC_FAILED."""
     artifact_name = f"{data_type}/{rel}"
     try:
-        moved = await asyncio.to_thread(node.data.quarantine_file, data_type, f"{origin}/{rel}",
+        moved = await asyncio.to_thread(store.data.quarantine_file, data_type, f"{origin}/{rel}",
                                         part, digest)
-        where: str | None = moved.relative_to(node.data.root).as_posix()
+        where: str | None = moved.relative_to(store.data.root).as_posix()
     except OSError:
         part.unlink(missing_ok=True)
         where = None
-    node.transfers.finish(transfer, error=error)
-    node.events.emit(ReplicaQuarantined(node=node.name, artifact=artifact_name,
-                                        expected_sha256=digest, actual_sha256=digest,
-                                        quarantined_to=where))
-    _receive_failed(node, source, artifact_name, error)
+    store.transfers.finish(transfer, error=error)
+    store.emit(ReplicaQuarantined(node=store.name, artifact=artifact_name,
+                                  expected_sha256=digest, actual_sha256=digest,
+                                  quarantined_to=where))
+    _receive_failed(store, source, artifact_name, error)
     return _bad(web.HTTPUnprocessableEntity, f"{artifact_name}: {error}", quarantined_to=where)
 
 
-async def _drop_live(node: "Node", request: web.Request, data_type: str, rel: str) -> None:
+async def _drop_live(store: Storage, request: web.Request, data_type: str, rel: str) -> None:
     """The finished artifact is here: its origin's live snapshot is no longer needed."""
     origin = request.headers.get(H_ORIGIN) or request.headers.get(H_SOURCE, "")
-    if origin not in node.config.hosts:
+    if origin not in store.hosts:
         return
     try:
-        live = node.data.live_path(origin, data_type, rel)
+        live = store.data.live_path(origin, data_type, rel)
     except UnsafePath:
         return
     await asyncio.to_thread(live.unlink, missing_ok=True)

@@ -9,13 +9,11 @@ exhausted a node's 1,024 descriptors and 300 slow-header clients took 600 MiB. H
   files, the manifest and outbound connections, at most ``MAX_CONNECTIONS``) and
   ``MAX_PER_PEER`` per peer address; one beyond is accepted and closed at once (counted,
   logged rate-limited), so one noisy address cannot shut out the others;
-* a connection whose first request's headers have not arrived within
-  ``HEADER_TIMEOUT_SECONDS`` is closed;
+* a request's headers must arrive within ``HEADER_TIMEOUT_SECONDS`` of its first byte (of
+  the connection, for the first request): a connection that dawdles is closed, the first
+  request or any later one on a keep-alive connection;
 * an idle keep-alive connection is closed after ``KEEPALIVE_SECONDS`` (aiohttp's default is
   an hour), and headers are held to ``MAX_HEADERS`` fields of ``MAX_FIELD_BYTES`` each.
-
-A slow-header client after a first complete request on the same connection is bounded by the
-keep-alive timeout and the header size limits only.
 """
 
 from __future__ import annotations
@@ -75,22 +73,27 @@ class ConnectionGuard:
         self.refused = 0
         """Connections closed at once: over the total or the per-peer cap."""
         self.header_timeouts = 0
-        """Connections closed because their first request's headers did not come in time."""
-        self._requested: dict[int, bool] = {}
+        """Connections closed because a request's headers did not come in time."""
+        self._conns: dict[int, _Guarded] = {}
         self._log = RateLimitedLog(log)
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        """Marks the connection as having sent a request (its headers arrived)."""
-        if request.transport is not None:
-            self._requested[id(request.transport)] = True
-        return await handler(request)
+        """Marks the connection busy with a request (its headers arrived) until answered."""
+        conn = self._conns.get(id(request.transport)) if request.transport else None
+        if conn is None:
+            return await handler(request)
+        conn.request_started()
+        try:
+            return await handler(request)
+        finally:
+            conn.request_done()
 
     def wrap(self, make_handler: Any) -> Any:
         """A protocol factory for ``loop.create_server`` around aiohttp's."""
         return lambda: _Guarded(self, make_handler())
 
-    def admit(self, transport: asyncio.BaseTransport) -> str | None:
+    def admit(self, transport: asyncio.BaseTransport, conn: "_Guarded") -> str | None:
         """Count a new connection; its peer address, or None (closed: over a cap)."""
         peer = transport.get_extra_info("peername")
         addr = str(peer[0]) if peer else "?"
@@ -103,7 +106,7 @@ class ConnectionGuard:
             return None
         self.open += 1
         self.per_peer[addr] += 1
-        self._requested[id(transport)] = False
+        self._conns[id(transport)] = conn
         return addr
 
     def release(self, transport: asyncio.BaseTransport, addr: str) -> None:
@@ -111,16 +114,17 @@ class ConnectionGuard:
         self.per_peer[addr] -= 1
         if not self.per_peer[addr]:
             del self.per_peer[addr]
-        self._requested.pop(id(transport), None)
+        self._conns.pop(id(transport), None)
 
-    def too_slow(self, transport: asyncio.BaseTransport, addr: str) -> None:
-        """Close ``transport`` unless its first request's headers have arrived."""
-        if self._requested.get(id(transport), True) or transport.is_closing():
+    def too_slow(self, conn: "_Guarded") -> None:
+        """Close ``conn`` unless the request it was waiting for has arrived meanwhile."""
+        conn.timer = None
+        if conn.busy or conn.transport.is_closing():
             return
         self.header_timeouts += 1
-        self._log.warning(f"slow:{addr}", "closed a connection from %s: no request within %.0fs",
-                          addr, self.header_timeout)
-        transport.abort()
+        self._log.warning(f"slow:{conn.addr}", "closed a connection from %s: no complete"
+                          " request headers within %.0fs", conn.addr, self.header_timeout)
+        conn.transport.abort()
 
     def status(self) -> dict[str, int]:
         return {"open": self.open, "refused": self.refused, "header_timeouts": self.header_timeouts,
@@ -135,15 +139,31 @@ class _Guarded(asyncio.Protocol):
         self.handler = handler
         self.addr: str | None = None
         self.timer: asyncio.TimerHandle | None = None
+        """The header deadline of the request being waited for (None: none pending)."""
+        self.busy = False
+        """A request's headers arrived and it is not answered yet."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.addr = self.guard.admit(transport)
+        self.transport = transport
+        self.addr = self.guard.admit(transport, self)
         if self.addr is None:
             return
-        self.transport = transport
-        self.timer = asyncio.get_running_loop().call_later(
-            self.guard.header_timeout, self.guard.too_slow, transport, self.addr)
+        self._arm()  # the first request: from the connection on
         self.handler.connection_made(transport)
+
+    def _arm(self) -> None:
+        if self.timer is None:
+            self.timer = asyncio.get_running_loop().call_later(
+                self.guard.header_timeout, self.guard.too_slow, self)
+
+    def request_started(self) -> None:
+        self.busy = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def request_done(self) -> None:
+        self.busy = False
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.addr is None:
@@ -154,8 +174,11 @@ class _Guarded(asyncio.Protocol):
         self.handler.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self.addr is not None:
-            self.handler.data_received(data)
+        if self.addr is None:
+            return
+        if not self.busy:  # the first bytes of a further request on a keep-alive connection
+            self._arm()
+        self.handler.data_received(data)
 
     def eof_received(self) -> bool | None:
         return self.handler.eof_received() if self.addr is not None else None

@@ -22,7 +22,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from engine.paths import UnsafePath
-from engine.server.context import node_of
+from engine.server.context import storage_of
 
 _HEX = frozenset("0123456789abcdef")
 
@@ -33,37 +33,37 @@ def _error(status: type[web.HTTPException], message: str) -> web.HTTPException:
 
 
 async def vouch(request: web.Request) -> web.Response:
-    node = node_of(request)
+    store = storage_of(request)
     data_type, rel = request.match_info["data_type"], request.match_info["path"]
     if "max_age" in request.query:
         raise _error(web.HTTPBadRequest, "max_age is no longer accepted: a vouch always"
                      " re-reads the stored bytes")
     origin = request.query.get("origin", "")
     sha = request.query.get("sha256", "").lower()
-    if origin not in node.config.hosts:
+    if origin not in store.hosts:
         raise _error(web.HTTPBadRequest, f"origin must be a node of this cluster, not"
                      f" {origin[:80]!r}")
     if len(sha) != 64 or not set(sha) <= _HEX:
         raise _error(web.HTTPBadRequest, "sha256 must be 64 hex digits")
     ident = (origin, data_type, rel, sha)
     try:
-        final = node.copies.path(ident)
+        final = store.copies.path(ident)
     except UnsafePath as exc:
         raise _error(web.HTTPBadRequest, str(exc)) from None
-    missing = _error(web.HTTPNotFound, f"{node.name} stores no copy of {origin}'s"
+    missing = _error(web.HTTPNotFound, f"{store.name} stores no copy of {origin}'s"
                      f" {data_type}/{rel} @{sha[:12]}")
     try:
-        actual, hashed_at = await node.copies.verify(ident, final, now=True)
+        actual, hashed_at = await store.copies.verify(ident, final, now=True)
         size = final.stat().st_size
     except FileNotFoundError:
         raise missing from None
     except OSError as exc:
         raise _error(web.HTTPServiceUnavailable, f"cannot read the copy: {exc}") from None
-    answer = {"node": node.name, "root_id": node.root_id, "origin": origin,
+    answer = {"node": store.name, "root_id": store.root_id, "origin": origin,
               "data_type": data_type, "path": rel, "sha256": actual, "size": size,
               "hashed_at": hashed_at, "rehashed": True}
     if actual != sha:
-        answer["quarantined_to"] = node.copies.quarantine(ident, final, actual)
+        answer["quarantined_to"] = store.copies.quarantine(ident, final, actual)
     return web.json_response(answer)
 
 

@@ -1,6 +1,11 @@
-"""Transports: one interface (``Transport.push``), one module per way of moving bytes."""
+"""Transports: one interface (``Transport.push``), one module per way of moving bytes,
+plugged in by name through ``engine.transport.registry``."""
 
+from engine.transport import registry
 from engine.transport.base import PushRequest, PushResult, Transport, TransferError
 from engine.transport.http import HttpTransport
 
-__all__ = ["HttpTransport", "PushRequest", "PushResult", "Transport", "TransferError"]
+registry.register("http", lambda ctx: HttpTransport(ctx.session, ctx.node, ctx.bandwidth,
+                                                    ctx.chunk_bytes))
+
+__all__ = ["HttpTransport", "PushRequest", "PushResult", "Transport", "TransferError", "registry"]

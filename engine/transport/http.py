@@ -26,10 +26,10 @@ from urllib.parse import quote
 import aiohttp
 
 from engine.bandwidth import BandwidthCoordinator
+from engine.errors import describe
 from engine.health import HealthCheckResult
-from engine.server.objects import (H_BACKPRESSURE, H_KEY, H_LIVE, H_MTIME, H_OFFSET, H_ORIGIN,
-                                   H_REASON, H_ROOT, H_SHA, H_SIZE, H_SOURCE, H_URGENCY,
-                                   H_VERIFIED)
+from engine.headers import (H_BACKPRESSURE, H_KEY, H_LIVE, H_MTIME, H_OFFSET, H_ORIGIN,
+                            H_REASON, H_ROOT, H_SHA, H_SIZE, H_SOURCE, H_URGENCY, H_VERIFIED)
 from engine.transfers import Transfer
 from engine.transport.base import PushRequest, PushResult, TransferError
 
@@ -96,7 +96,7 @@ class HttpTransport:
                 offset = result
             raise TransferError(f"{request.target} keeps disagreeing about the resume offset")
         except aiohttp.ClientError as exc:
-            raise TransferError(f"{request.target} unreachable: {type(exc).__name__}: {exc}") from exc
+            raise TransferError(f"{request.target} unreachable: {describe(exc)}") from exc
         except asyncio.TimeoutError as exc:
             raise TransferError(f"{request.target} timed out on {art.key}") from exc
 

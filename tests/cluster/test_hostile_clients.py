@@ -61,3 +61,40 @@ def test_idle_and_slow_connections_are_capped_and_timed_out(make_cluster) -> Non
     finally:
         for sock in socks:
             sock.close()
+
+
+def test_slow_headers_of_a_later_request_on_a_keep_alive_connection_are_timed_out(
+        make_cluster) -> None:
+    """A client that made one good request, then trickles the next one's headers (a byte
+    every second, inside the keep-alive timeout each time) is closed after the header
+    timeout (10 s), as a slow first request is."""
+    cluster = make_cluster(gpus=1, skip=("gpu-1",))
+    port = cluster.nodes["coord"].port
+    before = cluster.get_json("coord", "/status")["connections"]["header_timeouts"]
+    sock = connect(port, "127.0.0.4")
+    try:
+        sock.settimeout(5)
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = sock.recv(65536)
+        assert first.startswith(b"HTTP/1.1 "), first[:100]
+        began = time.monotonic()
+        closed = False
+        for byte in b"GET /status HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 40:
+            try:
+                sock.sendall(bytes([byte]))
+                sock.settimeout(1.0)
+                if sock.recv(100) == b"":
+                    closed = True
+                    break
+            except socket.timeout:
+                continue
+            except OSError:  # reset by the server
+                closed = True
+                break
+        took = time.monotonic() - began
+        assert closed, "the slow second request was never cut off"
+        assert 8 < took < 16, took
+        after = cluster.get_json("coord", "/status")["connections"]["header_timeouts"]
+        assert after == before + 1
+    finally:
+        sock.close()

@@ -5,7 +5,8 @@ ctime_ns) is the one recorded when it was hashed (``Scanner.unchanged``); the de
 goes through the deletion journal (``engine.deletion_journal``).
 
 The vouching half (live answers from other nodes) is exercised on real processes in
-tests/cluster/test_disk_pressure.py; here the node is a stand-in holding a real DataRoot.
+tests/cluster/test_disk_pressure.py (and without a Node in test_cleanup_parts.py); here the
+Cleaner has a real DataRoot, manifest and scanner.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ from __future__ import annotations
 import os
 import sqlite3
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from engine import deletion_journal
 from engine.hashing import sha256_file
 from engine.daemons.cleanup import Cleaner
+from engine.inflight import InFlight
 from engine.manifest import Artifact, ClusterManifest
 from engine.manifest.store import stat_identity
 from engine.openfiles import open_inodes, opened_elsewhere
@@ -36,26 +37,28 @@ def cleaner(tmp_path: Path):
     data.create()
     manifest = ClusterManifest(data.state / "manifest.db", "gpu-1")
     emitted: list = []
-    node = SimpleNamespace(
-        name="gpu-1", data=data, manifest=manifest,
-        events=SimpleNamespace(emit=emitted.append), emitted=emitted,
-        note_stored=lambda delta: None,
-        config=SimpleNamespace(transfer=SimpleNamespace(finished_after_seconds=0.0),
-                               push=SimpleNamespace(min_copies_before_delete=2)),
-        daemon=SimpleNamespace(scanner=Scanner(data, "gpu-1", [], 0.0)))
-    yield Cleaner(node)  # type: ignore[arg-type]
+
+    async def measure() -> dict:
+        raise AssertionError("these tests never run a whole cleanup")
+
+    cleaner = Cleaner("gpu-1", 2, 80.0, 0.0, data=data, manifest=manifest,
+                      scanner=Scanner(data, "gpu-1", [], 0.0), inflight=InFlight(),
+                      vouches=None, measure=measure,  # type: ignore[arg-type]
+                      note_stored=lambda delta: None, emit=emitted.append)
+    cleaner.emitted = emitted  # type: ignore[attr-defined]
+    yield cleaner
     manifest.close()
 
 
 def _journal(cleaner: Cleaner) -> list[str]:
     """What is left in ``.ringsync/deleting/``."""
-    trash = cleaner.node.data.state / "deleting"
+    trash = cleaner.data.state / "deleting"
     return sorted(p.name for p in trash.iterdir()) if trash.is_dir() else []
 
 
 def _artifact(cleaner: Cleaner, rel: str, data: bytes | None = None) -> tuple[Path, Artifact]:
     data_type, path = rel.split("/", 1)
-    file = cleaner.node.data.root / rel
+    file = cleaner.data.root / rel
     file.parent.mkdir(parents=True, exist_ok=True)
     if data is not None:
         file.write_bytes(data)
@@ -79,10 +82,10 @@ def test_an_unchanged_closed_file_is_deletable_and_goes(cleaner: Cleaner) -> Non
     assert _journal(cleaner) == [intent.intent.name]
     cleaner._deleted(art, VOUCHED, freed, "disk_pressure", intent)
     assert _journal(cleaner) == []
-    assert cleaner.node.manifest.deleted_sources("gpu-1") == {art.ident}
-    (row,) = cleaner.node.manifest.deletions()
+    assert cleaner.manifest.deleted_sources("gpu-1") == {art.ident}
+    (row,) = cleaner.manifest.deletions()
     assert (row["sha256"], row["vouched_by"], row["size"]) == (art.sha256, VOUCHED, art.size)
-    (event,) = cleaner.node.emitted
+    (event,) = cleaner.emitted
     assert (event.artifact, event.bytes, event.vouched_by) == ("npz/k/a.npz", 1000, VOUCHED)
 
 
@@ -142,7 +145,7 @@ def test_a_file_changed_during_the_delete_is_put_back(cleaner: Cleaner,
     assert cleaner._delete(art, VOUCHED) is None
     assert file.read_bytes() == b"x" * 1000 + b"more"  # put back under its name
     assert _journal(cleaner) == []
-    assert cleaner.node.manifest.deleted_sources("gpu-1") == set()
+    assert cleaner.manifest.deleted_sources("gpu-1") == set()
 
 
 def test_a_file_any_process_holds_open_is_not_deleted(cleaner: Cleaner) -> None:
@@ -163,7 +166,7 @@ def test_a_file_any_process_holds_open_is_not_deleted(cleaner: Cleaner) -> None:
 
 
 def test_a_database_with_any_sidecar_is_not_deletable(cleaner: Cleaner) -> None:
-    file = cleaner.node.data.root / "games/k/g.db"
+    file = cleaner.data.root / "games/k/g.db"
     file.parent.mkdir(parents=True)
     db = sqlite3.connect(file)
     db.execute("CREATE TABLE t(x)")
@@ -180,7 +183,7 @@ def test_a_database_with_any_sidecar_is_not_deletable(cleaner: Cleaner) -> None:
 
 def test_a_recent_file_is_not_deletable(cleaner: Cleaner) -> None:
     file, art = _artifact(cleaner, "npz/k/a.npz", b"x" * 10)
-    cleaner.node.config.transfer.finished_after_seconds = 60.0
+    cleaner.finished_after = 60.0
     assert not cleaner._deletable(art)
 
 
@@ -215,4 +218,4 @@ def test_a_file_rewritten_in_place_after_the_last_stat_is_put_back(
     assert cleaner._delete(art, ["coord", "cpu-1"]) is None
     monkeypatch.undo()
     assert file.read_bytes() == b"y" * 1000  # put back, never unlinked
-    assert not list((cleaner.node.data.state / "deleting").glob("*.trash"))
+    assert not list((cleaner.data.state / "deleting").glob("*.trash"))

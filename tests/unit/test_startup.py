@@ -28,7 +28,8 @@ def test_a_failing_step_is_reported_once_retried_and_blocks_the_next() -> None:
         name="cpu-1", manifest=SimpleNamespace(new_incarnation=incarnation),
         events=SimpleNamespace(emit=emitted.append), data=None,
         copies=SimpleNamespace(reconcile=lambda: reconciled.append(1) or {}))
-    checks = StartupChecks(node)
+    checks = StartupChecks(node.name, node.data, node.manifest, node.copies,
+                           node.events.emit)
     checks.steps[1] = ("interrupted deletions", lambda: None)
     assert not checks.run() and not checks.run()
     health = checks.health_check()
