@@ -47,7 +47,7 @@ class ClusterEventFeed:
         """Per node: whether its stream is open right now."""
         self._listeners: list[Callable[[Event], None]] = []
         self._follows = TaskSet("cluster-feed")
-        self._tasks: list[asyncio.Task[None]] = []
+        """One follow task per node, until ``stop``."""
         """The follow tasks, one per node (empty once stopped)."""
         self._stop = asyncio.Event()
 
@@ -63,14 +63,13 @@ class ClusterEventFeed:
     async def start(self) -> None:
         """Follow every node (one background task each)."""
         self._stop.clear()
-        self._tasks = [self._follows.spawn(self._follow(name), name=f"feed:{name}")
-                       for name in self.nodes]
+        for name in self.nodes:
+            self._follows.spawn(self._follow(name), name=f"feed:{name}")
 
     async def stop(self) -> None:
         """End every stream and its follow task."""
         self._stop.set()
         await self._follows.close()
-        self._tasks = []
 
     async def _follow(self, node: str) -> None:
         delay = RETRY_FIRST

@@ -139,7 +139,8 @@ class AutoSyncDaemon:
     def next_delay(self) -> float:
         """Seconds until the next cycle: the interval, or sooner when a retry is due."""
         now = time.monotonic()
-        waits = [s.next_at - now for s in self.pushes.retries.values() if not s.permanent]
+        waits = [s.next_at - now for k, s in self.pushes.retries.items()
+                 if not s.permanent and _is_pair(k)]  # not a live snapshot's key
         return max(0.05, min([self.interval, *waits]))
 
     async def _drain(self) -> None:
@@ -371,7 +372,7 @@ class AutoSyncDaemon:
 
     # -- reporting --------------------------------------------------------------------------
     def status(self) -> dict:
-        retries = self.pushes.retries.values()
+        retries = [s for k, s in self.pushes.retries.items() if _is_pair(k)]
         return {"strategy": self.strategy, "enabled": self.enabled, "paused": self.paused,
                 "interval_seconds": self.interval, "pending": self.backlog_files,
                 "pending_bytes": self.backlog_bytes,
@@ -383,7 +384,7 @@ class AutoSyncDaemon:
                 **self.totals}
 
     def health_check(self) -> HealthCheckResult:
-        blocked = [k for k, s in self.pushes.retries.items() if s.permanent]
+        blocked = [k for k, s in self.pushes.retries.items() if s.permanent and _is_pair(k)]
         stale = (self.enabled and not self.paused and self.last_cycle_at is not None
                  and time.time() - self.last_cycle_at > 3 * self.interval + 30)
         # every push failing or held back for an interval: within two intervals of the last
@@ -412,9 +413,14 @@ class AutoSyncDaemon:
                                                     **self.totals})
 
 
+def _is_pair(key: object) -> bool:
+    """A retry key ``(ident, target)`` of an artifact version's push."""
+    return isinstance(key, tuple) and len(key) == 2 and isinstance(key[0], tuple)
+
+
 def _blocked_label(key: object) -> str:
     """``data_type/path -> target`` for a retry key ``(ident, target)``."""
-    if isinstance(key, tuple) and len(key) == 2 and isinstance(key[0], tuple):
-        ident, target = key
+    if _is_pair(key):
+        ident, target = key  # type: ignore[misc]
         return f"{ident[1]}/{ident[2]} -> {target}"
     return str(key)

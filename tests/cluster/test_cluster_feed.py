@@ -51,7 +51,7 @@ async def test_feed_merges_every_node_once_and_survives_restarts(make_cluster) -
         gpu1 = [e.seq for e in seen if e.node == "gpu-1"]
         assert gpu1 == sorted(set(gpu1)), "duplicates or disorder from a resumed stream"
         assert len(feed.recent) == len(seen) <= 1000
-    assert feed._tasks == []  # stopped with the node
+    assert len(feed._follows) == 0  # stopped with the node
 
 
 async def test_feed_is_bounded(make_cluster) -> None:

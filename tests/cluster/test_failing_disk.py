@@ -62,7 +62,9 @@ def test_a_failing_fsync_is_a_retryable_5xx_and_the_part_is_discarded(
     finally:
         stop_strace(trace)
     hits = injected(tmp_path / "strace.out")
-    assert len(hits) == 1 and ".part>" in hits[0], hits  # the part's fsync, nothing else
+    # the part's fsync (strace counts ``when=1`` per thread: another worker thread's first
+    # fsync, of a directory, may be injected too under load)
+    assert any(".part>" in hit for hit in hits), hits
     assert resp.status == status, resp.body
     answer = resp.json()
     assert answer["errno"] == error and error in answer["error"]
@@ -92,7 +94,7 @@ def test_a_sender_retries_after_an_fsync_error_and_the_copy_arrives_verified(
     finally:
         stop_strace(trace)
     hits = injected(tmp_path / "strace.out")
-    assert len(hits) == 1 and ".part>" in hits[0], hits
+    assert any(".part>" in hit for hit in hits), hits
     assert copy.read_bytes() == data
     failures = cluster.events("gpu-1", "DATA_SYNC_FAILED")
     assert failures, "the first attempt failed"
