@@ -46,3 +46,31 @@ class InFlight:
 
     def __len__(self) -> int:
         return len(self._pairs)
+
+
+class Claims:
+    """The pairs one run (a recovery, a pressure batch) holds in an ``InFlight`` set: it
+    releases only what it claimed itself, each pair once, so it never drops a pair another
+    component claimed after it let go."""
+
+    def __init__(self, inflight: InFlight) -> None:
+        self._inflight = inflight
+        self._held: set[Pair] = set()
+
+    def claim(self, pairs: Iterable[Pair]) -> set[Pair]:
+        """Claim what nobody holds; returns the pairs this call claimed."""
+        new = self._inflight.claim(pairs)
+        self._held |= new
+        return new
+
+    def release(self, pairs: Iterable[Pair]) -> None:
+        """Let go of those of ``pairs`` this run holds."""
+        mine = self._held & set(pairs)
+        self._held -= mine
+        self._inflight.release(mine)
+
+    def release_all(self) -> None:
+        self.release(set(self._held))
+
+    def __contains__(self, pair: object) -> bool:
+        return pair in self._held

@@ -275,7 +275,8 @@ class Node:
             breakers=self.breakers, transfers=self.transfers, record=self.manifest.register_sync,
             emit=self.events.emit, url_of=lambda n: self.config.host(n).url,
             on_backpressure=self.router.backpressure,
-            retry=RetryPolicy(cfg.transfer.retry_base_seconds, cfg.transfer.retry_max_seconds))
+            retry=RetryPolicy(cfg.transfer.retry_base_seconds, cfg.transfer.retry_max_seconds),
+            pause=self.pause)
         """The one push path every component pushes through."""
         self.snapshots = SnapshotKeeper(self.name, self.scanner, self.manifest, self.router,
                                         self.inflight, lambda: self.usage.disk()["total_bytes"])

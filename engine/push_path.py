@@ -4,7 +4,8 @@ Auto sync cycles, recovery and disk-pressure runs, write-through, live snapshots
 sends (a pull another node asked for) all push through ``push``. One push:
 
 1. waits for a slot of the node's ``PushLimiter`` (urgent pushes first);
-2. passes the target's circuit breaker (``Breakers.begin``; held back: ``None``, nothing tried);
+2. starts nothing if the node was paused meanwhile (``None``), and passes the target's
+   circuit breaker (``Breakers.begin``; held back: ``None``, nothing tried);
 3. is tracked as a transfer while the transport moves the bytes;
 4. on success records the target's verification as a receipt (not for a live snapshot,
    which is never a replica) and closes the breaker;
@@ -30,6 +31,7 @@ from engine.errors import describe
 from engine.events import DataSyncFailed, Payload
 from engine.inflight import InFlight
 from engine.manifest import Artifact, SyncReceipt
+from engine.pause import PauseGate
 from engine.transfers import TransferTracker
 from engine.transport import PushRequest, TransferError
 from engine.transport.registry import Transports
@@ -44,7 +46,7 @@ class PushPath:
                  breakers: Breakers, transfers: TransferTracker,
                  record: Callable[[SyncReceipt], object], emit: Callable[[Payload], object],
                  url_of: Callable[[str], str], on_backpressure: Callable[[str, str], object],
-                 retry: RetryPolicy) -> None:
+                 retry: RetryPolicy, pause: PauseGate | None = None) -> None:
         self.node = node
         self.strategy = strategy
         """The node's strategy, named in the events."""
@@ -57,6 +59,8 @@ class PushPath:
         self._url_of = url_of
         self._on_backpressure = on_backpressure
         self.retry = retry
+        self.pause = pause
+        """While shut, a push that gets its slot starts nothing (``None``)."""
         self.retries: dict[Hashable, RetryState] = {}
         """Retry state by key (``(ident, target)`` unless the caller gave another)."""
         self.transports: Transports | None = None
@@ -96,6 +100,8 @@ class PushPath:
         state = self.retries.get(key)
         attempt = (state.attempts if state else 0) + 1
         async with self.limiter.slot(urgent):
+            if self.pause is not None and self.pause.paused:
+                return None  # paused while this push waited for a slot
             if not self.breakers.begin(target):
                 return None  # opened while this push waited for a slot
             transport = self.transports.get() if self.transports else None
@@ -114,7 +120,8 @@ class PushPath:
                                 "urgent" if urgent else "normal", live=live), transfer)
             except TransferError as exc:
                 self.transfers.finish(transfer, error=str(exc))
-                self.failed(art.key, target, str(exc), exc.retryable, reason,
+                # a live snapshot is always worth another try: the database keeps changing
+                self.failed(art.key, target, str(exc), exc.retryable or live, reason,
                             key if retry else None, attempt=attempt)
                 if exc.backpressure:
                     self._on_backpressure(target, exc.backpressure)

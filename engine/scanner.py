@@ -39,6 +39,7 @@ import fnmatch
 import hashlib
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -303,11 +304,28 @@ def snapshot_database(source: Path, target: Path) -> bool:
         src.close()
 
 
+_COPY_LOCKS: dict[Path, threading.Lock] = {}
+_COPY_LOCKS_GUARD = threading.Lock()
+
+
+def _copy_lock(target: Path) -> threading.Lock:
+    """One lock per snapshot path: two threads making the same snapshot (a cycle, a gossip
+    send, a recovery run) take turns instead of sharing its temp file."""
+    with _COPY_LOCKS_GUARD:
+        return _COPY_LOCKS.setdefault(target, threading.Lock())
+
+
 def _copy_out(src: sqlite3.Connection, target: Path, durable: bool) -> bool:
-    """Back ``src`` up into ``target`` in one step, through a temp file beside it. Our own
-    copy (never the source) leaves WAL mode, so readers of the replica never create -wal/-shm
-    files next to it, and must pass ``PRAGMA quick_check``. ``durable`` fsyncs it before the
-    rename. False, leaving no new file, when the copy could not be made or is not sound."""
+    """Back ``src`` up into ``target`` in one step, through a temp file beside it (one
+    thread at a time per target). Our own copy (never the source) leaves WAL mode, so readers
+    of the replica never create -wal/-shm files next to it, and must pass ``PRAGMA
+    quick_check``. ``durable`` fsyncs it before the rename. False, leaving no new file, when
+    the copy could not be made or is not sound."""
+    with _copy_lock(target):
+        return _copy_out_locked(src, target, durable)
+
+
+def _copy_out_locked(src: sqlite3.Connection, target: Path, durable: bool) -> bool:
     tmp = target.with_name(f".{target.name}.tmp")
     tmp.unlink(missing_ok=True)
     try:

@@ -108,6 +108,9 @@ class AutoSyncDaemon:
         """Unix time since which ``unplaced`` has not been 0 (None: it is 0)."""
         self._ok_at = 0.0
         self._problem_at = 0.0
+        self._wanted: set[object] = set()
+        """(ident, target) pairs routing sends to now (as of the last cycle): only their
+        retries wake the daemon early."""
 
     @property
     def paused(self) -> bool:
@@ -140,7 +143,7 @@ class AutoSyncDaemon:
         """Seconds until the next cycle: the interval, or sooner when a retry is due."""
         now = time.monotonic()
         waits = [s.next_at - now for k, s in self.pushes.retries.items()
-                 if not s.permanent and _is_pair(k)]  # not a live snapshot's key
+                 if not s.permanent and k in self._wanted]  # a push a cycle would make
         return max(0.05, min([self.interval, *waits]))
 
     async def _drain(self) -> None:
@@ -245,11 +248,12 @@ class AutoSyncDaemon:
         """(artifact, target) pairs that still need a push, priority config first."""
         return self._survey(config_key, override_backoff)[0]
 
-    def _survey(self, config_key: str | None = None, override_backoff: bool = False
-                ) -> tuple[list[tuple[Artifact, str]], int, int]:
+    def _survey(self, config_key: str | None = None, override_backoff: bool = False,
+                routed: set[object] | None = None) -> tuple[list[tuple[Artifact, str]], int, int]:
         """One pass over this node's artifacts: the pushes still to make (priority config
         first), how many artifacts no other node holds verified that routing wants
-        elsewhere (``unplaced``), and how many of those have every target held back."""
+        elsewhere (``unplaced``), and how many of those have every target held back.
+        ``routed`` collects the (ident, target) pairs routing names now (held ones too)."""
         manifest, router, me = self.manifest, self.router, self.node
         holders = manifest.verified_holders_by_artifact(me)
         gone = manifest.deleted_sources(me)
@@ -264,6 +268,8 @@ class AutoSyncDaemon:
             if art.ident not in gone and not held - {me} and (route.targets or route.held):
                 unplaced += 1
                 held_back += not route.targets
+            if routed is not None:
+                routed.update((art.ident, t) for t in (*route.targets, *route.held))
             for target in route.targets:
                 if target in held or (art.ident, target) in self.pushes.inflight:
                     continue
@@ -281,7 +287,13 @@ class AutoSyncDaemon:
         """Refresh the figures /status and /health show (once per cycle): the backlog, and
         the artifacts waiting to be placed; a cycle where such an artifact has every target
         held back (down, breaker open, full) is a problem, like a failed push."""
-        backlog, unplaced, held_back = self._survey(override_backoff=True)
+        routed: set[object] = set()
+        backlog, unplaced, held_back = self._survey(override_backoff=True, routed=routed)
+        self._wanted = {(a.ident, t) for a, t in backlog}
+        # retries of own pushes routing no longer asks for (a superseded version, a target
+        # dropped) would wake the daemon for nothing, for ever
+        self.pushes.forget(lambda k: not _is_pair(k) or k in routed
+                           or k[0][0] != self.node)  # type: ignore[index]
         self.backlog_files = len(backlog)
         self.backlog_bytes = sum(a.size for a, _ in backlog)
         if self.strategy == "gossip":  # peers pull; gossip's own health tells
@@ -319,7 +331,8 @@ class AutoSyncDaemon:
     async def _cycle(self, report: CycleReport, reason: str, config_key: str | None,
                      scan: bool = True) -> CycleReport:
         report.scanned = await self.scan() if scan else 0
-        await self.snapshots.bound()  # waiting snapshots within their budget
+        if scan:  # not in the drain at start or the final push: they push what they have
+            await self.snapshots.bound()  # waiting snapshots within their budget
         self._rehome()  # the coordinator: orphans short of copies, from its own
         if self.write_through is not None:  # queued (durably) before any push is tried
             self.write_through.enqueue_unsafe()
@@ -366,7 +379,12 @@ class AutoSyncDaemon:
         return report
 
     async def _push(self, art: Artifact, target: str, reason: str) -> bool | None:
-        source = await self.snapshots.source_for(art)
+        try:
+            source = await self.snapshots.source_for(art)
+        except Exception as exc:  # re-making a snapshot failed: this push failed, not the cycle
+            self.pushes.failed(art.key, target, f"{art.key}: its snapshot: {describe(exc)}",
+                               True, reason, (art.ident, target))
+            return False
         return await self.pushes.push(art, target, reason, source_file=source,
                                       urgent=self.urgent)
 

@@ -35,6 +35,7 @@ from engine.copies import StoredCopies
 from engine.daemons.rehome import RemoteRehome
 from engine.daemons.snapshots import SnapshotKeeper
 from engine.events import DataSyncCompleted, DataSyncStarted, Payload, PrioritySyncRequested
+from engine.inflight import Claims
 from engine.manifest import Artifact, ClusterManifest
 from engine.pause import PauseGate
 from engine.push_path import PushPath
@@ -61,6 +62,14 @@ class Shortfall:
     """Targets to fill first: the router's, for this node's own artifacts."""
     stored_copy: bool = False
     """True for an orphan: the bytes pushed are this node's stored copy, not a source."""
+
+
+@dataclass(frozen=True)
+class Jobs:
+    """A scheduled run: each shortfall with its targets, and the pairs the run claimed."""
+
+    jobs: list[tuple[Shortfall, list[str]]]
+    claims: Claims
 
 
 class Recovery:
@@ -202,13 +211,13 @@ class Recovery:
         """Find what is under-replicated and start pushing it in the background."""
         self._emit(PrioritySyncRequested(reason=reason, source_node=self.node, config_key=None))
         found = await self.live_shortfalls()
-        jobs = self._schedule(found)
-        scheduled = sum(len(targets) for _, targets in jobs)
+        run = self._schedule(found)
+        scheduled = sum(len(targets) for _, targets in run.jobs)
         log.info("recovery on %s requested by %s (%s): %d under-replicated (asked live),"
                  " %d pushes%s", self.node, by, reason, len(found), scheduled,
                  " (paused)" if self.pause.paused else "")
-        if jobs:
-            self._tasks.spawn(self._run(jobs, reason), name=f"recovery:{self.node}")
+        if run.jobs:
+            self._tasks.spawn(self._run(run, reason), name=f"recovery:{self.node}")
         return {"node": self.node, "under_replicated": len(found), "scheduled": scheduled,
                 "paused": self.pause.paused, "reason": reason}
 
@@ -219,42 +228,46 @@ class Recovery:
         holder (a rolled-back disk, a quarantine) would stay lost until an operator asked."""
         if self._is_down is None or self.pause.paused:
             return 0
-        jobs = self._schedule(self.orphans())
-        if jobs:
-            self._tasks.spawn(self._run(jobs, ORPHAN_RECOVERY), name=f"rehome:{self.node}")
+        run = self._schedule(self.orphans())
+        if run.jobs:
+            self._tasks.spawn(self._run(run, ORPHAN_RECOVERY), name=f"rehome:{self.node}")
         if self.remote is not None and (self._remote_task is None
                                         or self._remote_task.done()):  # orphans held elsewhere
             self._remote_task = self._tasks.spawn(self.remote.run(),
                                                   name=f"rehome-remote:{self.node}")
-        return sum(len(targets) for _, targets in jobs)
+        return sum(len(targets) for _, targets in run.jobs)
 
     async def replicate(self, found: list[Shortfall], reason: str, urgency: str = "normal",
                         limit: int | None = None) -> dict[str, list[Artifact]]:
         """Push the first ``limit`` of ``found`` (all when None) now and wait for them;
         returns what arrived, by target. Used by SyncPushDaemon under disk pressure."""
-        jobs = self._schedule(found[:limit] if limit is not None else found)
-        if not jobs:
+        run = self._schedule(found[:limit] if limit is not None else found)
+        if not run.jobs:
             return {}
-        return await self._run(jobs, reason, urgency)
+        return await self._run(run, reason, urgency)
 
-    def _schedule(self, found: list[Shortfall]) -> list[tuple[Shortfall, list[str]]]:
-        """Targets for each shortfall, claimed in the node's in-flight set; none while the
-        node is paused."""
+    def _schedule(self, found: list[Shortfall]) -> Jobs:
+        """Targets for each shortfall, claimed in the node's in-flight set for this run;
+        none while the node is paused."""
+        claims = Claims(self.inflight)
         if self.pause.paused:
-            return []
+            return Jobs([], claims)
         busy: dict[Any, set[str]] = {}
         for key, target in self.inflight:
             busy.setdefault(key, set()).add(target)
         jobs: list[tuple[Shortfall, list[str]]] = []
         for shortfall in found:
-            targets = self.plan(shortfall, busy.get(shortfall.artifact.ident, set()))
+            ident = shortfall.artifact.ident
+            wanted = self.plan(shortfall, busy.get(ident, set()))
+            claimed = claims.claim((ident, t) for t in wanted)
+            targets = [t for t in wanted if (ident, t) in claimed]
             if targets:
                 jobs.append((shortfall, targets))
-                self.inflight.claim((shortfall.artifact.ident, t) for t in targets)
-        return jobs
+        return Jobs(jobs, claims)
 
-    async def _run(self, jobs: list[tuple[Shortfall, list[str]]], reason: str,
+    async def _run(self, run: Jobs, reason: str,
                    urgency: str = "normal") -> dict[str, list[Artifact]]:
+        jobs, claims = run.jobs, run.claims
         started = time.monotonic()
         self._emit(DataSyncStarted(
             source=self.node, targets=sorted({t for _, ts in jobs for t in ts}),
@@ -263,11 +276,10 @@ class Recovery:
             reason=reason, urgency=urgency, strategy=self.pushes.strategy))
         arrived: dict[str, list[Artifact]] = {}
         try:
-            await asyncio.gather(*(self._recover(s, targets, reason, arrived, urgency)
+            await asyncio.gather(*(self._recover(s, targets, claims, reason, arrived, urgency)
                                    for s, targets in jobs))
         finally:
-            for s, targets in jobs:  # whatever was not started stays free
-                self.inflight.release((s.artifact.ident, t) for t in targets)
+            claims.release_all()  # whatever was not started stays free
         for target, arts in sorted(arrived.items()):
             self._emit(DataSyncCompleted(
                 source=self.node, target=target, files=len(arts),
@@ -277,8 +289,9 @@ class Recovery:
         self.snapshots.drop_finished([s.artifact for s, _ in jobs if not s.stored_copy])
         return arrived
 
-    async def _recover(self, shortfall: Shortfall, targets: list[str], reason: str,
-                       arrived: dict[str, list[Artifact]], urgency: str = "normal") -> None:
+    async def _recover(self, shortfall: Shortfall, targets: list[str], claims: Claims,
+                       reason: str, arrived: dict[str, list[Artifact]],
+                       urgency: str = "normal") -> None:
         """Push one artifact to ``targets``; a failed further target is replaced by the next
         candidate until enough copies exist or none is left."""
         art, inflight = shortfall.artifact, self.inflight
@@ -290,22 +303,24 @@ class Recovery:
             batch = targets
             while batch:
                 results = await asyncio.gather(*(
-                    self._attempt(shortfall, t, source, reason, arrived, urgency)
+                    self._attempt(shortfall, t, source, claims, reason, arrived, urgency)
                     for t in batch))
                 failed = results.count(False)
                 if not failed or self.pause.paused:
                     return
                 busy = {t for key, t in inflight if key == art.ident}
-                batch = self.router.replica_targets(
+                more = self.router.replica_targets(
                     art.data_type, art.path, failed, exclude=tried | busy | shortfall.holders,
                     origin=art.origin)
-                tried.update(batch)
-                inflight.claim((art.ident, t) for t in batch)
+                tried.update(more)
+                claimed = claims.claim((art.ident, t) for t in more)
+                batch = [t for t in more if (art.ident, t) in claimed]
         finally:
-            inflight.release((art.ident, t) for t in tried)
+            claims.release((art.ident, t) for t in tried)
 
-    async def _attempt(self, shortfall: Shortfall, target: str, source: Path, reason: str,
-                       arrived: dict[str, list[Artifact]], urgency: str = "normal") -> bool | None:
+    async def _attempt(self, shortfall: Shortfall, target: str, source: Path, claims: Claims,
+                       reason: str, arrived: dict[str, list[Artifact]],
+                       urgency: str = "normal") -> bool | None:
         """One push; None when it was not started because the node is paused."""
         art = shortfall.artifact
         try:
@@ -315,7 +330,7 @@ class Recovery:
                                         retry=target in shortfall.first,
                                         urgent=urgency == "urgent")
         finally:
-            self.inflight.release(((art.ident, target),))
+            claims.release(((art.ident, target),))
         if ok:
             arrived.setdefault(target, []).append(art)
         return ok

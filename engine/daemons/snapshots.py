@@ -1,13 +1,14 @@
 """SnapshotKeeper: the consistent snapshots of this node's own databases, and their footprint.
 
 A database is pushed as its snapshot (``engine.scanner``). A snapshot is kept until every
-target the router names holds that version verified (``drop_finished``). While targets are
-away, waiting snapshots would double the footprint of waiting databases, so the keeper holds
-them to a budget (``bound``): past it, snapshots nothing is reading now and whose database
-is unchanged since it was hashed are dropped, largest first; ``source_for`` re-makes such a
-snapshot (byte-identical: same SHA-256, checked) when a push needs it again. A snapshot
-whose database changed or vanished is never dropped for the budget: it may hold the only
-bytes of its version.
+target the router names holds that version verified (``drop_finished``). While some targets
+are still missing it, waiting snapshots would double the footprint of waiting databases, so
+the keeper holds them to a budget (``bound``): past it, it drops the largest snapshots that
+(1) nothing is pushing now, (2) belong to a version some other node already holds verified,
+and (3) whose database is unchanged since it was hashed, so the snapshot can be re-made
+byte-identically (SHA-256 checked); ``source_for`` re-makes it when a push needs it again.
+A version no other node holds verified keeps its snapshot whatever the budget: if its
+database then changed or vanished, that snapshot would be the only bytes of the version.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from engine.errors import describe
 from engine.inflight import InFlight
 from engine.manifest import Artifact, ClusterManifest
+from engine.ratelog import RateLimitedLog
 from engine.router import SyncRouter
 from engine.scanner import Scanner, is_database
 
@@ -46,6 +49,10 @@ class SnapshotKeeper:
         """Snapshots dropped to stay within the budget, and re-made for a push."""
         self.kept_bytes = 0
         """Bytes of snapshots on disk at the last ``bound``."""
+        self.last_error: str | None = None
+        """The last snapshot file ``bound`` could not stat or drop."""
+        self._remaking: dict[object, asyncio.Lock] = {}
+        self._log = RateLimitedLog(log)
 
     def budget(self) -> int:
         return max(BUDGET_MIN_BYTES, int(self._capacity() * BUDGET_FRACTION))
@@ -55,8 +62,12 @@ class SnapshotKeeper:
         when it was dropped (a failed re-make leaves the path missing: the push fails as
         vanished and the scanner registers the database's new version)."""
         source = self.scanner.push_source(art)
-        if is_database(art.path) and art.origin == self.node and not source.exists():
-            if await asyncio.to_thread(self.scanner.restore_snapshot, art):
+        if not is_database(art.path) or art.origin != self.node or source.exists():
+            return source
+        async with self._remaking.setdefault(art.ident, asyncio.Lock()):
+            # one re-make per version, however many pushes want it at once
+            if not source.exists() and \
+                    await asyncio.to_thread(self.scanner.restore_snapshot, art):
                 self.totals["remade"] += 1
         return source
 
@@ -73,40 +84,64 @@ class SnapshotKeeper:
                 self.scanner.snapshot_path(art.data_type, art.path).unlink(missing_ok=True)
 
     async def bound(self) -> int:
-        """Drop snapshots past the budget (those that can be re-made); returns how many."""
-        own = [a for a in self.manifest.artifacts(origin=self.node) if is_database(a.path)]
-        dropped = await asyncio.to_thread(self._bound, own, self.inflight.idents(),
-                                          self.budget())
+        """Drop snapshots past the budget (those that can be re-made and whose version is
+        held verified elsewhere); returns how many. A file it cannot stat or drop is logged
+        and skipped: keeping the budget never fails a cycle."""
+        me = self.node
+        own = [a for a in self.manifest.artifacts(origin=me) if is_database(a.path)]
+        placed = {a.ident for a in own if self.manifest.verified_holders(a) - {me}}
+        current = {a.ident for a in own}
+        for ident in [i for i, lock in self._remaking.items()
+                      if i not in current and not lock.locked()]:
+            del self._remaking[ident]  # versions gone or superseded
+        sizes, candidates = await asyncio.to_thread(self._survey, own, placed, self.budget())
+        dropped = 0
+        total = sum(sizes)
+        for size, snap, art in candidates:
+            if total <= self.budget():
+                break
+            if art.ident in self.inflight.idents():  # claimed since the survey
+                continue
+            try:
+                snap.unlink(missing_ok=True)
+            except OSError as exc:
+                self._problem(snap, exc)
+                continue
+            total -= size
+            dropped += 1
+        self.kept_bytes = total
         self.totals["dropped_for_budget"] += dropped
         if dropped:
             log.info("%s: dropped %d database snapshots to stay within its snapshot budget"
-                     " (re-made when pushed)", self.node, dropped)
+                     " (re-made when pushed)", me, dropped)
         return dropped
 
-    def _bound(self, own: list[Artifact], busy: set[object], budget: int) -> int:
-        """In a worker thread: stat the snapshots, drop the largest re-makeable ones."""
+    def _survey(self, own: list[Artifact], placed: set[object], budget: int
+                ) -> tuple[list[int], list[tuple[int, Path, Artifact]]]:
+        """In a worker thread: the snapshots' sizes, and (past the budget) the ones that may
+        be dropped, largest first."""
+        sizes: list[int] = []
         kept: list[tuple[int, Path, Artifact]] = []
         for art in own:
             snap = self.scanner.snapshot_path(art.data_type, art.path)
             try:
-                kept.append((snap.stat().st_blocks * 512, snap, art))
+                size = snap.stat().st_blocks * 512
             except FileNotFoundError:
                 continue
-        total = sum(size for size, _, _ in kept)
-        self.kept_bytes = total
-        if total <= budget:
-            return 0
-        dropped = 0
-        for size, snap, art in sorted(kept, key=lambda k: -k[0]):
-            if total <= budget:
-                break
-            if art.ident in busy or not self._remakeable(art):
+            except OSError as exc:
+                self._problem(snap, exc)
                 continue
-            snap.unlink(missing_ok=True)
-            total -= size
-            dropped += 1
-        self.kept_bytes = total
-        return dropped
+            sizes.append(size)
+            kept.append((size, snap, art))
+        if sum(sizes) <= budget:
+            return sizes, []
+        droppable = [k for k in kept if k[2].ident in placed and self._remakeable(k[2])]
+        return sizes, sorted(droppable, key=lambda k: -k[0])
+
+    def _problem(self, snap: Path, exc: OSError) -> None:
+        self.last_error = f"{snap.name}: {describe(exc)}"
+        self._log.warning(f"snapshot:{type(exc).__name__}", "%s: snapshot budget: %s",
+                          self.node, self.last_error)
 
     def _remakeable(self, art: Artifact) -> bool:
         """The database is exactly the file that was hashed: its snapshot can be re-made."""

@@ -254,9 +254,11 @@ def test_the_coordinator_rehomes_a_deleted_source_whose_copy_was_lost(make_clust
 
     wait_for(lambda: len(copies()) >= 2, 15, what="a second copy again")
     assert "coord" in copies()
-    done = [e["payload"] for e in cluster.events("coord", "DATA_SYNC_COMPLETED")
-            if e["payload"]["reason"] == "orphan_games_recovery"]
-    assert done and done[0]["artifacts"] == ["npz/k/a.npz"]
+    # the run reports once its pushes are done (the copy lands a moment before that)
+    done = wait_for(lambda: [e["payload"] for e in cluster.events("coord", "DATA_SYNC_COMPLETED")
+                             if e["payload"]["reason"] == "orphan_games_recovery"], 10,
+                    what="the re-homing run's DATA_SYNC_COMPLETED")
+    assert done[0]["artifacts"] == ["npz/k/a.npz"]
 
     # a new file under the deleted name is a new version: synced beside the vouched copies
     # of the deleted one, which it never replaces

@@ -15,6 +15,7 @@ import pytest
 
 from engine.config.schema import AutoSync
 from engine.daemons.auto_sync import AutoSyncDaemon
+from engine.daemons.retry import RetryState
 from engine.events import EventType
 from engine.manifest import ClusterManifest
 from engine.transport import TransferError
@@ -215,3 +216,44 @@ async def test_a_push_that_cannot_be_retried_needs_an_operator(parts: NodeParts)
     assert not health.is_healthy and health.message == "1 pushes need an operator"
     assert health.details["blocked"] == ["npz/k/a.npz -> coord"]
     assert daemon.status()["blocked"] == 1
+
+
+async def test_a_snapshot_that_cannot_be_remade_fails_its_push_not_the_cycle(
+        parts: NodeParts, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An OSError re-making one database's snapshot is that push's failure: the cycle ends
+    normally, the other file arrives and no claim is left behind."""
+    daemon = make_daemon(parts)
+    write_file(parts.data.root / "npz" / "k" / "a.npz", b"a" * 700)
+    write_file(parts.data.root / "npz" / "k" / "b.npz", b"b" * 700)
+    real = parts.snapshots.source_for
+
+    async def source_for(art):  # type: ignore[no-untyped-def]
+        if art.path.endswith("b.npz"):
+            raise OSError(5, "Input/output error")
+        return await real(art)
+
+    monkeypatch.setattr(parts.snapshots, "source_for", source_for)
+    report = await daemon.run_cycle()
+    assert (report.pushed, report.failed) == (1, 1)
+    [failed] = parts.events(EventType.DATA_SYNC_FAILED)
+    assert failed.artifact == "npz/k/b.npz" and "Input/output error" in failed.error
+    assert failed.retry_in_seconds is not None
+    assert len(parts.pushes.path.inflight) == 0
+
+
+async def test_only_retries_of_pushes_a_cycle_would_make_wake_the_daemon(
+        parts: NodeParts) -> None:
+    """A due retry of a version that was superseded (or of a live snapshot) must not make
+    the daemon cycle every 50 ms for ever."""
+    daemon = make_daemon(parts, interval=60.0)
+    file = write_file(parts.data.root / "npz" / "k" / "a.npz", b"a" * 700)
+    parts.transport.fail["coord"] = TransferError("coord unreachable")
+    await daemon.run_cycle()
+    [old] = parts.manifest.artifacts(origin=NODE)
+    assert parts.pushes.path.state((old.ident, "coord")) is not None
+    parts.pushes.path.retries[("live", "games/k/x.db")] = RetryState(1, 0.0)  # due now
+    write_file(file, b"b" * 900)  # rewritten: a new version supersedes the failed one
+    del parts.transport.fail["coord"]
+    await daemon.run_cycle()
+    assert parts.pushes.path.state((old.ident, "coord")) is None, "the stale key went"
+    assert daemon.next_delay() == pytest.approx(60.0, abs=0.5)

@@ -138,7 +138,7 @@ async def test_a_node_that_refuses_is_retried_with_a_growing_capped_backoff() ->
         count = len(tries)
         await asyncio.sleep(0.3)
     assert len(tries) == count  # stopped: no further try
-    assert feed._tasks == [] and len(feed._follows) == 0
+    assert len(feed._follows) == 0
     assert not feed.connected["gpu-1"] and feed.cursors["gpu-1"] == 0
     gaps = [b - a for a, b in zip(tries, tries[1:])]
     assert gaps[0] >= 0.04 and gaps[1] >= 0.09 and gaps[2] >= 0.18  # 0.05, 0.1, 0.2 ...

@@ -107,7 +107,8 @@ class Pushes:
 def make_push_path(manifest: ClusterManifest, bus: EventBus | None = None, *,
                    node: str = NODE, breakers: Breakers | None = None, threshold: int = 3,
                    strategy: str = "push_from_generator", attach: bool = True,
-                   slots: int = 4, inflight: InFlight | None = None) -> Pushes:
+                   slots: int = 4, inflight: InFlight | None = None,
+                   pause: PauseGate | None = None) -> Pushes:
     bus = bus or EventBus(node)
     clock = [1000.0]
     breakers = breakers or Breakers(node, bus, failure_threshold=threshold, reset_seconds=30,
@@ -119,7 +120,7 @@ def make_push_path(manifest: ClusterManifest, bus: EventBus | None = None, *,
                     breakers=breakers, transfers=transfers, record=manifest.register_sync,
                     emit=bus.emit, url_of=lambda n: f"http://{n}.test:9000",
                     on_backpressure=lambda t, why: pressure.append((t, why)),
-                    retry=RetryPolicy(10.0, 60.0))
+                    retry=RetryPolicy(10.0, 60.0), pause=pause)
     if attach:
         path.attach(Transports([transport], "http"))
     return Pushes(path, transport, manifest, bus, breakers, transfers, pressure, clock)
@@ -420,3 +421,34 @@ async def test_forget_drops_the_retry_state_of_rejected_keys(
     parts.path.failed(artifact.key, "coord", "x", True, "interval", ("b", 2))
     parts.path.forget(lambda k: k[0] == "a")
     assert set(parts.path.retries) == {("a", 1)}
+
+
+async def test_a_push_waiting_for_a_slot_starts_nothing_once_the_node_is_paused(
+        open_manifest: Callable[[str], ClusterManifest], art: tuple[Artifact, Path]) -> None:
+    bus = EventBus(NODE)
+    gate = PauseGate(NODE, bus.emit)
+    parts = make_push_path(open_manifest(NODE), bus, slots=1, pause=gate)
+    artifact, file = art
+    parts.transport.gate = asyncio.Event()
+    first = asyncio.create_task(parts.path.push(artifact, "coord", "interval", source_file=file))
+    await parts.transport.started.wait()
+    queued = asyncio.create_task(parts.path.push(artifact, "cpu-1", "interval",
+                                                 source_file=file))
+    await asyncio.sleep(0.01)
+    gate.set(True, "test")  # paused while the second push waits for the only slot
+    parts.transport.gate.set()
+    assert await first is True
+    assert await queued is None
+    assert parts.transport.targets() == ["coord"]
+
+
+async def test_a_live_push_refused_as_not_retryable_is_still_tried_again(
+        parts: Pushes, art: tuple[Artifact, Path]) -> None:
+    """A 401 during a token rotation must not stop a database's live snapshots for good."""
+    artifact, file = art
+    parts.transport.fail["coord"] = TransferError("401 bad token", retryable=False)
+    key = ("live", artifact.key)
+    assert await parts.path.push(artifact, "coord", "live_snapshot", source_file=file,
+                                 live=True, retry_key=key) is False
+    state = parts.path.state(key)
+    assert state is not None and not state.permanent

@@ -232,3 +232,27 @@ async def test_the_coordinator_rehomes_orphans_of_a_node_that_is_down(
     parts.manifest.remove_replica(art.ident, "cpu-1")
     assert recovery.orphans() == [], "an origin that is up pushes its own"
     await recovery.stop()
+
+
+async def test_a_run_never_releases_a_pair_another_component_claimed_after_it(
+        parts: NodeParts) -> None:
+    """The run's push to coord fails and lets the pair go; an auto sync cycle claims (v,
+    coord) before the run ends; the run's end must leave that claim alone."""
+    art = own(parts, "a.npz")
+    transport = parts.pushes.transport
+    transport.fail["coord"] = TransferError("coord unreachable")
+    transport.holds["cpu-1"] = asyncio.Event()  # the run's other push takes a while
+    recovery = make_recovery(parts)
+    inflight = parts.pushes.path.inflight
+    run = asyncio.create_task(recovery.replicate(recovery.shortfalls(), "disk_pressure"))
+    for _ in range(200):
+        if parts.pushes.events(EventType.DATA_SYNC_FAILED):  # the push to coord failed
+            break
+        await asyncio.sleep(0.01)
+    assert "coord" in transport.targets()
+    assert (art.ident, "coord") not in inflight
+    assert inflight.claim_one((art.ident, "coord")), "another component claims it now"
+    transport.holds["cpu-1"].set()
+    await run
+    assert (art.ident, "coord") in inflight, "the run dropped someone else's claim"
+    assert (art.ident, "cpu-1") not in inflight

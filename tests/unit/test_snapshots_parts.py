@@ -46,10 +46,19 @@ def footprint(parts: NodeParts, art: Artifact) -> int:
     return snap(parts, art).stat().st_blocks * 512
 
 
+def placed(parts: NodeParts, art: Artifact, on: str = "coord") -> None:
+    """``on`` holds ``art`` verified (a receipt recorded it)."""
+    parts.manifest.set_replica(Replica(art.data_type, art.path, on, art.sha256, time.time(),
+                                       origin=art.origin, root_id=f"root-{on}"))
+
+
 @pytest.fixture
 def three(parts: NodeParts, monkeypatch: pytest.MonkeyPatch) -> dict[str, Artifact]:
-    """small, medium and large, with a budget one byte short of all three."""
+    """small, medium and large, each already held verified by the coordinator (waiting for
+    further targets), with a budget one byte short of all three."""
     arts = register(parts, small=5, medium=40, large=160)
+    for art in arts.values():
+        placed(parts, art)
     sizes = {name: footprint(parts, a) for name, a in arts.items()}
     assert sizes["small"] < sizes["medium"] < sizes["large"]
     monkeypatch.setattr(snapshots_module, "BUDGET_MIN_BYTES", sum(sizes.values()) - 1)
@@ -146,3 +155,31 @@ async def test_a_plain_file_is_its_own_source(parts: NodeParts) -> None:
     art = Artifact("npz", "k/a.npz", "k", 3, "0" * 64, 1.0, NODE)
     assert await parts.snapshots.source_for(art) == file
     assert parts.snapshots.totals["remade"] == 0
+
+
+async def test_a_version_no_other_node_holds_keeps_its_snapshot_past_the_budget(
+        parts: NodeParts, monkeypatch: pytest.MonkeyPatch) -> None:
+    """If its database later changed or vanished, the snapshot would be the only bytes of
+    that version: the budget never drops it (the reviewer's scenario: coord down, then the
+    source removed)."""
+    arts = register(parts, alone=160, placed=40)
+    placed(parts, arts["placed"])
+    monkeypatch.setattr(snapshots_module, "BUDGET_MIN_BYTES", 1)
+    keeper = parts.snapshots
+    assert await keeper.bound() == 1
+    assert present(parts, arts) == {"alone"}
+    (parts.data.root / "games" / "k" / "alone.db").unlink()  # the writer removes its source
+    source = await keeper.source_for(arts["alone"])
+    assert source.exists() and sha256_file(source) == arts["alone"].sha256
+
+
+async def test_concurrent_pushes_remake_a_dropped_snapshot_once(
+        parts: NodeParts, three: dict[str, Artifact]) -> None:
+    import asyncio
+    keeper = parts.snapshots
+    await keeper.bound()
+    large = three["large"]
+    assert not snap(parts, large).exists()
+    sources = await asyncio.gather(*(keeper.source_for(large) for _ in range(4)))
+    assert all(s.exists() and sha256_file(s) == large.sha256 for s in sources)
+    assert keeper.totals["remade"] == 1
