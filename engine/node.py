@@ -224,11 +224,11 @@ class Node:
             self.name, self.config.push.min_copies_before_delete,
             self.config.push.cleanup_percent, self.config.transfer.finished_after_seconds,
             data=self.data, manifest=self.manifest, scanner=self.scanner,
-            inflight=self.inflight, vouches=self.vouches, measure=self.refresh_disk,
-            note_stored=self.note_stored, emit=self.events.emit)
+            inflight=self.inflight, vouches=self.vouches, measure=self.usage.refresh,
+            note_stored=self.usage.note_stored, emit=self.events.emit)
         """Deletes sources behind live-vouched copies (the cleanup level)."""
         self.push = None if self.host.is_coordinator else SyncPushDaemon(
-            self.name, self.config.push, measure=self.refresh_disk,
+            self.name, self.config.push, measure=self.usage.refresh,
             refresh_view=self.view_refresher.refresh, recovery=self.recovery,
             cleaner=self.cleaner, pause=self.pause, emit=self.events.emit)
         self.verifier = ReplicaVerifier(self.name, manifest=self.manifest, copies=self.copies,
@@ -448,21 +448,6 @@ class Node:
         cycle now, whatever the backoff."""
         self.daemon.sync_now(reason.partition(":")[0])
 
-    async def refresh_disk(self) -> dict[str, Any]:
-        """Measure usage now (not at the next refresh) and return ``disk()``."""
-        return await self.usage.refresh()
-
-    def disk(self) -> dict[str, Any]:
-        """Usage against the node's capacity: its quota when set, else its disk."""
-        return self.usage.disk()
-
-    def has_room_for(self, nbytes: int) -> bool:
-        return self.usage.has_room_for(nbytes)
-
-    def note_stored(self, size: int) -> None:
-        """Count a newly stored object until the next capacity refresh measures it."""
-        self.usage.note_stored(size)
-
     # -- control ----------------------------------------------------------------------------
     def request_priority_sync(self, reason: str, config_key: str | None) -> dict[str, Any]:
         self.events.emit(PrioritySyncRequested(reason=reason, source_node=self.name,
@@ -503,7 +488,7 @@ class Node:
             "root_id": self.root_id, "manifest_id": self.manifest.manifest_id,
             "uptime_seconds": round(time.time() - self.started_at, 1),
             "strategy": self.daemon.strategy, "paused": self.pause.paused,
-            "disk": self.disk(),
+            "disk": self.usage.disk(),
             "thresholds": {"push_percent": push.push_percent, "urgent_percent": push.urgent_percent,
                            "cleanup_percent": push.cleanup_percent,
                            "min_copies_before_delete": push.min_copies_before_delete},
@@ -531,7 +516,7 @@ class Node:
             return {"coordinator": self.config.coordinator.name, "members": {}}
         return {"coordinator": self.name, "members": self.membership.view(),
                 "self": {"name": self.name, "state": "up",
-                         "status": {"disk": self.disk(),
+                         "status": {"disk": self.usage.disk(),
                                     "backpressure": self.backpressure.status()}}}
 
     def health_check(self) -> HealthCheckResult:

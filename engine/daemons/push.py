@@ -74,7 +74,7 @@ class SyncPushDaemon:
         self.thresholds = thresholds
         """push/urgent/cleanup percentages and min_copies_before_delete."""
         self._measure = measure
-        """Measures usage now (``Node.refresh_disk``)."""
+        """Measures usage now (``DiskUsage.refresh``)."""
         self._refresh_view = refresh_view
         """Fetches free space and down nodes now (``ClusterViewRefresher.refresh``)."""
         self.recovery = recovery

@@ -89,16 +89,18 @@ class SnapshotKeeper:
         and skipped: keeping the budget never fails a cycle."""
         me = self.node
         own = [a for a in self.manifest.artifacts(origin=me) if is_database(a.path)]
-        placed = {a.ident for a in own if self.manifest.verified_holders(a) - {me}}
+        holders = self.manifest.verified_holders_by_artifact(me)  # one query, not one per db
+        placed = {a.ident for a in own if holders.get(a.ident, set()) - {me}}
         current = {a.ident for a in own}
         for ident in [i for i, lock in self._remaking.items()
                       if i not in current and not lock.locked()]:
             del self._remaking[ident]  # versions gone or superseded
-        sizes, candidates = await asyncio.to_thread(self._survey, own, placed, self.budget())
+        budget = self.budget()
+        sizes, candidates = await asyncio.to_thread(self._survey, own, placed, budget)
         dropped = 0
         total = sum(sizes)
         for size, snap, art in candidates:
-            if total <= self.budget():
+            if total <= budget:
                 break
             if art.ident in self.inflight.idents():  # claimed since the survey
                 continue

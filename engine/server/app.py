@@ -26,6 +26,7 @@ from typing import Protocol
 
 from aiohttp import web
 
+from engine.capacity import DiskUsage
 from engine.copies import StoredCopies
 from engine.daemons.recovery import DEFAULT_REASON
 from engine.daemons.verification import VerificationRunning
@@ -173,9 +174,7 @@ class ServedNode(NodeApi, Protocol):
     transfers: TransferTracker
     uploads_in_progress: set[Path]
     backpressure: Refusing
-
-    def has_room_for(self, nbytes: int) -> bool: ...
-    def note_stored(self, size: int) -> None: ...
+    usage: DiskUsage
 
 
 def storage(node: ServedNode) -> Storage:
@@ -183,7 +182,7 @@ def storage(node: ServedNode) -> Storage:
     transfer = node.config.transfer
     return Storage(node.name, node.root_id, node.config.hosts, node.data, node.manifest,
                    node.copies, node.transfers, node.uploads_in_progress, node.events.emit,
-                   node.backpressure.refuses, node.has_room_for, node.note_stored,
+                   node.backpressure.refuses, node.usage.has_room_for, node.usage.note_stored,
                    transfer.chunk_bytes, transfer.integrity_check_max_bytes)
 
 
