@@ -90,6 +90,7 @@ class NodeProc:
     data_root: Path
     log: Path
     proc: subprocess.Popen | None = None
+    address: str = "127.0.0.1"
 
 
 class Cluster:
@@ -106,9 +107,9 @@ class Cluster:
         """Extra environment per node name (e.g. libfaketime), applied when it (re)starts."""
         roles = [("coord", "coordinator")] + [(f"gpu-{i}", "gpu") for i in range(1, gpus + 1)] \
             + [(f"cpu-{i}", "cpu") for i in range(1, cpus + 1)]
-        for (name, role), port in zip(roles, free_ports(len(roles))):
+        for (name, role), (address, port) in zip(roles, self.endpoints([n for n, _ in roles])):
             self.nodes[name] = NodeProc(name, role, port, root / "nodes" / name,
-                                        root / "logs" / f"{name}.log")
+                                        root / "logs" / f"{name}.log", address=address)
         self.settings: dict[str, Any] = {
             "cluster_name": "test", "token": TOKEN,
             "auto_sync": {"enabled": True, "interval_seconds": interval,
@@ -122,7 +123,7 @@ class Cluster:
             "transfer": {"finished_after_seconds": finished_after, "retry_base_seconds": 0.2,
                          "retry_max_seconds": 2.0},
             "hosts": {n.name: {"role": n.role, "provider": "lambda" if n.role == "gpu" else "hetzner",
-                               "address": "127.0.0.1", "port": n.port,
+                               "address": n.address, "port": n.port,
                                "data_root": str(n.data_root),
                                # a quota keeps disk pressure about the data root, not the
                                # test machine's disk (a full /tmp must not start cleanups)
@@ -132,6 +133,12 @@ class Cluster:
         }
         _merge(self.settings, config or {})
         self.config_path.write_text(yaml.safe_dump(self.settings, sort_keys=False))
+
+    # -- where nodes live ---------------------------------------------------------------------
+    def endpoints(self, names: list[str]) -> list[tuple[str, int]]:
+        """(address, port) for each node: here a free port each on 127.0.0.1
+        (``tests.support.hosts.HostsCluster``: an address each, the default port)."""
+        return [("127.0.0.1", port) for port in free_ports(len(names))]
 
     # -- processes --------------------------------------------------------------------------
     def command(self, name: str) -> list[str]:
@@ -206,7 +213,8 @@ class Cluster:
                 headers: dict[str, str] | None = None, token: str | None = TOKEN,
                 timeout: float = 30.0) -> Response:
         """One raw HTTP request (no URL normalisation, so traversal tests mean it)."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.nodes[name].port, timeout=timeout)
+        node = self.nodes[name]
+        conn = http.client.HTTPConnection(node.address, node.port, timeout=timeout)
         try:
             hdrs = dict(headers or {})
             if token is not None:

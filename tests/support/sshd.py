@@ -60,11 +60,16 @@ def _current_user() -> str:
 class SshServer:
     """Context manager running a throwaway sshd; see module docstring."""
 
-    def __init__(self, start_timeout: float = 10.0, port_attempts: int = 3) -> None:
+    def __init__(self, start_timeout: float = 10.0, port_attempts: int = 3, host: str = HOST,
+                 port: int | None = None, wrap: list[str] | None = None) -> None:
+        """``host``/``port``: where it listens (a free loopback port by default); ``wrap``:
+        an argv prefix sshd runs under (``ip netns exec NS`` for a host in a namespace)."""
         self.start_timeout = start_timeout
-        self.port_attempts = port_attempts
+        self.port_attempts = port_attempts if port is None else 1
         self.user = _current_user()
-        self.host = HOST
+        self.host = host
+        self._fixed_port = port
+        self._wrap = list(wrap or [])
         self.port: int = 0
         self.dir: Path | None = None
         self.client_key: Path | None = None
@@ -77,7 +82,7 @@ class SshServer:
 
     @property
     def target(self) -> str:
-        """`user@127.0.0.1`, the ssh/rsync destination prefix."""
+        """`user@host`, the ssh/rsync destination prefix."""
         return f"{self.user}@{self.host}"
 
     def ssh_args(self) -> list[str]:
@@ -107,7 +112,7 @@ class SshServer:
             self._make_keys()
             last_error = ""
             for _ in range(self.port_attempts):
-                self.port = free_port()
+                self.port = self._fixed_port or free_port()
                 self._write_config()
                 error = self._launch_and_wait()
                 if error is None:
@@ -116,7 +121,7 @@ class SshServer:
                 self._terminate()
                 if "Address already in use" not in error:
                     break  # not a port race: retrying won't help
-            raise RuntimeError(f"sshd did not come up on {HOST}:{self.port}: {last_error}")
+            raise RuntimeError(f"sshd did not come up on {self.host}:{self.port}: {last_error}")
         except BaseException:
             self.stop()
             raise
@@ -161,13 +166,14 @@ class SshServer:
     def _write_config(self) -> None:
         assert self.dir is not None
         host_pub = Path(f"{self.host_key}.pub").read_text().split()
-        # Non-default port: known_hosts names the host as [127.0.0.1]:PORT.
-        self.known_hosts.write_text(f"[{HOST}]:{self.port} {host_pub[0]} {host_pub[1]}\n")
+        # Non-default port: known_hosts names the host as [host]:PORT.
+        name = self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+        self.known_hosts.write_text(f"{name} {host_pub[0]} {host_pub[1]}\n")
         self.config = self.dir / "sshd_config"
         self.config.write_text(
             "\n".join(
                 [
-                    f"ListenAddress {HOST}",
+                    f"ListenAddress {self.host}",
                     f"Port {self.port}",
                     f"HostKey {self.host_key}",
                     f"AuthorizedKeysFile {self.authorized_keys}",
@@ -195,7 +201,7 @@ class SshServer:
         assert self.log is not None
         with open(self.log, "wb") as log:
             self._proc = subprocess.Popen(
-                [SSHD, "-D", "-e", "-f", str(self.config)],
+                [*self._wrap, SSHD, "-D", "-e", "-f", str(self.config)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,  # keep terminal signals (Ctrl-C) for us to handle
             )
@@ -222,7 +228,7 @@ class SshServer:
 
     def _port_accepts(self) -> bool:
         try:
-            with socket.create_connection((HOST, self.port), timeout=0.5):
+            with socket.create_connection((self.host, self.port), timeout=0.5):
                 return True
         except OSError:
             return False
