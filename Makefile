@@ -8,7 +8,8 @@ STAMP  := $(VENV)/.stamp
 
 PYTEST_ARGS ?=
 
-.PHONY: venv test chaos demo bench bench-tui bench-cleanup bench-scrub bench-gossip bench-connections system-deps clean
+.PHONY: venv test test-hosts chaos demo bench bench-tui bench-cleanup bench-scrub bench-gossip bench-connections \
+	bench-hosts bench-hosts-scale system-deps clean
 
 venv: $(STAMP)
 
@@ -24,8 +25,14 @@ $(STAMP): pyproject.toml
 system-deps:
 	@bash .ci/system-deps
 
+# The whole suite; the hosts tier (tests/hosts) runs in it when root, and skips otherwise.
 test: venv system-deps
 	$(PY) -m pytest -q tests/ $(PYTEST_ARGS)
+
+# The hosts tier alone: every node a real host in its own network namespace with a shaped
+# link, partitions, loss and blocked ports (needs root; docs/hosts.md).
+test-hosts: venv system-deps
+	$(PY) -m pytest -q tests/hosts/ $(PYTEST_ARGS)
 
 # The seeded fault campaign (docs/chaos.md): SEEDS seeds from SEED_START, one line per seed
 # (chaos seed=S lost=L unsafe_deletes=U torn=T deletions=D faults=F); fails on any L/U/T > 0 or
@@ -68,6 +75,18 @@ bench-gossip: venv
 # slow-header connections.
 bench-connections: venv
 	$(PY) bench/connections.py
+
+# On real links (root): rates achieved against link and limit, and time from a partition to
+# NODE_SUSPECT/NODE_DOWN and from healing to NODE_RECOVERED.
+bench-hosts: venv system-deps
+	$(PY) bench/hosts_links.py
+	$(PY) bench/hosts_partition.py
+
+# The 32-node example cluster in namespaces, the demo generator for MINUTES minutes: every
+# artifact verified on the coordinator; coordinator CPU, RSS, manifest size, event rate.
+MINUTES ?= 3
+bench-hosts-scale: venv system-deps
+	$(PY) bench/hosts_scale.py --minutes $(MINUTES)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist *.egg-info bench/out snapshot_report.html
