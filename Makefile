@@ -27,7 +27,7 @@ system-deps:
 
 # The whole suite; the hosts tier (tests/hosts) runs in it when root, and skips otherwise.
 test: venv system-deps
-	$(PY) -m pytest -q tests/ $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=25 tests/ $(PYTEST_ARGS)
 
 # The hosts tier alone: every node a real host in its own network namespace with a shaped
 # link, partitions, loss and blocked ports (needs root; docs/hosts.md).

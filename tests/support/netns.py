@@ -126,7 +126,7 @@ class Network:
     ``destroy`` removes every one of them, also after a failed ``create``."""
 
     def __init__(self, names: Iterable[str], prefix: str | None = None) -> None:
-        self.prefix = prefix or f"rs{random.getrandbits(16):04x}"
+        self.prefix = prefix or _free_prefix()
         """Starts every namespace, interface and record name this network makes."""
         self.bridge = f"{self.prefix}br"
         self.subnet = _free_subnet()
@@ -257,6 +257,17 @@ class Network:
 
     def _apply_faults(self, host: Host) -> None:
         _run(["ip", "netns", "exec", host.netns, "nft", "-f", "-"], input=host.faults.ruleset())
+
+
+def _free_prefix() -> str:
+    """``rs`` and 4 hex digits that no live network, namespace or link here starts with."""
+    taken = {p.stem for p in RECORDS.glob("*.json")} if RECORDS.is_dir() else set()
+    names = _netns_names() + _link_names()
+    for _ in range(100):
+        prefix = f"rs{random.getrandbits(16):04x}"
+        if prefix not in taken and not any(n.startswith(prefix) for n in names):
+            return prefix
+    raise NetworkError("no free name prefix")
 
 
 def _free_subnet() -> ipaddress.IPv4Network:
