@@ -8,8 +8,7 @@ STAMP  := $(VENV)/.stamp
 
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-hosts chaos demo bench bench-tui bench-cleanup bench-scrub bench-gossip bench-connections \
-	bench-hosts bench-hosts-scale system-deps clean
+.PHONY: venv test test-hosts chaos demo bench bench-tui bench-cleanup bench-scrub bench-gossip bench-connections system-deps clean
 
 venv: $(STAMP)
 
@@ -75,18 +74,6 @@ bench-gossip: venv
 # slow-header connections.
 bench-connections: venv
 	$(PY) bench/connections.py
-
-# On real links (root): rates achieved against link and limit, and time from a partition to
-# NODE_SUSPECT/NODE_DOWN and from healing to NODE_RECOVERED.
-bench-hosts: venv system-deps
-	$(PY) bench/hosts_links.py
-	$(PY) bench/hosts_partition.py
-
-# The 32-node example cluster in namespaces, the demo generator for MINUTES minutes: every
-# artifact verified on the coordinator; coordinator CPU, RSS, manifest size, event rate.
-MINUTES ?= 3
-bench-hosts-scale: venv system-deps
-	$(PY) bench/hosts_scale.py --minutes $(MINUTES)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist *.egg-info bench/out snapshot_report.html

@@ -299,6 +299,12 @@ def _link_names() -> list[str]:
 
 
 def _destroy(bridge: str, namespaces: list[str]) -> None:
+    # Delete the bridge-side veths first: that removes each pair at once, while a deleted
+    # namespace's own teardown is deferred by the kernel (lingering sockets keep it alive).
+    prefix = bridge[:-2]
+    for link in _link_names():
+        if link.startswith(f"{prefix}h"):
+            _run(["ip", "link", "del", link], check=False)
     existing = set(_netns_names())
     for netns in namespaces:
         if netns in existing:
@@ -306,9 +312,9 @@ def _destroy(bridge: str, namespaces: list[str]) -> None:
     if bridge in _link_names():
         _run(["ip", "link", "del", bridge], check=False)
     # a namespace's veth goes with the namespace; wait for the kernel to finish that
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 10
     while time.monotonic() < deadline and any(
-            link.startswith(bridge[:-2]) for link in _link_names()):
+            link.startswith(prefix) for link in _link_names()):
         time.sleep(0.05)
 
 
