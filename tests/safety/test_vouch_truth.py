@@ -139,7 +139,9 @@ def test_a_decommissioned_holder_does_not_stop_cleanup(safety_cluster):
     cluster.start_node("gpu-1")  # it reads the new config; its manifest still names cpu-1
     fill(cluster, "gpu-1", "b", 350 * KIB)
     wait_for(lambda: not source.exists(), 60, what="a deleted behind coord and cpu-2")
-    assert sorted(deleted(cluster, "gpu-1")[REL]["vouched_by"]) == ["coord", "cpu-2"]
+    # ARTIFACT_DELETED is written just after the unlink: wait for it, don't race it
+    record = wait_for(lambda: deleted(cluster, "gpu-1").get(REL), 10, what="ARTIFACT_DELETED")
+    assert sorted(record["vouched_by"]) == ["coord", "cpu-2"]
     assert {"coord", "cpu-2"} <= set(intact_copies(cluster, "gpu-1", REL, sha(body)))
 
 
