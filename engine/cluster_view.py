@@ -11,7 +11,11 @@ target at once (``SyncRouter.backpressure``).
 A change seen in a refresh (a node back up, backpressure on or off) goes to the router's
 handlers, the same ones the node's own event bus feeds (``SyncRouter.on_event``), so the
 router reacts the same way to an event emitted here and to one seen through the coordinator.
-Without an answer from the coordinator the last view stands.
+Without an answer from the coordinator the last view stands. That is memory, not news: after
+``FAIL_AFTER_MISSES`` refreshes in a row without one (a coordinator partitioned away, down,
+or answering garbage) the ``cluster_view`` step fails, so the supervisor emits
+COMPONENT_FAILED, ``/health`` names it and the log says so; the first answer after that is
+COMPONENT_RECOVERED. One miss alone (a coordinator still starting) is only logged.
 """
 
 from __future__ import annotations
@@ -26,6 +30,14 @@ from engine.peer_client import PeerClient, PeerError
 log = logging.getLogger(__name__)
 
 Listener = Callable[[str, "str | None"], None]
+
+FAIL_AFTER_MISSES = 2
+"""Refreshes in a row without a usable answer from the coordinator before the step fails."""
+
+
+class NoClusterView(Exception):
+    """The coordinator gave no usable ``/v1/cluster`` answer ``FAIL_AFTER_MISSES`` times in a
+    row: this node is acting on a view that may be stale."""
 
 
 class ClusterView:
@@ -109,10 +121,18 @@ class ClusterViewRefresher:
         """The router's handlers for a node back up and backpressure on or off."""
         self._members = members
         """Membership's view, on the coordinator (None elsewhere: ask the coordinator)."""
+        self.misses = 0
+        """Refreshes in a row that got no usable answer."""
 
     async def step(self) -> None:
-        """One refresh (the ``cluster_view`` service's step, every ``interval``)."""
-        await self.refresh()
+        """One refresh (the ``cluster_view`` service's step, every ``interval``); raises
+        ``NoClusterView`` from the ``FAIL_AFTER_MISSES``-th miss in a row on."""
+        if await self.refresh() or self.misses < FAIL_AFTER_MISSES:
+            return
+        age = (f"last answer {time.time() - self.view.refreshed_at:.0f} s ago"
+               if self.view.refreshed_at is not None else "no answer since start")
+        raise NoClusterView(f"no cluster view from {self.coordinator} ({self.misses} refreshes"
+                            f" in a row, {age}): {self.view.last_error}")
 
     async def refresh(self) -> bool:
         """One refresh now; False when the coordinator gave no usable answer (kept as the
@@ -123,15 +143,20 @@ class ClusterViewRefresher:
             try:
                 answer = await self._peers.get(self.coordinator, "/v1/cluster", timeout=5)
             except PeerError as exc:
-                self.view.last_error = str(exc)
-                log.debug("no cluster view from the coordinator: %s", self.view.last_error)
-                return False
+                return self._missed(str(exc))
             members = answer.get("members") if isinstance(answer, dict) else None
             if not isinstance(members, dict):
-                self.view.last_error = "/v1/cluster answered without members"
-                return False
+                return self._missed(f"{self.coordinator} answered /v1/cluster without members")
             if isinstance(answer.get("self"), dict):  # the coordinator's own disk and backpressure
                 members = {**members, self.coordinator: answer["self"]}
         self.view.apply(members, self.known, self._on_recovered, self._on_backpressure,
                         self._set_capacity)
+        self.misses = 0
         return True
+
+    def _missed(self, error: str) -> bool:
+        self.misses += 1
+        self.view.last_error = error
+        if self.misses < FAIL_AFTER_MISSES:  # from the next miss on, the supervisor reports it
+            log.info("no cluster view from %s: %s", self.coordinator, error)
+        return False

@@ -336,7 +336,8 @@ class Node:
         supervisor.add(Service("capacity", self._capacity_step, CAPACITY_REFRESH_SECONDS,
                                first_delay=CAPACITY_REFRESH_SECONDS))
         supervisor.add(Service("cluster_view", self.view_refresher.step,
-                               self.view_refresher.interval))
+                               self.view_refresher.interval,
+                               max_backoff=self.view_refresher.interval))
         if self.membership:
             supervisor.add(Service("membership", self.membership.check_all,
                                    self.membership.interval))

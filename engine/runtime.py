@@ -76,6 +76,9 @@ class Service:
     wakeup: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     """Set, it runs the next step now instead of at the end of the interval (a component
     may pass its own event)."""
+    max_backoff: float | None = None
+    """The longest wait before a restart after failures (None: ``BACKOFF_MAX_SECONDS``); a
+    component that must notice a recovery soon (the cluster view) caps it at its interval."""
     next_delay: Callable[[], float] | None = field(default=None, repr=False)
     """When given, the seconds to wait after each step (e.g. until the soonest retry is
     due), instead of what is left of ``interval``."""
@@ -189,6 +192,8 @@ class Supervisor:
         if service.failing_since is None:
             service.failing_since = time.time()
         wait = self._backoff(service.failures)
+        if service.max_backoff is not None:
+            wait = min(wait, service.max_backoff)
         if service.failures == 1:
             log.error("%s on %s failed: %s; restarting in %.0fs", service.name, self.node,
                       service.last_error, wait, exc_info=exc)

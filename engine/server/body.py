@@ -18,28 +18,8 @@ from aiohttp import web
 
 from engine import diskio
 from engine.hashing import sha256_prefix
+from engine.stall import IDLE_ENV, UPLOAD_IDLE_SECONDS, upload_idle_seconds  # noqa: F401 (re-exported)
 from engine.transfers import Transfer
-
-UPLOAD_IDLE_SECONDS = 30.0
-"""How long one read of an upload's body may wait for bytes before the upload is given up
-(overridable with the environment variable ``RINGSYNC_UPLOAD_IDLE_SECONDS``)."""
-
-IDLE_ENV = "RINGSYNC_UPLOAD_IDLE_SECONDS"
-
-
-def upload_idle_seconds() -> float:
-    """``UPLOAD_IDLE_SECONDS``, or ``$RINGSYNC_UPLOAD_IDLE_SECONDS`` when set to a positive
-    number (read at each call, so a test can set it per node)."""
-    raw = os.environ.get(IDLE_ENV)
-    if raw:
-        try:
-            value = float(raw)
-        except ValueError:
-            return UPLOAD_IDLE_SECONDS
-        if value > 0:
-            return value
-    return UPLOAD_IDLE_SECONDS
-
 
 class UploadStalled(Exception):
     """No byte of the body arrived for ``idle`` seconds; what did arrive is in the part."""

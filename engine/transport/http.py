@@ -28,6 +28,7 @@ import aiohttp
 from engine.bandwidth import BandwidthCoordinator
 from engine.errors import describe
 from engine.health import HealthCheckResult
+from engine.stall import upload_idle_seconds
 from engine.headers import (H_BACKPRESSURE, H_KEY, H_LIVE, H_MTIME, H_OFFSET, H_ORIGIN,
                             H_REASON, H_ROOT, H_SHA, H_SIZE, H_SOURCE, H_URGENCY, H_VERIFIED)
 from engine.transfers import Transfer
@@ -135,30 +136,48 @@ class HttpTransport:
             headers[H_KEY] = art.config_key
         if request.live:
             headers[H_LIVE] = "1"
+        idle = upload_idle_seconds()
         async with self.bandwidth.allocate(request.target, art.key) as alloc:
-            body = self._read(request.source_file, offset, art.size, alloc, transfer)
-            async with self.session.put(url, data=body, headers=headers) as resp:
-                if resp.status in (200, 201):
-                    answer = await resp.json()
-                    if answer.get("sha256") != art.sha256 or answer.get("size") != art.size:
-                        raise TransferError(f"{request.target} verified {answer.get('sha256')}"
-                                            f" but we sent {art.sha256}")
-                    if request.live and answer.get("live") is not True:
-                        raise TransferError(f"{request.target} did not keep {art.key} apart as"
-                                            " a live snapshot (older ringsync?)", retryable=False)
-                    return PushResult(request.target, answer["sha256"], answer["size"],
-                                      float(answer["verified_at"]),
-                                      bool(answer.get("already_present")), transfer.done,
-                                      answer.get("root_id"))
-                if resp.status == 409:
-                    detail = await _json(resp)
-                    if "offset" in detail:
-                        return int(detail["offset"])
-                raise await _error(resp, request.target, art.key)
+            try:
+                async with asyncio.timeout(None) as stall:
+                    body = self._read(request.source_file, offset, art.size, alloc, transfer,
+                                      _StallGuard(stall, idle))
+                    return await self._send(request, url, body, headers, transfer)
+            except TimeoutError:
+                if not stall.expired():
+                    raise
+                raise TransferError(
+                    f"{request.target} took no bytes of {art.key} for {idle:g} s (stalled after"
+                    f" {offset + transfer.done} of {art.size} bytes: a partition or a vanished"
+                    " host)") from None
+
+    async def _send(self, request: PushRequest, url: str, body: AsyncIterator[bytes],
+                    headers: dict[str, str], transfer: Transfer) -> int | PushResult:
+        art = request.artifact
+        async with self.session.put(url, data=body, headers=headers) as resp:
+            if resp.status in (200, 201):
+                answer = await resp.json()
+                if answer.get("sha256") != art.sha256 or answer.get("size") != art.size:
+                    raise TransferError(f"{request.target} verified {answer.get('sha256')}"
+                                        f" but we sent {art.sha256}")
+                if request.live and answer.get("live") is not True:
+                    raise TransferError(f"{request.target} did not keep {art.key} apart as"
+                                        " a live snapshot (older ringsync?)", retryable=False)
+                return PushResult(request.target, answer["sha256"], answer["size"],
+                                  float(answer["verified_at"]),
+                                  bool(answer.get("already_present")), transfer.done,
+                                  answer.get("root_id"))
+            if resp.status == 409:
+                detail = await _json(resp)
+                if "offset" in detail:
+                    return int(detail["offset"])
+            raise await _error(resp, request.target, art.key)
 
     async def _read(self, path: Path, offset: int, size: int, alloc,
-                    transfer: Transfer) -> AsyncIterator[bytes]:
-        """Stream ``path[offset:size]`` in chunks, reading the next chunk while one is sent."""
+                    transfer: Transfer, stall: _StallGuard) -> AsyncIterator[bytes]:
+        """Stream ``path[offset:size]`` in chunks, reading the next chunk while one is sent.
+        While a chunk is with the connection (``yield``) the stall guard runs; while this
+        node reads or waits for its bandwidth it does not."""
         fh = await asyncio.to_thread(open, path, "rb")
         nxt: asyncio.Future[bytes] | None = None
         try:
@@ -175,11 +194,28 @@ class HttpTransport:
                         asyncio.to_thread(fh.read, min(self.chunk_bytes, remaining)))
                 await alloc.consume(len(data))
                 transfer.done += len(data)
+                stall.arm()
                 yield data
+                stall.disarm()
         finally:
             if nxt is not None and not nxt.done():  # never close under a pending read
                 await asyncio.gather(nxt, return_exceptions=True)
             fh.close()
+
+
+class _StallGuard:
+    """Cancels a push whose connection has held one chunk for ``idle`` seconds (the target
+    takes no bytes: TCP's send buffer is full and nothing is acknowledged)."""
+
+    def __init__(self, timeout: asyncio.Timeout, idle: float) -> None:
+        self._timeout = timeout
+        self._idle = idle
+
+    def arm(self) -> None:
+        self._timeout.reschedule(asyncio.get_running_loop().time() + self._idle)
+
+    def disarm(self) -> None:
+        self._timeout.reschedule(None)
 
 
 async def _json(resp: aiohttp.ClientResponse) -> dict:

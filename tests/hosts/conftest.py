@@ -31,11 +31,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture
 def make_hosts(tmp_path: Path) -> Iterator:
-    """Start a cluster of hosts: ``make_hosts(gpus=2, links={...}, **config_overrides)``."""
+    """Start a cluster of hosts: ``make_hosts(gpus=2, links={...}, env={node: {...}},
+    **cluster_kwargs)``."""
     started: list[HostsCluster] = []
 
-    def factory(skip: tuple[str, ...] = (), **kwargs) -> HostsCluster:
+    def factory(skip: tuple[str, ...] = (), env: dict[str, dict[str, str]] | None = None,
+                **kwargs) -> HostsCluster:
         cluster = HostsCluster(tmp_path / f"hosts{len(started)}", **kwargs)
+        cluster.env.update(env or {})
         started.append(cluster)
         cluster.start(skip)
         return cluster

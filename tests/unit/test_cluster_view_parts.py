@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from engine.cluster_view import ClusterView, ClusterViewRefresher
+from engine.cluster_view import ClusterView, ClusterViewRefresher, NoClusterView
 from engine.config import ClusterConfig
 from engine.daemons.breaker import Breakers
 from engine.events import EventBus
@@ -105,7 +105,7 @@ async def test_without_a_usable_answer_the_last_view_stands(
         assert await parts.refresher.refresh() is True
         refreshed = parts.view.refreshed_at
         assert await parts.refresher.refresh() is False
-        assert parts.view.last_error == "/v1/cluster answered without members"
+        assert parts.view.last_error == "coord answered /v1/cluster without members"
         assert await parts.refresher.refresh() is False
         assert parts.view.last_error is not None and "500" in parts.view.last_error
     assert parts.view.down == {"gpu-2"} and parts.view.refreshed_at == refreshed
@@ -128,3 +128,29 @@ async def test_on_the_coordinator_the_view_reads_membership_and_asks_nobody(
     assert parts.view.is_down("gpu-2") and parts.view.down == set()
     assert parts.view.backpressure == {"cpu-1": "disk"}
     assert manifest.capacity()["gpu-1"]["total_bytes"] == 9
+
+
+async def test_a_coordinator_silent_twice_in_a_row_fails_the_step_until_it_answers(
+        tmp_path: Path, open_manifest: Callable[[str], ClusterManifest]) -> None:
+    """One miss (a coordinator still starting) is not a failure; the second in a row is, so
+    the supervisor reports it (COMPONENT_FAILED, /health); an answer ends the streak."""
+    manifest = open_manifest("gpu-1")
+    answers = [cluster_answer("up", False), None, None, None, cluster_answer("down", False)]
+
+    async def cluster(_request: web.Request) -> web.Response:
+        answer = answers.pop(0)
+        return web.json_response(answer) if answer else web.Response(status=502)
+
+    async with peers({"coord": {"GET /v1/cluster": cluster}}, caller="gpu-1") as client:
+        parts = Parts(tmp_path, manifest, client)
+        await parts.refresher.step()
+        await parts.refresher.step()  # one miss: logged only
+        assert parts.refresher.misses == 1
+        for misses in (2, 3):
+            with pytest.raises(NoClusterView) as failed:
+                await parts.refresher.step()
+            assert parts.refresher.misses == misses
+            assert str(failed.value).startswith(f"no cluster view from coord ({misses} refreshes")
+            assert "502" in str(failed.value) and "last answer 0 s ago" in str(failed.value)
+        await parts.refresher.step()
+    assert parts.refresher.misses == 0 and parts.view.down == {"gpu-2"}

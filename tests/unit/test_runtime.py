@@ -143,3 +143,20 @@ def test_rate_limited_log_writes_one_line_per_window(caplog) -> None:
     lines = [r.getMessage() for r in caplog.records]
     assert lines == ["push to coord failed", "breaker open",
                      "push to coord failed (99 more like this in the last 60s)"]
+
+
+async def test_max_backoff_caps_the_wait_before_a_restart() -> None:
+    events: list[Payload] = []
+
+    async def step() -> None:
+        raise OSError("coord unreachable")
+
+    sup = Supervisor("n1", events.append, backoff_for=lambda streak: 60.0 * streak)
+    capped = sup.add(Service("cluster_view", step, interval=0.02, max_backoff=0.02))
+    plain = sup.add(Service("membership", step, interval=0.02))
+    await sup.start()
+    await until(lambda: capped.failures >= 3)
+    await sup.stop()
+    waits = {e.component: e.restart_in_seconds for e in events if isinstance(e, ComponentFailed)}
+    assert waits == {"cluster_view": 0.02, "membership": 60.0}
+    assert plain.failures == 1
