@@ -1,9 +1,11 @@
 """The seeded fault campaign: a real cluster, a generator, a fault injector and an oracle.
 
 ``run_seed(seed, workdir, fault_seconds=...)`` starts a coordinator, 3 GPU nodes and 2 CPU
-nodes (each its own ``ringsync --engine-only`` process, own data root, own loopback port),
+nodes (each its own ``ringsync --engine-only`` process and data root; as root a real host in
+its own network namespace, else on its own loopback port),
 writes artifacts into the GPU nodes' data roots as docs/generators.md says, injects faults
-chosen and timed by ``random.Random(seed)``, heals the cluster and judges it from files on disk.
+chosen and timed by ``random.Random(seed)`` (as root, network faults too: ``NET_FAULTS``),
+heals the cluster and judges it from files on disk.
 See docs/chaos.md for what each fault and each verdict means.
 """
 
@@ -26,6 +28,8 @@ from typing import Any, Callable
 from tests.chaos.ledger import (DiskReader, Entry, Ledger, copy_paths, count_copies,
                                 intact, is_db, row_digest, source_path, visible_files)
 from tests.support.cluster import REPO, Cluster
+from tests.support.hosts import HostsCluster
+from tests.support.netns import unavailable as netns_unavailable
 
 GPUS, CPUS = 3, 2
 GPU_QUOTA = "3MiB"
@@ -37,6 +41,9 @@ FAKETIME_LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 SMALL_FS_BYTES = 2 * 2**20
 FAULTS = ("kill", "kill_coordinator", "stop_cont", "bit_rot", "replace_same_size",
           "append_rows", "collision", "clock_step", "restore_root", "crash_mid_delete")
+NET_FAULTS = ("partition", "partial_partition", "loss", "link_flap")
+"""Run too when the cluster is one of real hosts in network namespaces (root; CHAOS_NETWORK=0
+turns them off): nftables partitions and loss, a link's carrier down and up."""
 
 
 def log_line(fh, text: str) -> None:
@@ -44,13 +51,30 @@ def log_line(fh, text: str) -> None:
     fh.flush()
 
 
-class ChaosCluster(Cluster):
+class _Pids:
+    nodes: dict[str, Any]
+
+    def pid(self, name: str) -> int | None:
+        """The live pid of a node (``ip netns exec`` execs, so it is the node's own)."""
+        p = self.nodes[name].proc
+        return p.pid if p is not None and p.poll() is None else None
+
+
+class ChaosCluster(_Pids, Cluster):
     """``Cluster`` plus the live pid of a node (its per-node environment, e.g. libfaketime, is
     ``Cluster.env``)."""
 
-    def pid(self, name: str) -> int | None:
-        p = self.nodes[name].proc
-        return p.pid if p is not None and p.poll() is None else None
+
+class HostsChaosCluster(_Pids, HostsCluster):
+    """The same on real hosts: each node in its own network namespace (``HostsCluster``), so
+    the network faults can run."""
+
+
+def network_wanted() -> str | None:
+    """Why the campaign runs without network faults (None: it runs them)."""
+    if os.environ.get("CHAOS_NETWORK", "1") == "0":
+        return "network faults off (CHAOS_NETWORK=0)"
+    return netns_unavailable()
 
 
 @dataclass
@@ -112,11 +136,15 @@ class Campaign:
         self.clock_node = self.rng.choice(names)
         self.small_fs_node = self.rng.choice([n for n in names if n.startswith("cpu")])
         self.restore_node = self.rng.choice([n for n in self.holders if n != self.small_fs_node])
-        self.fault_order = list(FAULTS)
+        self.no_network = network_wanted()
+        self.faults = FAULTS + (NET_FAULTS if self.no_network is None else ())
+        self.net_faulted: set[str] = set()   # nodes under a network fault now
+        self.fault_order = list(self.faults)
         self.rng.shuffle(self.fault_order)
         hosts: dict[str, Any] = {g: {"disk_quota": GPU_QUOTA} for g in self.gpus}
         hosts[self.small_fs_node] = {"disk_quota": "1GiB"}   # the quota does not save it: its disk is small
-        self.cluster = ChaosCluster(
+        cluster_class = ChaosCluster if self.no_network else HostsChaosCluster
+        self.cluster = cluster_class(
             workdir / "cluster", gpus=GPUS, cpus=CPUS, interval=0.5, finished_after=0.5,
             config={"sync_routing": {"replication_target": 2},
                     "push": {"interval_seconds": 0.5, "min_copies_before_delete": MIN_COPIES},
@@ -139,6 +167,8 @@ class Campaign:
         log_line(self.log, f"seed={self.seed} clock_node={self.clock_node} "
                            f"small_fs_node={self.small_fs_node} restore_node={self.restore_node} "
                            f"order={self.fault_order} engine={engine_commit()}")
+        if self.no_network:
+            self.note(f"network faults skipped: {self.no_network}")
         self.clock_file.write_text("+0\n")
         if Path(FAKETIME_LIB).exists():
             self.cluster.env[self.clock_node] = {
@@ -364,6 +394,10 @@ class Campaign:
                 break
             except AssertionError as exc:
                 self.note(f"{name} did not come back (attempt {attempt + 1}): {str(exc)[-600:]}")
+                proc = self.cluster.nodes[name].proc  # never two of it on one data root
+                if proc is not None and proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
                 time.sleep(1)
         self.down.discard(name)
         log_line(self.log, f"restarted {name}")
@@ -677,6 +711,82 @@ class Campaign:
         log_line(self.log, f"crash_mid_delete on {name}: no deletion within 20 s")
         return False
 
+    # -- network faults (real hosts only) ------------------------------------------------------
+    def _net_target(self) -> str | None:
+        c = [n for n in self.roots if n not in self.net_faulted]
+        return self.rng.choice(c) if c else None
+
+    def _net_heal_later(self, name: str, delay: float, undo: Callable[[], None],
+                        what: str) -> None:
+        def heal() -> None:
+            undo()
+            self.net_faulted.discard(name)
+            log_line(self.log, f"healed {what}")
+        self._later(delay, heal, f"heal {what}")
+
+    def f_partition(self) -> bool:
+        """Drop every packet between a node and every other node (not the harness, which
+        must still restart it) for 3-8 s."""
+        name = self._net_target()
+        if name is None:
+            return False
+        others = [n for n in self.roots if n != name]
+        self.cluster.net.partition(name, from_=others)
+        self.net_faulted.add(name)
+        delay = self.rng.uniform(3.0, 8.0)
+        self.fault(f"partition: {name} cut off from every node, healed in {delay:.1f}s")
+        self._net_heal_later(name, delay, lambda: self.cluster.net.heal(name),
+                             f"partition of {name}")
+        return True
+
+    def f_partial_partition(self) -> bool:
+        """Cut a node off from some of the others only (each side still sees the rest)."""
+        name = self._net_target()
+        if name is None:
+            return False
+        others = [n for n in self.roots if n != name]
+        cut = sorted(self.rng.sample(others, self.rng.randint(1, len(others) - 1)))
+        self.cluster.net.partition(name, from_=cut)
+        self.net_faulted.add(name)
+        delay = self.rng.uniform(3.0, 8.0)
+        self.fault(f"partial_partition: {name} cut off from {cut}, healed in {delay:.1f}s")
+        self._net_heal_later(name, delay, lambda: self.cluster.net.heal(name),
+                             f"partial partition of {name}")
+        return True
+
+    def f_loss(self) -> bool:
+        """Drop 2-10 % of a node's packets at random, each way, for 5-12 s."""
+        name = self._net_target()
+        if name is None:
+            return False
+        percent = round(self.rng.uniform(2.0, 10.0), 1)
+        self.cluster.net.loss(name, percent)
+        self.net_faulted.add(name)
+        delay = self.rng.uniform(5.0, 12.0)
+        self.fault(f"loss: {percent} % of {name}'s packets dropped for {delay:.1f}s")
+        self._net_heal_later(name, delay, lambda: self.cluster.net.loss(name, 0),
+                             f"loss on {name}")
+        return True
+
+    def f_link_flap(self) -> bool:
+        """Take a node's link down and up 2-4 times (0.3-1.5 s down each time). Done here,
+        not through ``_later``: a restart that ``_run_pending`` waits on must not find the
+        link left down."""
+        name = self._net_target()
+        if name is None:
+            return False
+        downs = [round(self.rng.uniform(0.3, 1.5), 2) for _ in range(self.rng.randint(2, 4))]
+        self.fault(f"link_flap: {name}'s link down {len(downs)} times for {downs} s")
+        try:
+            for down in downs:
+                self.cluster.net.link(name, False)
+                time.sleep(down)
+                self.cluster.net.link(name, True)
+                time.sleep(self.rng.uniform(0.3, 1.0))
+        finally:
+            self.cluster.net.link(name, True)
+        return True
+
     def injector(self, until: float) -> None:
         order = list(self.fault_order)
         snapshot_due = time.monotonic() + self.rng.uniform(6, 10)
@@ -690,10 +800,10 @@ class Campaign:
             if snapshot_due and now >= snapshot_due:
                 snapshot_due = 0 if self.snapshot_root() else now + 2
             if now >= next_fault:
-                kind = order.pop(0) if order else self.rng.choice(FAULTS)
+                kind = order.pop(0) if order else self.rng.choice(self.faults)
                 if kind == "restore_root" and (now < restore_due or not self.snapshot_at):
                     order.insert(min(2, len(order)), kind)
-                    kind = self.rng.choice([f for f in FAULTS if f != "restore_root"])
+                    kind = self.rng.choice([f for f in self.faults if f != "restore_root"])
                 try:
                     done = getattr(self, "f_" + kind)()
                 except Exception:
@@ -708,7 +818,7 @@ class Campaign:
                                                  else self.rng.uniform(1.5, 4.0))
             time.sleep(0.05)
         self._run_pending(force=True)
-        for kind in FAULTS:
+        for kind in self.faults:
             if not any(f.startswith(kind + ":") for f in self.result.faults):
                 self.note(f"fault {kind} did not run in this seed")
 
@@ -721,6 +831,11 @@ class Campaign:
             if pid:
                 os.kill(pid, signal.SIGCONT)
         self.stopped.clear()
+        if self.no_network is None:
+            self.pending = [p for p in self.pending if not p[2].startswith("heal ")]
+            for name in self.cluster.nodes:
+                self.cluster.net.clear(name)
+            self.net_faulted.clear()
         log_line(self.log, "heal: restarting every node")
         for name in self.cluster.nodes:
             self._stop_term(name)
