@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.stamp
 
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-hosts chaos demo bench bench-tui bench-cleanup bench-scrub bench-gossip bench-connections system-deps clean
+.PHONY: venv test test-hosts chaos demo bench bench-tui bench-cleanup bench-scrub bench-gossip bench-connections bench-hosts bench-hosts-scale system-deps clean
 
 venv: $(STAMP)
 
@@ -74,6 +74,19 @@ bench-gossip: venv
 # slow-header connections.
 bench-connections: venv
 	$(PY) bench/connections.py
+
+# Real hosts in network namespaces (root): rates against tbf links and engine limits (with a
+# raw TCP baseline), then partition -> NODE_SUSPECT/NODE_DOWN and heal -> NODE_RECOVERED times.
+bench-hosts: venv system-deps
+	$(PY) bench/hosts_links.py
+	$(PY) bench/hosts_partition.py
+
+# The 32-node example config as real hosts, the demo generator on its 24 GPU nodes for
+# SCALE_SECONDS: every artifact verified on the coordinator, its CPU, RSS, manifest size and
+# the event rate.
+SCALE_SECONDS ?= 180
+bench-hosts-scale: venv system-deps
+	$(PY) bench/hosts_scale.py --duration $(SCALE_SECONDS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist *.egg-info bench/out snapshot_report.html
