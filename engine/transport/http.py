@@ -6,6 +6,10 @@ the declared size and SHA-256. The target hashes while writing and answers with 
 verification; a hash that does not match ours is a failure, never a success. A live
 snapshot (``PushRequest.live``) carries ``X-Ringsync-Live: 1`` on both requests.
 
+A target that takes no byte of the body for ``RINGSYNC_UPLOAD_IDLE_SECONDS`` (a partition, a
+vanished host: no FIN, no RST, the send buffer full) fails the push (``engine/stall.py``);
+aiohttp's own read timeout starts only once the whole body is sent.
+
 Errors: 400/401/403/409 are not retryable; anything else (5xx, 408 for an upload the
 receiver gave up as stalled, 422 for bytes that did not verify or a database that failed
 the receiver's integrity check, 503 for a failing disk there, 507 for a full one) is, and
@@ -36,6 +40,12 @@ from engine.transport.base import PushRequest, PushResult, TransferError
 
 UNHEALTHY_AFTER = 20
 """Failed pushes in a row (to any targets) after which the transport reports unhealthy."""
+
+
+PROGRESS_BYTES = 64 * 1024
+"""A chunk goes to the connection in pieces of this size: each piece taken is progress, so
+the stall guard never mistakes a big chunk on a slow link for a silent target (a 256 MiB
+chunk at 2 MB/s takes minutes; a piece at 2 KB/s still takes less than the idle bound)."""
 
 
 class HttpTransport:
@@ -176,8 +186,9 @@ class HttpTransport:
     async def _read(self, path: Path, offset: int, size: int, alloc,
                     transfer: Transfer, stall: _StallGuard) -> AsyncIterator[bytes]:
         """Stream ``path[offset:size]`` in chunks, reading the next chunk while one is sent.
-        While a chunk is with the connection (``yield``) the stall guard runs; while this
-        node reads or waits for its bandwidth it does not."""
+        While a piece is with the connection (``yield``) the stall guard runs; while this
+        node reads or waits for its bandwidth it does not. ``transfer.done`` counts the
+        pieces the connection took."""
         fh = await asyncio.to_thread(open, path, "rb")
         nxt: asyncio.Future[bytes] | None = None
         try:
@@ -193,10 +204,13 @@ class HttpTransport:
                     nxt = asyncio.ensure_future(
                         asyncio.to_thread(fh.read, min(self.chunk_bytes, remaining)))
                 await alloc.consume(len(data))
-                transfer.done += len(data)
-                stall.arm()
-                yield data
-                stall.disarm()
+                view = memoryview(data)
+                for start in range(0, len(data), PROGRESS_BYTES):
+                    piece = view[start:start + PROGRESS_BYTES]
+                    stall.arm()
+                    yield piece
+                    stall.disarm()
+                    transfer.done += len(piece)
         finally:
             if nxt is not None and not nxt.done():  # never close under a pending read
                 await asyncio.gather(nxt, return_exceptions=True)

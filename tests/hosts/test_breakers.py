@@ -126,3 +126,17 @@ def test_backpressure_released_during_a_partition_is_learned_after_the_heal(make
         wait_for(lambda: cluster.stored("coord", "gpu-1", f"npz/k/held_{i}.npz"), 40,
                  what=f"held_{i} after the heal")
     assert "coord" not in _view(cluster, "gpu-1")["backpressure"]
+
+
+def test_a_slow_link_with_big_chunks_is_not_a_stall(make_hosts) -> None:
+    # a 12 MiB chunk on a 1 MB/s link takes seconds to be taken whole; its 64 KiB pieces
+    # (engine/transport/http.py PROGRESS_BYTES) are progress, so a 2 s idle bound never fires
+    env = {name: {"RINGSYNC_UPLOAD_IDLE_SECONDS": "2"} for name in ("coord", "gpu-1")}
+    cluster: HostsCluster = make_hosts(gpus=1, links={"coord": 1.0, "gpu-1": 100.0}, env=env,
+                                       config={"transfer": {"chunk_bytes": "12MiB"}})
+    body = os.urandom(12 * MB)
+    write(cluster, "gpu-1", "npz/k/slow.npz", body)
+    copy = wait_for(lambda: cluster.stored("coord", "gpu-1", "npz/k/slow.npz"), 60,
+                    what="the copy over the slow link")
+    assert copy.read_bytes() == body
+    assert _failures(cluster, "gpu-1", "npz/k/slow.npz") == []
