@@ -226,10 +226,16 @@ class _StallGuard:
         self._idle = idle
 
     def arm(self) -> None:
-        self._timeout.reschedule(asyncio.get_running_loop().time() + self._idle)
+        self._set(asyncio.get_running_loop().time() + self._idle)
 
     def disarm(self) -> None:
-        self._timeout.reschedule(None)
+        self._set(None)
+
+    def _set(self, when: float | None) -> None:
+        try:
+            self._timeout.reschedule(when)
+        except RuntimeError:  # the push is over (its guard exited) while aiohttp still reads
+            pass
 
 
 async def _json(resp: aiohttp.ClientResponse) -> dict:
