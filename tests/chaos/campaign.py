@@ -727,31 +727,26 @@ class Campaign:
     def f_partition(self) -> bool:
         """Drop every packet between a node and every other node (not the harness, which
         must still restart it) for 3-8 s."""
-        name = self._net_target()
-        if name is None:
-            return False
-        others = [n for n in self.roots if n != name]
-        self.cluster.net.partition(name, from_=others)
-        self.net_faulted.add(name)
-        delay = self.rng.uniform(3.0, 8.0)
-        self.fault(f"partition: {name} cut off from every node, healed in {delay:.1f}s")
-        self._net_heal_later(name, delay, lambda: self.cluster.net.heal(name),
-                             f"partition of {name}")
-        return True
+        return self._partition("partition", lambda others: others)
 
     def f_partial_partition(self) -> bool:
         """Cut a node off from some of the others only (each side still sees the rest)."""
+        return self._partition("partial_partition", lambda others: sorted(
+            self.rng.sample(others, self.rng.randint(1, len(others) - 1))))
+
+    def _partition(self, kind: str, pick: Callable[[list[str]], list[str]]) -> bool:
         name = self._net_target()
         if name is None:
             return False
         others = [n for n in self.roots if n != name]
-        cut = sorted(self.rng.sample(others, self.rng.randint(1, len(others) - 1)))
+        cut = pick(others)
         self.cluster.net.partition(name, from_=cut)
         self.net_faulted.add(name)
         delay = self.rng.uniform(3.0, 8.0)
-        self.fault(f"partial_partition: {name} cut off from {cut}, healed in {delay:.1f}s")
+        whom = "every node" if cut == others else str(cut)
+        self.fault(f"{kind}: {name} cut off from {whom}, healed in {delay:.1f}s")
         self._net_heal_later(name, delay, lambda: self.cluster.net.heal(name),
-                             f"partial partition of {name}")
+                             f"{kind} of {name}")
         return True
 
     def f_loss(self) -> bool:
