@@ -32,6 +32,7 @@ from engine.capacity import DiskUsage
 from engine.cluster_feed import ClusterEventFeed
 from engine.config import ClusterConfig
 from engine.cluster_view import ClusterView, ClusterViewRefresher
+from engine.transport.ssh_setup import SshSetup
 from engine.daemons.auto_sync import AutoSyncDaemon
 from engine.daemons.cleanup import Cleaner
 from engine.daemons.limiter import PushLimiter
@@ -323,9 +324,16 @@ class Node:
 
     async def _components(self, _app: web.Application) -> AsyncIterator[None]:
         await self.peers.open()
+        ssh = self.ssh = SshSetup(self.name, self.data.state, self.config.hosts.values())
+        await asyncio.to_thread(ssh.write)
         context = TransportContext(self.name, self.peers.session, self.bandwidth,
-                                   self.config.transfer.chunk_bytes)
-        self.transports = Transports([transport_registry.build("http", context)], "http")
+                                   self.config.transfer.chunk_bytes, host_of=self.config.host,
+                                   ssh=ssh)
+        routes = {h.name: h.transport for h in self.config.hosts.values()
+                  if h.name != self.name and h.transport != "http"}
+        built = [transport_registry.build(name, context) for name in ("http", *sorted(
+            set(routes.values())))]
+        self.transports = Transports(built, "http", routes)
         """The transports this node pushes with, by name (``engine.transport.registry``)."""
         self.transport = self.transports.default
         self.pushes.attach(self.transports)
@@ -381,6 +389,7 @@ class Node:
         if self.manifest_pull:
             await self.manifest_pull.stop()
         await background.close()
+        await asyncio.to_thread(ssh.close)
         await self.peers.close()
         await self.hooks.stop()
         self.events.close()
@@ -528,7 +537,7 @@ class Node:
                  "live_snapshots": self.live.health_check(),
                  "verification": self.verifier.health_check(),
                  "scrub": self.scrub.health_check(),
-                 f"transport:{self.transport.name}": self.transport.health_check()}
+                 **{f"transport:{t.name}": t.health_check() for t in self.transports}}
         if self.membership:
             parts["membership"] = self.membership.health_check()
         if self.manifest_pull:

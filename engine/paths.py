@@ -156,11 +156,20 @@ class DataRoot:
         name = hashlib.sha256(key.encode()).hexdigest()[:32]
         return self.incoming / f"{name}.{sha256[:16]}.part"
 
+    def staged_path(self, data_type: str, rel: str, sha256: str, origin: str) -> Path:
+        """Where rsync puts ``origin``'s ``rel`` with declared ``sha256`` for this node to
+        verify and publish (``POST /v1/staged``): a file of its own beside the HTTP part,
+        so an rsync and an upload of one version never write into each other. rsync keeps
+        an interrupted transfer in ``incoming/.rsync-partial/`` (``--partial-dir``), never
+        under this name."""
+        return self.incoming / staged_name(data_type, rel, sha256, origin)
+
     def prune_partials(self, max_age: float, keep: set[Path], now: float) -> list[Path]:
-        """Delete partial uploads nobody has touched for ``max_age`` seconds (abandoned by
-        their sender), except those in ``keep``; returns what was removed."""
+        """Delete partial uploads and staged files nobody has touched for ``max_age`` seconds
+        (abandoned by their sender), except those in ``keep``; returns what was removed."""
         removed = []
-        for part in self.incoming.glob("*.part"):
+        staged = [*self.incoming.glob("*.rsync"), *self.incoming.glob(".rsync-partial/*")]
+        for part in [*self.incoming.glob("*.part"), *staged]:
             try:
                 if part not in keep and now - part.stat().st_mtime > max_age:
                     part.unlink()
@@ -199,6 +208,13 @@ class DataRoot:
                     except OSError:
                         continue
         return total
+
+
+def staged_name(data_type: str, rel: str, sha256: str, origin: str) -> str:
+    """The name under ``.ringsync/incoming/`` of a staged rsync (``DataRoot.staged_path``),
+    which a sender computes for a receiver's data root it only knows from the config."""
+    name = hashlib.sha256(f"{origin}:{data_type}/{rel}".encode()).hexdigest()[:32]
+    return f"{name}.{sha256[:16]}.rsync"
 
 
 def check_node_name(name: str) -> None:

@@ -104,10 +104,11 @@ class PushPath:
                 return None  # paused while this push waited for a slot
             if not self.breakers.begin(target):
                 return None  # opened while this push waited for a slot
-            transport = self.transports.get() if self.transports else None
+            transport = self.transports.for_target(target) if self.transports else None
             transfer = self.transfers.start(
                 direction="out", source=self.node, target=target, artifact=art.key,
-                size=art.size, transport=self.transport_name, attempt=attempt)
+                size=art.size, transport=transport.name if transport else "-",
+                attempt=attempt)
             try:
                 if transport is None:
                     raise TransferError("no transport yet (the node is starting)",

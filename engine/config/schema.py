@@ -28,6 +28,8 @@ __all__ = [
 Strategy = Literal["push_from_generator", "gossip", "broadcast", "ephemeral"]
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
 Role = Literal["coordinator", "gpu", "cpu"]
+TransportName = Literal["http", "rsync"]
+"""How other nodes push to a host: its HTTP API, or rsync over its SSH endpoint."""
 
 HOST_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -259,6 +261,22 @@ class SshConfig(_Model):
     port: int = Field(default=22, ge=1, le=65535)
     user: str = Field(min_length=1)
     key: str | None = None
+    host_key: str | None = None
+    """The host's public SSH key (``ssh-ed25519 AAAA…``, as in its
+    ``/etc/ssh/ssh_host_ed25519_key.pub``). ringsync writes the known_hosts file it checks
+    against from these (``StrictHostKeyChecking=yes``): a host without one is never
+    reached over SSH."""
+
+    @field_validator("host_key", mode="after")
+    @classmethod
+    def _key_line(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = value.split()
+        if len(parts) < 2 or not parts[0].startswith(("ssh-", "ecdsa-", "sk-")):
+            raise ValueError("host_key must be a public key line: '<type> <base64> [comment]'"
+                             " (e.g. the host's /etc/ssh/ssh_host_ed25519_key.pub)")
+        return f"{parts[0]} {parts[1]}"
 
 
 class HostConfig(_Model):
@@ -273,6 +291,9 @@ class HostConfig(_Model):
     bandwidth_mbps: Annotated[float, Field(gt=0)] | None = None
     ephemeral: bool = False
     strategy: Strategy | None = None
+    transport: TransportName = "http"
+    """How others push to this host: ``http`` (its API) or ``rsync`` (rsync over its
+    ``ssh`` endpoint, published through its API after the receiver verified the bytes)."""
 
     @field_validator("provider", mode="after")
     @classmethod
@@ -295,6 +316,14 @@ class HostConfig(_Model):
             base = context.get("base_dir") or Path.cwd()
             value = Path(base) / value
         return Path(os.path.normpath(value))
+
+    @model_validator(mode="after")
+    def _rsync_needs_ssh(self) -> HostConfig:
+        if self.transport == "rsync" and (self.ssh is None or self.ssh.host_key is None):
+            raise FieldProblem([("transport",), ("ssh",)],
+                               "transport rsync needs an ssh block with host_key (ringsync"
+                               " never reaches a host whose key it does not know)")
+        return self
 
     @property
     def url(self) -> str:

@@ -32,7 +32,7 @@ from engine.daemons.recovery import DEFAULT_REASON
 from engine.daemons.verification import VerificationRunning
 from engine.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from engine.paths import DataRoot
-from engine.server import gossip, objects, vouch
+from engine.server import gossip, objects, staged, vouch
 from engine.server.context import NODE_KEY, STORAGE_KEY, NodeApi, Storage, node_of
 from engine.server.events_stream import stream_events
 from engine.transfers import TransferTracker
@@ -204,6 +204,7 @@ def make_app(node: ServedNode) -> web.Application:
     app.router.add_post("/v1/control/recover", control_recover)
     app.router.add_post("/v1/control/verify", control_verify)
     objects.add_routes(app)
+    staged.add_routes(app)
     vouch.add_routes(app)
     gossip.add_routes(app)
     return app

@@ -230,38 +230,55 @@ async def put_object(request: web.Request) -> web.Response:
             raise
 
         received = offset + transfer.done
-        if received != size or digest != sha:
-            part.unlink(missing_ok=True)
-            error = (f"size mismatch: declared {size}, received {received}" if received != size
-                     else f"sha256 mismatch: declared {sha}, received {digest}")
-            store.transfers.finish(transfer, error=error)
-            _receive_failed(store, source, artifact_name, error)
-            raise _bad(web.HTTPUnprocessableEntity, error)
-        if is_database(rel):
-            result = await check_database_async(part, store.integrity_check_max_bytes)
-            if not result.ok:
-                raise await _reject_database(store, source, origin, data_type, rel, part, digest,
-                                             result.describe(), transfer)
-        if live_origin is not None:
-            target = store.data.live_path(live_origin, data_type, rel)
-            try:
-                await asyncio.to_thread(diskio.replace_live, part, target)
-            except diskio.DiskError as exc:
-                raise _disk_failed(store, source, artifact_name, part, exc, transfer) from None
-        else:
-            try:
-                await asyncio.to_thread(diskio.publish, part, final, store.data.root)
-            except diskio.DiskError as exc:
-                raise _disk_failed(store, source, artifact_name, part, exc, transfer) from None
-            except FileExistsError:
-                part.unlink(missing_ok=True)
-                store.transfers.finish(transfer, error="lost a race with another upload")
-                raise _bad(web.HTTPConflict,
-                           f"{artifact_name} appeared during the upload") from None
+        return await accept_part(store, request, part=part, digest=digest, received=received,
+                                 size=size, sha=sha, origin=origin, data_type=data_type,
+                                 rel=rel, final=final, transfer=transfer,
+                                 live_origin=live_origin, transport="http")
     finally:
         store.uploads.discard(part)
+
+
+async def accept_part(store: Storage, request: web.Request, *, part: Path, digest: str,
+                      received: int, size: int, sha: str, origin: str, data_type: str,
+                      rel: str, final: Path, transfer: Transfer, live_origin: str | None,
+                      transport: str) -> web.Response:
+    """The one way received bytes become a copy, whatever carried them (an HTTP body, a
+    file rsync staged): ``received`` bytes hashing to ``digest`` must be the declared size
+    and SHA-256, a database must pass SQLite's check, then ``part`` is published atomically
+    under ``final`` (or kept apart as a live snapshot) and registered. Anything else
+    discards or quarantines it and answers 422 (409 when another copy won the race)."""
+    source = request.headers.get(H_SOURCE, "unknown")
+    artifact_name = f"{data_type}/{rel}"
+    if received != size or digest != sha:
+        part.unlink(missing_ok=True)
+        error = (f"size mismatch: declared {size}, received {received}" if received != size
+                 else f"sha256 mismatch: declared {sha}, received {digest}")
+        store.transfers.finish(transfer, error=error)
+        _receive_failed(store, source, artifact_name, error)
+        raise _bad(web.HTTPUnprocessableEntity, error)
+    if is_database(rel):
+        result = await check_database_async(part, store.integrity_check_max_bytes)
+        if not result.ok:
+            raise await _reject_database(store, source, origin, data_type, rel, part, digest,
+                                         result.describe(), transfer)
+    if live_origin is not None:
+        target = store.data.live_path(live_origin, data_type, rel)
+        try:
+            await asyncio.to_thread(diskio.replace_live, part, target)
+        except diskio.DiskError as exc:
+            raise _disk_failed(store, source, artifact_name, part, exc, transfer) from None
+    else:
+        try:
+            await asyncio.to_thread(diskio.publish, part, final, store.data.root)
+        except diskio.DiskError as exc:
+            raise _disk_failed(store, source, artifact_name, part, exc, transfer) from None
+        except FileExistsError:
+            part.unlink(missing_ok=True)
+            store.transfers.finish(transfer, error="lost a race with another upload")
+            raise _bad(web.HTTPConflict,
+                       f"{artifact_name} appeared during the upload") from None
     return await _stored(store, request, origin, data_type, rel, size, sha, transfer,
-                         live_origin)
+                         live_origin, transport)
 
 
 def _disk_failed(store: Storage, source: str, artifact_name: str, part: Path,
@@ -300,7 +317,7 @@ async def _held(store: Storage, ident: tuple[str, str, str, str], final: Path,
 
 async def _stored(store: Storage, request: web.Request, origin: str, data_type: str, rel: str,
                   size: int, sha: str, transfer: Transfer,
-                  live_origin: str | None) -> web.Response:
+                  live_origin: str | None, transport: str) -> web.Response:
     """Record a verified arrival: a finished artifact is registered as a verified replica
     (and any live snapshot of it dropped); a live snapshot is only reported."""
     source = request.headers.get(H_SOURCE, "unknown")
@@ -313,7 +330,7 @@ async def _stored(store: Storage, request: web.Request, origin: str, data_type: 
         except ValueError:
             mtime = verified_at
         store.manifest.register_sync(
-            SyncReceipt(data_type, rel, source, store.name, sha, size, verified_at, "http",
+            SyncReceipt(data_type, rel, source, store.name, sha, size, verified_at, transport,
                         origin=origin, root_id=store.root_id),
             Artifact(data_type, rel, request.headers.get(H_KEY) or None, size, sha, mtime,
                      origin))

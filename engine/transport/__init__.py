@@ -4,8 +4,11 @@ plugged in by name through ``engine.transport.registry``."""
 from engine.transport import registry
 from engine.transport.base import PushRequest, PushResult, Transport, TransferError
 from engine.transport.http import HttpTransport
+from engine.transport.rsync import RsyncTransport
 
 registry.register("http", lambda ctx: HttpTransport(ctx.session, ctx.node, ctx.bandwidth,
                                                     ctx.chunk_bytes))
+registry.register("rsync", lambda ctx: RsyncTransport(ctx.session, ctx.node, ctx.bandwidth,
+                                                      ctx.host_of, ctx.ssh))
 
-__all__ = ["HttpTransport", "PushRequest", "PushResult", "Transport", "TransferError", "registry"]
+__all__ = ["HttpTransport", "RsyncTransport", "PushRequest", "PushResult", "Transport", "TransferError", "registry"]

@@ -8,8 +8,9 @@ the built transports by name and the default one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 
@@ -27,6 +28,10 @@ class TransportContext:
     """The node's one peer session (the cluster token in its headers)."""
     bandwidth: BandwidthCoordinator
     chunk_bytes: int
+    host_of: Callable[[str], Any] | None = None
+    """A host's config by name (``HostConfig``), for transports that need more than its URL."""
+    ssh: Any = None
+    """The node's ``SshSetup`` (known_hosts and ssh options), for transports over SSH."""
 
 
 Factory = Callable[[TransportContext], Transport]
@@ -60,12 +65,22 @@ def build(name: str, context: TransportContext) -> Transport:
 class Transports:
     """The transports one node built, by name; ``default`` carries pushes that name none."""
 
-    def __init__(self, built: Iterable[Transport], default: str) -> None:
+    def __init__(self, built: Iterable[Transport], default: str,
+                 routes: Mapping[str, str] | None = None) -> None:
         self._by_name = {t.name: t for t in built}
         if default not in self._by_name:
             raise UnknownTransport(f"default transport {default!r} was not built")
         self.default = self._by_name[default]
         """The transport a push uses unless it names another."""
+        self.routes = dict(routes or {})
+        """Target node -> the transport pushes to it take (``hosts.<name>.transport``)."""
+        for target, name in self.routes.items():
+            if name not in self._by_name:
+                raise UnknownTransport(f"transport {name!r} for {target} was not built")
+
+    def for_target(self, target: str) -> Transport:
+        """The transport that carries pushes to ``target``."""
+        return self._by_name[self.routes.get(target, self.default.name)]
 
     def get(self, name: str | None = None) -> Transport:
         if name is None:

@@ -42,18 +42,19 @@ def test_a_factory_registers_once_and_gets_the_context(factories: dict) -> None:
 
     def factory(ctx: TransportContext) -> Named:
         seen.append(ctx)
-        return Named("rsync")
+        return Named("torrent")
 
-    registry.register("rsync", factory)
-    assert registry.available() == sorted(["http", "rsync"])
+    assert registry.available() == ["http", "rsync"]
+    registry.register("torrent", factory)
+    assert registry.available() == ["http", "rsync", "torrent"]
     with pytest.raises(ValueError, match="registered already"):
-        registry.register("rsync", factory)
+        registry.register("torrent", factory)
     context = TransportContext("gpu-1", None, None, 1)  # type: ignore[arg-type]
-    assert registry.build("rsync", context).name == "rsync"
+    assert registry.build("torrent", context).name == "torrent"
     assert seen == [context]
-    with pytest.raises(UnknownTransport, match=r"no transport named 'torrent' \(available:"
-                                               r" http, rsync\)"):
-        registry.build("torrent", context)
+    with pytest.raises(UnknownTransport, match=r"no transport named 'relay' \(available:"
+                                               r" http, rsync, torrent\)"):
+        registry.build("relay", context)
 
 
 def test_transports_by_name_and_the_default() -> None:
@@ -63,6 +64,10 @@ def test_transports_by_name_and_the_default() -> None:
     assert transports.get() is rsync and transports.get(None) is rsync
     assert transports.get("http") is http
     assert list(transports) == [http, rsync]
+    routed = Transports([http, rsync], "http", {"coord": "rsync"})
+    assert routed.for_target("coord") is rsync and routed.for_target("gpu-2") is http
+    with pytest.raises(UnknownTransport, match="transport 'torrent' for coord was not built"):
+        Transports([http], "http", {"coord": "torrent"})
     with pytest.raises(UnknownTransport, match=r"no transport 'torrent' on this node \(built:"
                                                r" http, rsync\)"):
         transports.get("torrent")

@@ -1,0 +1,201 @@
+"""RsyncTransport: pushes with the real rsync binary over real OpenSSH, published by the receiver.
+
+One push to a host whose config says ``transport: rsync``:
+
+1. ``HEAD /v1/objects/…`` asks the receiver what it holds (done when it has this version);
+2. rsync copies the bytes over SSH (``SshSetup``: the node's own known_hosts,
+   ``StrictHostKeyChecking=yes``, one master connection per host) to the receiver's
+   ``DataRoot.staged_path``, with ``--partial-dir`` so an interrupted transfer is resumed
+   from what arrived and never sits under a name anything reads; ``--timeout`` gives up a
+   silent peer after the same idle bound as HTTP (``engine/stall.py``);
+3. ``POST /v1/staged/…`` asks the receiver to verify and publish it. The receiver hashes
+   the staged file itself and takes it through the same acceptance as an HTTP upload
+   (size, SHA-256, SQLite's check, atomic publish); the result is its own hash. A file that
+   changed while rsync read it does not hash to the version declared, so it is never
+   published (422; the next attempt sends the new version).
+
+Both ends must run rsync >= ``rsync_version.MIN_RSYNC``; an older one is refused with one
+line, and trying again cannot help (a non-retryable failure). The host's bandwidth limit is
+passed as ``--bwlimit``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from urllib.parse import quote
+
+import aiohttp
+
+from engine.bandwidth import BandwidthCoordinator
+from engine.config import HostConfig
+from engine.errors import describe
+from engine.health import HealthCheckResult
+from engine.headers import (H_KEY, H_MTIME, H_ORIGIN, H_REASON, H_ROOT, H_SHA, H_SIZE,
+                            H_SOURCE, H_URGENCY, H_VERIFIED)
+from engine.paths import STATE_DIR, staged_name
+from engine.stall import upload_idle_seconds
+from engine.transfers import Transfer
+from engine.transport.base import PushRequest, PushResult, TransferError
+from engine.transport.http import UNHEALTHY_AFTER, _error
+from engine.transport.rsync_version import OldRsync, require
+from engine.transport.ssh_setup import SshSetup
+
+PARTIAL_DIR = ".rsync-partial"
+"""rsync's ``--partial-dir``, relative to the receiver's incoming directory."""
+
+
+class RsyncTransport:
+    """Pushes with rsync over SSH; one instance per node."""
+
+    name = "rsync"
+
+    def __init__(self, session: aiohttp.ClientSession, node: str,
+                 bandwidth: BandwidthCoordinator, host_of: Callable[[str], HostConfig],
+                 ssh: SshSetup, rsync_binary: str = "rsync") -> None:
+        self.session = session
+        self.node = node
+        self.bandwidth = bandwidth
+        self._host_of = host_of
+        self.ssh = ssh
+        self.rsync_binary = rsync_binary
+        self._checked: dict[str, tuple[int, int, int]] = {}
+        """rsync versions found, by where (``local`` or a host name)."""
+        self.totals = {"pushes": 0, "failed": 0, "consecutive_failures": 0}
+        self.last_error: str | None = None
+        self.last_success_at: float | None = None
+
+    def health_check(self) -> HealthCheckResult:
+        failing = self.totals["consecutive_failures"] >= UNHEALTHY_AFTER
+        message = (f"{self.totals['consecutive_failures']} rsync pushes failed in a row:"
+                   f" {self.last_error}" if failing else "rsync transport working")
+        return HealthCheckResult(not failing, message, {
+            **self.totals, "last_error": self.last_error, "last_success_at": self.last_success_at,
+            "rsync_versions": {k: ".".join(map(str, v)) for k, v in self._checked.items()}})
+
+    async def push(self, request: PushRequest, transfer: Transfer) -> PushResult:
+        try:
+            result = await self._push(request, transfer)
+        except TransferError as exc:
+            self.totals["failed"] += 1
+            if exc.target_fault:
+                self.totals["consecutive_failures"] += 1
+            self.last_error = str(exc)
+            raise
+        self.totals["pushes"] += 1
+        self.totals["consecutive_failures"] = 0
+        self.last_success_at = time.time()
+        return result
+
+    async def _push(self, request: PushRequest, transfer: Transfer) -> PushResult:
+        if request.live:
+            raise TransferError("live snapshots go over http only", retryable=False,
+                                target_fault=False)
+        host = self._host_of(request.target)
+        if host.ssh is None or host.ssh.host_key is None:
+            raise TransferError(f"hosts.{host.name}.ssh (with host_key) is not set: cannot"
+                                " rsync to it", retryable=False, target_fault=False)
+        art = request.artifact
+        url = f"{request.target_url}/v1/objects/{art.data_type}/{quote(art.path)}"
+        try:
+            await self._versions(host)
+            async with self.session.head(url, headers={H_SHA: art.sha256,
+                                                       H_ORIGIN: art.origin}) as resp:
+                if resp.status == 200 and resp.headers.get(H_SHA) == art.sha256:
+                    return PushResult(request.target, art.sha256, art.size,
+                                      float(resp.headers.get(H_VERIFIED, time.time())), True, 0,
+                                      resp.headers.get(H_ROOT))
+                if resp.status not in (200, 404):
+                    raise await _error(resp, request.target, art.key)
+            async with self.bandwidth.allocate(request.target, art.key):
+                await self._rsync(request, host, transfer)
+            return await self._publish(request)
+        except OldRsync as exc:
+            raise TransferError(str(exc), retryable=False, target_fault=False) from None
+        except aiohttp.ClientError as exc:
+            raise TransferError(f"{request.target} unreachable: {describe(exc)}") from exc
+        except asyncio.TimeoutError as exc:
+            raise TransferError(f"{request.target} timed out on {art.key}") from exc
+
+    async def _versions(self, host: HostConfig) -> None:
+        """Refuse an rsync older than MIN_RSYNC here or on ``host`` (checked once each)."""
+        if "local" not in self._checked:
+            code, out = await _run([self.rsync_binary, "--version"])
+            self._checked["local"] = require(out, f"this node ({self.node})")
+        if host.name not in self._checked:
+            code, out = await _run([*self.ssh.options(host), self.ssh.destination(host),
+                                    "rsync", "--version"])
+            if code == 255:
+                raise TransferError(f"ssh to {host.name} failed: {_last_line(out)}",
+                                    retryable=not _host_key_refused(out))
+            self._checked[host.name] = require(out, host.name)
+
+    async def _rsync(self, request: PushRequest, host: HostConfig, transfer: Transfer) -> None:
+        art = request.artifact
+        remote = (f"{host.data_root}/{STATE_DIR}/incoming/"
+                  f"{staged_name(art.data_type, art.path, art.sha256, art.origin)}")
+        kib = max(1, int(self.bandwidth.limit_mbps(request.target) * 1_000_000 / 1024))
+        argv = [self.rsync_binary, "--partial", f"--partial-dir={PARTIAL_DIR}", "--times",
+                "--chmod=F644", f"--bwlimit={kib}",
+                f"--timeout={max(1, round(upload_idle_seconds()))}",
+                "-e", self.ssh.rsh(host), str(request.source_file),
+                f"{self.ssh.destination(host)}:{remote}"]
+        code, out = await _run(argv)
+        if code != 0:
+            raise TransferError(f"rsync to {request.target} exited {code}: {_last_line(out)}",
+                                retryable=not _host_key_refused(out))
+        transfer.done = art.size
+
+    async def _publish(self, request: PushRequest) -> PushResult:
+        art = request.artifact
+        headers = {H_SIZE: str(art.size), H_SHA: art.sha256, H_SOURCE: self.node,
+                   H_ORIGIN: art.origin, H_MTIME: f"{art.mtime:.6f}",
+                   H_REASON: request.reason, H_URGENCY: request.urgency}
+        if art.config_key:
+            headers[H_KEY] = art.config_key
+        url = f"{request.target_url}/v1/staged/{art.data_type}/{quote(art.path)}"
+        async with self.session.post(url, headers=headers) as resp:
+            if resp.status not in (200, 201):
+                raise await _error(resp, request.target, art.key)
+            answer = await resp.json()
+        if answer.get("sha256") != art.sha256 or answer.get("size") != art.size:
+            raise TransferError(f"{request.target} verified {answer.get('sha256')} but we"
+                                f" sent {art.sha256}")
+        return PushResult(request.target, answer["sha256"], answer["size"],
+                          float(answer["verified_at"]), bool(answer.get("already_present")),
+                          art.size, answer.get("root_id"))
+
+
+async def _run(argv: list[str]) -> tuple[int, str]:
+    """Run ``argv``; its exit code and its output (stdout and stderr). A cancelled push
+    kills it."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT)
+    except OSError as exc:
+        raise TransferError(f"cannot run {argv[0]}: {describe(exc)}", retryable=False,
+                            target_fault=False) from None
+    try:
+        out, _ = await proc.communicate()
+    except BaseException:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        raise
+    return proc.returncode or 0, out.decode(errors="replace")
+
+
+def _last_line(out: str) -> str:
+    """What to say of a failed rsync or ssh: a refused host key plainly, else its last line."""
+    if _host_key_refused(out):
+        return ("Host key verification failed: the host's key is not the one its config names"
+                " (ssh.host_key)")
+    lines = [line.strip() for line in out.splitlines() if line.strip()]
+    return (lines or ["no output"])[-1][:300]
+
+
+def _host_key_refused(out: str) -> bool:
+    """ssh refused the host's key: trying again cannot help until the config changes."""
+    return "Host key verification failed" in out or "IDENTIFICATION HAS CHANGED" in out

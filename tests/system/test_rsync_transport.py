@@ -1,0 +1,152 @@
+"""The rsync transport on a real cluster: real rsync over a real OpenSSH server (loopback).
+
+gpu-1 pushes to a coordinator whose config says ``transport: rsync``: rsync over SSH into the
+coordinator's staged path, then the coordinator hashes and publishes it itself. A host key
+other than the configured one is refused; an rsync older than 3.4.3 is refused with one
+line; bytes that are not the declared version are never published.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from engine.paths import staged_name
+from engine.transport.ssh_setup import SshSetup
+from tests.support.cluster import Cluster, wait_for
+from tests.support.files import sha_of, write
+from tests.support.sshd import SshServer
+
+pytestmark = [pytest.mark.system, pytest.mark.timeout(90)]
+
+
+def _host_key(server: SshServer) -> str:
+    return " ".join(Path(f"{server.host_key}.pub").read_text().split()[:2])
+
+
+def _rsync_cluster(tmp_path: Path, server: SshServer, host_key: str | None = None,
+                   name: str = "c") -> Cluster:
+    ssh = {"host": "127.0.0.1", "port": server.port, "user": server.user,
+           "key": str(server.client_key), "host_key": host_key or _host_key(server)}
+    return Cluster(tmp_path / name, gpus=1, config={
+        "hosts": {"coord": {"transport": "rsync", "ssh": ssh}}})
+
+
+def _failures(cluster: Cluster, rel: str) -> list[str]:
+    return [e["payload"]["error"] for e in cluster.events("gpu-1", "DATA_SYNC_FAILED")
+            if e["payload"]["artifact"] == rel]
+
+
+@pytest.fixture
+def sshd():
+    with SshServer() as server:
+        yield server
+
+
+def test_a_push_goes_by_rsync_and_the_receiver_publishes_what_it_hashed(
+        tmp_path: Path, sshd: SshServer) -> None:
+    cluster = _rsync_cluster(tmp_path, sshd)
+    try:
+        cluster.start()
+        body = os.urandom(3_000_000)
+        write(cluster, "gpu-1", "npz/k/by_rsync.npz", body)
+        copy = wait_for(lambda: cluster.stored("coord", "gpu-1", "npz/k/by_rsync.npz"), 30,
+                        what="the copy by rsync")
+        assert copy.read_bytes() == body and sha_of(copy) == sha_of(
+            cluster.data_root("gpu-1") / "npz/k/by_rsync.npz")
+        assert stat.S_IMODE(copy.stat().st_mode) == 0o644
+        recent = cluster.status("gpu-1")["transfers"]["recent"]
+        assert [t["transport"] for t in recent if t["artifact"] == "npz/k/by_rsync.npz"
+                and t["error"] is None] == ["rsync"]
+        arrived = [t for t in cluster.status("coord")["transfers"]["recent"]
+                   if t["artifact"] == "npz/k/by_rsync.npz"]
+        assert arrived[-1]["transport"] == "rsync" and arrived[-1]["error"] is None
+        # the known_hosts the node wrote holds exactly the configured key
+        known = (cluster.data_root("gpu-1") / ".ringsync/ssh/known_hosts").read_text()
+        assert known == f"[127.0.0.1]:{sshd.port} {_host_key(sshd)}\n"
+        # nothing staged is left behind
+        incoming = cluster.data_root("coord") / ".ringsync/incoming"
+        assert not list(incoming.glob("*.rsync"))
+        assert _masters(cluster), "the push went through a shared master connection"
+    finally:
+        cluster.stop_all()
+    assert _masters(cluster) == [], "a stopped node leaves no ssh master behind"
+
+
+def _masters(cluster: Cluster) -> list[str]:
+    """gpu-1's ssh master connections still running."""
+    where = SshSetup("gpu-1", cluster.data_root("gpu-1").resolve() / ".ringsync", []).control_dir
+    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if str(where) in line and "[mux]" in line]
+
+
+def test_the_receiver_publishes_only_staged_bytes_that_are_the_declared_version(
+        tmp_path: Path, sshd: SshServer) -> None:
+    cluster = _rsync_cluster(tmp_path, sshd)
+    try:
+        cluster.start(skip=("gpu-1",))
+        body, other = os.urandom(200_000), os.urandom(200_000)
+        sha = hashlib.sha256(body).hexdigest()
+        rel = "hex8/staged.npz"
+        incoming = cluster.data_root("coord") / ".ringsync" / "incoming"
+        staged = incoming / staged_name("npz", rel, sha, "gpu-1")
+        headers = {"X-Ringsync-Size": str(len(body)), "X-Ringsync-Sha256": sha,
+                   "X-Ringsync-Origin": "gpu-1", "X-Ringsync-Source": "gpu-1"}
+        nothing = cluster.request("coord", "POST", f"/v1/staged/npz/{rel}", headers=headers)
+        assert nothing.status == 404 and b"nothing staged" in nothing.body
+        staged.write_bytes(other)  # what rsync read was not the version declared
+        wrong = cluster.request("coord", "POST", f"/v1/staged/npz/{rel}", headers=headers)
+        assert wrong.status == 422 and b"sha256 mismatch" in wrong.body
+        assert not staged.exists() and cluster.stored("coord", "gpu-1", f"npz/{rel}") is None
+        staged.write_bytes(body)
+        ok = cluster.request("coord", "POST", f"/v1/staged/npz/{rel}", headers=headers)
+        assert ok.status == 201 and ok.json()["sha256"] == sha, ok.body
+        assert cluster.stored("coord", "gpu-1", f"npz/{rel}").read_bytes() == body
+        again = cluster.request("coord", "POST", f"/v1/staged/npz/{rel}", headers=headers)
+        assert again.status == 200 and again.json()["already_present"] is True
+    finally:
+        cluster.stop_all()
+
+
+def test_a_host_presenting_another_key_is_refused(tmp_path: Path, sshd: SshServer) -> None:
+    other = tmp_path / "other_key"
+    os.system(f"ssh-keygen -q -t ed25519 -N '' -f {other}")
+    wrong = " ".join(Path(f"{other}.pub").read_text().split()[:2])
+    cluster = _rsync_cluster(tmp_path, sshd, host_key=wrong)
+    try:
+        cluster.start()
+        write(cluster, "gpu-1", "npz/k/refused.npz", os.urandom(100_000))
+        [error, *_] = wait_for(lambda: _failures(cluster, "npz/k/refused.npz"), 30,
+                               what="the refusal")
+        assert "Host key verification failed" in error, error
+        failed = cluster.events("gpu-1", "DATA_SYNC_FAILED")[0]["payload"]
+        assert failed["retry_in_seconds"] is None  # not retried: the config must change
+        assert cluster.stored("coord", "gpu-1", "npz/k/refused.npz") is None
+        assert not list((cluster.data_root("coord") / ".ringsync/incoming").glob("*.rsync"))
+    finally:
+        cluster.stop_all()
+
+
+def test_an_rsync_older_than_3_4_3_is_refused_with_one_line(tmp_path: Path,
+                                                            sshd: SshServer) -> None:
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "rsync").write_text("#!/bin/sh\necho 'rsync  version 3.2.7  protocol version 31'\n")
+    (fake / "rsync").chmod(0o755)
+    cluster = _rsync_cluster(tmp_path, sshd)
+    cluster.env["gpu-1"] = {"PATH": f"{fake}:{os.environ['PATH']}"}
+    try:
+        cluster.start()
+        write(cluster, "gpu-1", "npz/k/old.npz", os.urandom(100_000))
+        [error, *_] = wait_for(lambda: _failures(cluster, "npz/k/old.npz"), 30,
+                               what="the refusal")
+        assert error.startswith("rsync 3.2.7 on this node (gpu-1) is older than 3.4.3"), error
+        assert "\n" not in error
+        assert cluster.stored("coord", "gpu-1", "npz/k/old.npz") is None
+    finally:
+        cluster.stop_all()
