@@ -8,7 +8,6 @@ Linux, gets SIGTERM if the demo itself dies. ``workdir/pids.json`` lists every p
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import json
 import os
@@ -23,6 +22,7 @@ from pathlib import Path
 import aiohttp
 import yaml
 
+from engine.children import die_with_parent
 from engine.config import ClusterConfig, HostConfig
 
 # Generator pace per GPU node: a DB of 20 games every ~2 s and an NPZ (~100 kB) every second DB
@@ -50,14 +50,6 @@ class Proc:
 
     def alive(self) -> bool:
         return self.popen.poll() is None
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Ask Linux to SIGTERM this child when the demo process dies (PR_SET_PDEATHSIG)."""
-    with contextlib.suppress(Exception):  # not Linux: the demo's own cleanup still runs
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
 
 
 def last_log_line(path: Path) -> str:
@@ -134,7 +126,7 @@ class Launcher:
             popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fh,
                                      stderr=subprocess.STDOUT, env=self._env, cwd=self.workdir,
                                      start_new_session=True,
-                                     preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+                                     preexec_fn=die_with_parent())
         return Proc(name, kind, popen, log)
 
     # -- nodes ------------------------------------------------------------------------------

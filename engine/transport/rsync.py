@@ -22,6 +22,7 @@ passed as ``--bwlimit``.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable
 from urllib.parse import quote
@@ -29,6 +30,7 @@ from urllib.parse import quote
 import aiohttp
 
 from engine.bandwidth import BandwidthCoordinator
+from engine.children import die_with_parent
 from engine.config import HostConfig
 from engine.errors import describe
 from engine.health import HealthCheckResult
@@ -110,7 +112,7 @@ class RsyncTransport:
                     raise await _error(resp, request.target, art.key)
             async with self.bandwidth.allocate(request.target, art.key):
                 await self._rsync(request, host, transfer)
-            return await self._publish(request)
+            return await self._publish(request, transfer.done)
         except OldRsync as exc:
             raise TransferError(str(exc), retryable=False, target_fault=False) from None
         except aiohttp.ClientError as exc:
@@ -137,7 +139,7 @@ class RsyncTransport:
                   f"{staged_name(art.data_type, art.path, art.sha256, art.origin)}")
         kib = max(1, int(self.bandwidth.limit_mbps(request.target) * 1_000_000 / 1024))
         argv = [self.rsync_binary, "--partial", f"--partial-dir={PARTIAL_DIR}", "--times",
-                "--chmod=F644", f"--bwlimit={kib}",
+                "--chmod=F644", f"--bwlimit={kib}", "--stats",
                 f"--timeout={max(1, round(upload_idle_seconds()))}",
                 "-e", self.ssh.rsh(host), str(request.source_file),
                 f"{self.ssh.destination(host)}:{remote}"]
@@ -145,9 +147,12 @@ class RsyncTransport:
         if code != 0:
             raise TransferError(f"rsync to {request.target} exited {code}: {_last_line(out)}",
                                 retryable=not _host_key_refused(out))
-        transfer.done = art.size
+        matched, literal = _stat(out, "Matched data"), _stat(out, "Literal data")
+        # a resume: the partial the receiver kept matched, only the rest was sent
+        transfer.offset = matched if matched is not None else 0
+        transfer.done = literal if literal is not None else art.size - transfer.offset
 
-    async def _publish(self, request: PushRequest) -> PushResult:
+    async def _publish(self, request: PushRequest, sent: int) -> PushResult:
         art = request.artifact
         headers = {H_SIZE: str(art.size), H_SHA: art.sha256, H_SOURCE: self.node,
                    H_ORIGIN: art.origin, H_MTIME: f"{art.mtime:.6f}",
@@ -164,7 +169,7 @@ class RsyncTransport:
                                 f" sent {art.sha256}")
         return PushResult(request.target, answer["sha256"], answer["size"],
                           float(answer["verified_at"]), bool(answer.get("already_present")),
-                          art.size, answer.get("root_id"))
+                          sent, answer.get("root_id"))
 
 
 async def _run(argv: list[str]) -> tuple[int, str]:
@@ -173,7 +178,7 @@ async def _run(argv: list[str]) -> tuple[int, str]:
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT)
+            stderr=asyncio.subprocess.STDOUT, preexec_fn=die_with_parent())
     except OSError as exc:
         raise TransferError(f"cannot run {argv[0]}: {describe(exc)}", retryable=False,
                             target_fault=False) from None
@@ -185,6 +190,12 @@ async def _run(argv: list[str]) -> tuple[int, str]:
             await proc.wait()
         raise
     return proc.returncode or 0, out.decode(errors="replace")
+
+
+def _stat(out: str, name: str) -> int | None:
+    """A byte count from ``rsync --stats`` (``Literal data: 6,291,456 bytes``)."""
+    match = re.search(rf"^{name}: ([\d,.]+) bytes", out, re.MULTILINE)
+    return int(re.sub(r"[,.]", "", match.group(1))) if match else None
 
 
 def _last_line(out: str) -> str:

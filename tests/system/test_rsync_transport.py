@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import stat
 import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from engine.paths import staged_name
 from engine.transport.ssh_setup import SshSetup
@@ -148,5 +150,71 @@ def test_an_rsync_older_than_3_4_3_is_refused_with_one_line(tmp_path: Path,
         assert error.startswith("rsync 3.2.7 on this node (gpu-1) is older than 3.4.3"), error
         assert "\n" not in error
         assert cluster.stored("coord", "gpu-1", "npz/k/old.npz") is None
+    finally:
+        cluster.stop_all()
+
+
+def _rsync_temp(cluster: Cluster) -> int:
+    """Bytes of rsync's file in progress on coord (``.<name>.XXXXXX`` beside the staged name)."""
+    incoming = cluster.data_root("coord") / ".ringsync" / "incoming"
+    total = 0
+    for path in incoming.glob(".*.rsync.*"):
+        try:
+            total += path.stat().st_size
+        except FileNotFoundError:
+            pass
+    return total
+
+
+def test_a_push_killed_at_40_percent_resumes_and_sends_only_the_rest(
+        tmp_path: Path, sshd: SshServer) -> None:
+    cluster = _rsync_cluster(tmp_path, sshd)
+    cluster.settings["hosts"]["coord"]["bandwidth_mbps"] = 2  # 10 MB take 5 s
+    cluster.config_path.write_text(yaml.safe_dump(cluster.settings, sort_keys=False))
+    try:
+        cluster.start()
+        body = os.urandom(10_000_000)
+        write(cluster, "gpu-1", "npz/k/resumed.npz", body)
+        wait_for(lambda: _rsync_temp(cluster) >= 4_000_000, 30, interval=0.02,
+                 what="40 % on the way")
+        cluster.stop_node("gpu-1", signal.SIGKILL)  # its rsync dies with it (PDEATHSIG)
+        partial = cluster.data_root("coord") / ".ringsync" / "incoming" / ".rsync-partial"
+        kept = wait_for(lambda: sum(p.stat().st_size for p in partial.glob("*")), 15,
+                        what="rsync's partial kept apart")
+        assert 3_000_000 <= kept < 10_000_000
+        assert cluster.stored("coord", "gpu-1", "npz/k/resumed.npz") is None
+        assert not list(partial.parent.glob("*.rsync")), "nothing under the staged name"
+        cluster.start_node("gpu-1")
+        copy = wait_for(lambda: cluster.stored("coord", "gpu-1", "npz/k/resumed.npz"), 40,
+                        what="the resumed copy")
+        assert copy.read_bytes() == body
+        [done] = [t for t in cluster.status("gpu-1")["transfers"]["recent"]
+                  if t["artifact"] == "npz/k/resumed.npz" and t["error"] is None]
+        assert done["transport"] == "rsync"
+        assert done["offset"] >= kept - 1_000_000, done  # what the partial held was matched
+        assert done["done"] <= 10_000_000 - kept + 1_000_000, done  # only the rest was sent
+    finally:
+        cluster.stop_all()
+
+
+def test_a_source_rewritten_during_the_transfer_is_never_published(
+        tmp_path: Path, sshd: SshServer) -> None:
+    cluster = _rsync_cluster(tmp_path, sshd)
+    cluster.settings["hosts"]["coord"]["bandwidth_mbps"] = 2
+    cluster.config_path.write_text(yaml.safe_dump(cluster.settings, sort_keys=False))
+    try:
+        cluster.start()
+        first, second = os.urandom(6_000_000), os.urandom(6_000_000)
+        source = write(cluster, "gpu-1", "npz/k/rewritten.npz", first)
+        wait_for(lambda: _rsync_temp(cluster) >= 1_000_000, 30, interval=0.02,
+                 what="the transfer under way")
+        with open(source, "r+b") as fh:  # rewritten in place while rsync reads it
+            fh.write(second)
+        wait_for(lambda: cluster.stored("coord", "gpu-1", "npz/k/rewritten.npz"), 60,
+                 what="the new version's copy")
+        wait_for(lambda: _failures(cluster, "npz/k/rewritten.npz"), 30, what="the refusal")
+        assert any("sha256 mismatch" in e for e in _failures(cluster, "npz/k/rewritten.npz"))
+        for copy in cluster.copies("coord", "gpu-1", "npz/k/rewritten.npz"):
+            assert copy.read_bytes() == second, f"{copy} holds bytes of no version"
     finally:
         cluster.stop_all()
