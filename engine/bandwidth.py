@@ -77,12 +77,25 @@ class BandwidthCoordinator:
         self._limit_for = limit_for
         self._buckets: dict[str, _HostBucket] = {}
         self._ids = itertools.count(1)
+        self._rsync: Any = None
 
     def _bucket(self, host: str) -> _HostBucket:
         bucket = self._buckets.get(host)
         if bucket is None:
             bucket = self._buckets[host] = _HostBucket(host, self._limit_for(host))
         return bucket
+
+    def attach_rsync(self, rsync: Any) -> None:
+        """The node's rsync transport, which carries ``sync_file``."""
+        self._rsync = rsync
+
+    async def sync_file(self, source: Any, dest: str, host: str) -> Any:
+        """The seed's ``get_bandwidth_coordinator().sync_file(source, dest, host)``: rsync one
+        file to ``dest`` on ``host`` within its budget, verified by SHA-256 at the far end
+        (``RsyncTransport.sync_file``; a ``SyncFileResult``)."""
+        if self._rsync is None:
+            raise RuntimeError("no rsync transport on this node")
+        return await self._rsync.sync_file(source, dest, host)
 
     def limit_mbps(self, host: str) -> float:
         return self._bucket(host).rate / MB

@@ -331,9 +331,9 @@ class Node:
                                    ssh=ssh)
         routes = {h.name: h.transport for h in self.config.hosts.values()
                   if h.name != self.name and h.transport != "http"}
-        built = [transport_registry.build(name, context) for name in ("http", *sorted(
-            set(routes.values())))]
+        built = [transport_registry.build(name, context) for name in ("http", "rsync")]
         self.transports = Transports(built, "http", routes)
+        self.bandwidth.attach_rsync(self.transports.get("rsync"))  # the seed's sync_file
         """The transports this node pushes with, by name (``engine.transport.registry``)."""
         self.transport = self.transports.default
         self.pushes.attach(self.transports)

@@ -23,8 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shlex
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import quote
 
 import aiohttp
@@ -34,6 +37,7 @@ from engine.children import die_with_parent
 from engine.config import HostConfig
 from engine.errors import describe
 from engine.health import HealthCheckResult
+from engine.hashing import sha256_file
 from engine.headers import (H_KEY, H_MTIME, H_ORIGIN, H_REASON, H_ROOT, H_SHA, H_SIZE,
                             H_SOURCE, H_URGENCY, H_VERIFIED)
 from engine.paths import STATE_DIR, staged_name
@@ -170,6 +174,68 @@ class RsyncTransport:
         return PushResult(request.target, answer["sha256"], answer["size"],
                           float(answer["verified_at"]), bool(answer.get("already_present")),
                           sent, answer.get("root_id"))
+
+
+    async def sync_file(self, source: str | Path, dest: str, host: str) -> SyncFileResult:
+        """The seed's ``sync_file``: rsync one file to ``dest`` (``user@host:/dir/`` or
+        ``user@host:/dir/name``) on ``host``, within its bandwidth budget, resumable
+        (``--partial-dir``), then verified by the SHA-256 the far end computes of what it
+        now holds. ``dest``'s ``user@host`` must be the host's configured ssh endpoint (the
+        only one whose key this node knows)."""
+        started = time.monotonic()
+        config = self._host_of(host)
+        src = Path(source)
+        try:
+            if config.ssh is None or config.ssh.host_key is None:
+                raise TransferError(f"hosts.{host}.ssh (with host_key) is not set",
+                                    retryable=False)
+            where, sep, path = dest.partition(":")
+            if not sep or where != self.ssh.destination(config) or not path.startswith("/"):
+                raise TransferError(f"dest {dest!r} must be {self.ssh.destination(config)}:"
+                                    "/absolute/path (hosts." + host + ".ssh)", retryable=False)
+            remote = f"{path}{src.name}" if path.endswith("/") else path
+            await self._versions(config)
+            kib = max(1, int(self.bandwidth.limit_mbps(host) * 1_000_000 / 1024))
+            sha = await asyncio.to_thread(sha256_file, src)
+            async with self.bandwidth.allocate(host, f"sync_file {src.name}"):
+                code, out = await _run([
+                    self.rsync_binary, "--partial", f"--partial-dir={PARTIAL_DIR}", "--times",
+                    f"--bwlimit={kib}", "--stats",
+                    f"--timeout={max(1, round(upload_idle_seconds()))}",
+                    "-e", self.ssh.rsh(config), str(src), f"{where}:{remote}"])
+            if code != 0:
+                raise TransferError(f"rsync to {host} exited {code}: {_last_line(out)}",
+                                    retryable=not _host_key_refused(out))
+            code, answer = await _run([*self.ssh.options(config), where, "sha256sum", "--",
+                                       shlex.quote(remote)])
+            held = answer.split()[0] if code == 0 and answer.split() else None
+            if held != sha:
+                raise TransferError(f"{host} holds {remote} with sha256 {held} after the"
+                                    f" transfer, not {sha}: {_last_line(answer)}")
+            literal = _stat(out, "Literal data")
+            return SyncFileResult(True, host, str(src), f"{where}:{remote}",
+                                  literal if literal is not None else src.stat().st_size,
+                                  sha, True, None, round(time.monotonic() - started, 3))
+        except (TransferError, OldRsync, OSError) as exc:
+            return SyncFileResult(False, host, str(src), dest, 0, None, False, str(exc),
+                                  round(time.monotonic() - started, 3))
+
+
+@dataclass(frozen=True)
+class SyncFileResult:
+    """What ``sync_file`` did."""
+
+    success: bool
+    host: str
+    source: str
+    dest: str
+    bytes_transferred: int
+    """Bytes rsync sent (less than the size when a partial was resumed)."""
+    sha256: str | None
+    verified: bool
+    """The far end hashed its file and it is the source's SHA-256."""
+    error: str | None
+    seconds: float
 
 
 async def _run(argv: list[str]) -> tuple[int, str]:

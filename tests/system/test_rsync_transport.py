@@ -20,7 +20,7 @@ import yaml
 
 from engine.paths import staged_name
 from engine.transport.ssh_setup import SshSetup
-from tests.support.cluster import Cluster, wait_for
+from tests.support.cluster import Cluster, embedded_node, wait_for
 from tests.support.files import sha_of, write
 from tests.support.sshd import SshServer
 
@@ -218,3 +218,31 @@ def test_a_source_rewritten_during_the_transfer_is_never_published(
             assert copy.read_bytes() == second, f"{copy} holds bytes of no version"
     finally:
         cluster.stop_all()
+
+
+async def test_the_seeds_sync_file_rsyncs_within_the_budget_and_verifies_by_sha256(
+        tmp_path: Path, sshd: SshServer) -> None:
+    from engine.bandwidth import get_bandwidth_coordinator
+
+    cluster = _rsync_cluster(tmp_path, sshd)
+    source = tmp_path / "selfplay.db"
+    body = os.urandom(2_000_000)
+    source.write_bytes(body)
+    dest_dir = tmp_path / "remote" / "games"
+    dest_dir.mkdir(parents=True)
+    async with embedded_node(cluster, "gpu-1"):
+        coordinator = get_bandwidth_coordinator()
+        result = await coordinator.sync_file(source=str(source),
+                                             dest=f"{sshd.user}@127.0.0.1:{dest_dir}/",
+                                             host="coord")
+        assert result.success and result.verified, result
+        assert result.sha256 == hashlib.sha256(body).hexdigest()
+        assert (dest_dir / "selfplay.db").read_bytes() == body
+        assert result.bytes_transferred >= len(body) * 0.9  # nothing there before: all sent
+        again = await coordinator.sync_file(source, f"{sshd.user}@127.0.0.1:{dest_dir}/x.db",
+                                            "coord")
+        assert again.success and (dest_dir / "x.db").read_bytes() == body
+        elsewhere = await coordinator.sync_file(source, f"{sshd.user}@10.9.9.9:{dest_dir}/",
+                                                "coord")
+        assert not elsewhere.success and "must be" in elsewhere.error
+        assert not list(dest_dir.glob(".*")), "no temp or partial left in the destination"
