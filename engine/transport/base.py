@@ -7,9 +7,11 @@ never records anything (the caller records the receipt from the result).
 
 from __future__ import annotations
 
+import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from engine.health import HealthCheckResult
 from engine.manifest import Artifact
@@ -75,3 +77,43 @@ class Transport(Protocol):
     def health_check(self) -> HealthCheckResult:
         """Whether this transport can move bytes (each transport is a health component)."""
         ...
+
+
+UNHEALTHY_AFTER = 20
+"""Failed pushes in a row (to any targets) after which a transport reports unhealthy."""
+
+
+class PushRecord:
+    """A transport's pushes and failures, and its health from them: unhealthy after
+    ``UNHEALTHY_AFTER`` target failures in a row (to any targets), which means this node
+    cannot move bytes that way at all (its network, its token, its keys), not one dead
+    target."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.totals = {"pushes": 0, "failed": 0, "consecutive_failures": 0}
+        self.last_error: str | None = None
+        self.last_success_at: float | None = None
+
+    async def run(self, push: Awaitable[PushResult]) -> PushResult:
+        """Await one push, counting how it ended."""
+        try:
+            result = await push
+        except TransferError as exc:
+            self.totals["failed"] += 1
+            if exc.target_fault:
+                self.totals["consecutive_failures"] += 1
+            self.last_error = str(exc)
+            raise
+        self.totals["pushes"] += 1
+        self.totals["consecutive_failures"] = 0
+        self.last_success_at = time.time()
+        return result
+
+    def health_check(self, **details: Any) -> HealthCheckResult:
+        failing = self.totals["consecutive_failures"] >= UNHEALTHY_AFTER
+        message = (f"{self.totals['consecutive_failures']} {self.name} pushes failed in a row:"
+                   f" {self.last_error}" if failing else f"{self.name} transport working")
+        return HealthCheckResult(not failing, message, {
+            **self.totals, "last_error": self.last_error,
+            "last_success_at": self.last_success_at, **details})

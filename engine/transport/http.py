@@ -36,11 +36,7 @@ from engine.stall import upload_idle_seconds
 from engine.headers import (H_BACKPRESSURE, H_KEY, H_LIVE, H_MTIME, H_OFFSET, H_ORIGIN,
                             H_REASON, H_ROOT, H_SHA, H_SIZE, H_SOURCE, H_URGENCY, H_VERIFIED)
 from engine.transfers import Transfer
-from engine.transport.base import PushRequest, PushResult, TransferError
-
-UNHEALTHY_AFTER = 20
-"""Failed pushes in a row (to any targets) after which the transport reports unhealthy."""
-
+from engine.transport.base import PushRecord, PushRequest, PushResult, TransferError
 
 PROGRESS_BYTES = 64 * 1024
 """A chunk goes to the connection in pieces of this size: each piece taken is progress, so
@@ -60,38 +56,18 @@ class HttpTransport:
         self.node = node
         self.bandwidth = bandwidth
         self.chunk_bytes = chunk_bytes
-        self.totals = {"pushes": 0, "failed": 0, "consecutive_failures": 0}
-        """Pushes this transport carried out or failed, for ``health_check``."""
-        self.last_error: str | None = None
-        self.last_success_at: float | None = None
+        self.record = PushRecord("http")
+        """Pushes and failures, and the health they add up to."""
 
     def health_check(self) -> HealthCheckResult:
-        """Unhealthy after ``UNHEALTHY_AFTER`` failed pushes in a row (to any target): this
-        node cannot move bytes at all (its network, its token), not one dead target."""
-        failing = self.totals["consecutive_failures"] >= UNHEALTHY_AFTER
-        message = (f"{self.totals['consecutive_failures']} pushes failed in a row: {self.last_error}"
-                   if failing else "http transport working")
-        return HealthCheckResult(not failing, message, {
-            **self.totals, "last_error": self.last_error,
-            "last_success_at": self.last_success_at})
+        return self.record.health_check()
+
+    async def push(self, request: PushRequest, transfer: Transfer) -> PushResult:
+        return await self.record.run(self._push(request, transfer))
 
     def _url(self, request: PushRequest) -> str:
         art = request.artifact
         return f"{request.target_url}/v1/objects/{art.data_type}/{quote(art.path)}"
-
-    async def push(self, request: PushRequest, transfer: Transfer) -> PushResult:
-        try:
-            result = await self._push(request, transfer)
-        except TransferError as exc:
-            self.totals["failed"] += 1
-            if exc.target_fault:
-                self.totals["consecutive_failures"] += 1
-            self.last_error = str(exc)
-            raise
-        self.totals["pushes"] += 1
-        self.totals["consecutive_failures"] = 0
-        self.last_success_at = time.time()
-        return result
 
     async def _push(self, request: PushRequest, transfer: Transfer) -> PushResult:
         art, url = request.artifact, self._url(request)

@@ -43,8 +43,8 @@ from engine.headers import (H_KEY, H_MTIME, H_ORIGIN, H_REASON, H_ROOT, H_SHA, H
 from engine.paths import STATE_DIR, staged_name
 from engine.stall import upload_idle_seconds
 from engine.transfers import Transfer
-from engine.transport.base import PushRequest, PushResult, TransferError
-from engine.transport.http import UNHEALTHY_AFTER, _error
+from engine.transport.base import PushRecord, PushRequest, PushResult, TransferError
+from engine.transport.http import _error
 from engine.transport.rsync_version import OldRsync, require
 from engine.transport.ssh_setup import SshSetup
 
@@ -68,31 +68,15 @@ class RsyncTransport:
         self.rsync_binary = rsync_binary
         self._checked: dict[str, tuple[int, int, int]] = {}
         """rsync versions found, by where (``local`` or a host name)."""
-        self.totals = {"pushes": 0, "failed": 0, "consecutive_failures": 0}
-        self.last_error: str | None = None
-        self.last_success_at: float | None = None
+        self.record = PushRecord("rsync")
+        """Pushes and failures, and the health they add up to."""
 
     def health_check(self) -> HealthCheckResult:
-        failing = self.totals["consecutive_failures"] >= UNHEALTHY_AFTER
-        message = (f"{self.totals['consecutive_failures']} rsync pushes failed in a row:"
-                   f" {self.last_error}" if failing else "rsync transport working")
-        return HealthCheckResult(not failing, message, {
-            **self.totals, "last_error": self.last_error, "last_success_at": self.last_success_at,
-            "rsync_versions": {k: ".".join(map(str, v)) for k, v in self._checked.items()}})
+        return self.record.health_check(rsync_versions={
+            k: ".".join(map(str, v)) for k, v in self._checked.items()})
 
     async def push(self, request: PushRequest, transfer: Transfer) -> PushResult:
-        try:
-            result = await self._push(request, transfer)
-        except TransferError as exc:
-            self.totals["failed"] += 1
-            if exc.target_fault:
-                self.totals["consecutive_failures"] += 1
-            self.last_error = str(exc)
-            raise
-        self.totals["pushes"] += 1
-        self.totals["consecutive_failures"] = 0
-        self.last_success_at = time.time()
-        return result
+        return await self.record.run(self._push(request, transfer))
 
     async def _push(self, request: PushRequest, transfer: Transfer) -> PushResult:
         if request.live:
