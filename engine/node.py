@@ -32,6 +32,7 @@ from engine.capacity import DiskUsage
 from engine.cluster_feed import ClusterEventFeed
 from engine.config import ClusterConfig
 from engine.cluster_view import ClusterView, ClusterViewRefresher
+from engine.transport.meter import MeterServer
 from engine.transport.ssh_setup import SshSetup
 from engine.daemons.auto_sync import AutoSyncDaemon
 from engine.daemons.cleanup import Cleaner
@@ -326,9 +327,11 @@ class Node:
         await self.peers.open()
         ssh = self.ssh = SshSetup(self.name, self.data.state, self.config.hosts.values())
         await asyncio.to_thread(ssh.write)
+        meter = MeterServer(ssh.control_dir / "meter.sock", self.config.transfer.chunk_bytes)
+        await meter.start()
         context = TransportContext(self.name, self.peers.session, self.bandwidth,
                                    self.config.transfer.chunk_bytes, host_of=self.config.host,
-                                   ssh=ssh)
+                                   ssh=ssh, meter=meter)
         routes = {h.name: h.transport for h in self.config.hosts.values()
                   if h.name != self.name and h.transport != "http"}
         built = [transport_registry.build(name, context) for name in ("http", "rsync")]
@@ -389,6 +392,7 @@ class Node:
         if self.manifest_pull:
             await self.manifest_pull.stop()
         await background.close()
+        await meter.stop()
         await asyncio.to_thread(ssh.close)
         await self.peers.close()
         await self.hooks.stop()

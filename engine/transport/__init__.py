@@ -9,6 +9,6 @@ from engine.transport.rsync import RsyncTransport
 registry.register("http", lambda ctx: HttpTransport(ctx.session, ctx.node, ctx.bandwidth,
                                                     ctx.chunk_bytes))
 registry.register("rsync", lambda ctx: RsyncTransport(ctx.session, ctx.node, ctx.bandwidth,
-                                                      ctx.host_of, ctx.ssh))
+                                                      ctx.host_of, ctx.ssh, ctx.meter))
 
 __all__ = ["HttpTransport", "RsyncTransport", "PushRequest", "PushResult", "Transport", "TransferError", "registry"]

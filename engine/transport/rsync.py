@@ -15,8 +15,10 @@ One push to a host whose config says ``transport: rsync``:
    published (422; the next attempt sends the new version).
 
 Both ends must run rsync >= ``rsync_version.MIN_RSYNC``; an older one is refused with one
-line, and trying again cannot help (a non-retryable failure). The host's bandwidth limit is
-passed as ``--bwlimit``.
+line, and trying again cannot help (a non-retryable failure). rsync's bytes draw from the
+same per-host bucket as HTTP pushes, through the metering relay rsync runs as its ``-e``
+program (``engine/transport/meter.py``), so ``/bandwidth/status`` shows the transfer and the
+host's limit holds across transports.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import re
 import shlex
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +35,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from engine.bandwidth import BandwidthCoordinator
+from engine.bandwidth import Allocation, BandwidthCoordinator
 from engine.children import die_with_parent
 from engine.config import HostConfig
 from engine.errors import describe
@@ -45,6 +48,7 @@ from engine.stall import upload_idle_seconds
 from engine.transfers import Transfer
 from engine.transport.base import PushRecord, PushRequest, PushResult, TransferError
 from engine.transport.http import _error
+from engine.transport.meter import MeterServer
 from engine.transport.rsync_version import OldRsync, require
 from engine.transport.ssh_setup import SshSetup
 
@@ -59,13 +63,16 @@ class RsyncTransport:
 
     def __init__(self, session: aiohttp.ClientSession, node: str,
                  bandwidth: BandwidthCoordinator, host_of: Callable[[str], HostConfig],
-                 ssh: SshSetup, rsync_binary: str = "rsync") -> None:
+                 ssh: SshSetup, meter: MeterServer | None = None,
+                 rsync_binary: str = "rsync") -> None:
         self.session = session
         self.node = node
         self.bandwidth = bandwidth
         self._host_of = host_of
         self.ssh = ssh
         self.rsync_binary = rsync_binary
+        self.meter = meter
+        """Where rsync's bytes draw from the host's bucket (None: ``--bwlimit`` instead)."""
         self._checked: dict[str, tuple[int, int, int]] = {}
         """rsync versions found, by where (``local`` or a host name)."""
         self.record = PushRecord("rsync")
@@ -98,8 +105,8 @@ class RsyncTransport:
                                       resp.headers.get(H_ROOT))
                 if resp.status not in (200, 404):
                     raise await _error(resp, request.target, art.key)
-            async with self.bandwidth.allocate(request.target, art.key):
-                await self._rsync(request, host, transfer)
+            async with self.bandwidth.allocate(request.target, art.key) as alloc:
+                await self._rsync(request, host, transfer, alloc)
             return await self._publish(request, transfer.done)
         except OldRsync as exc:
             raise TransferError(str(exc), retryable=False, target_fault=False) from None
@@ -121,17 +128,13 @@ class RsyncTransport:
                                     retryable=not _host_key_refused(out))
             self._checked[host.name] = require(out, host.name)
 
-    async def _rsync(self, request: PushRequest, host: HostConfig, transfer: Transfer) -> None:
+    async def _rsync(self, request: PushRequest, host: HostConfig, transfer: Transfer,
+                     alloc: Allocation) -> None:
         art = request.artifact
         remote = (f"{host.data_root}/{STATE_DIR}/incoming/"
                   f"{staged_name(art.data_type, art.path, art.sha256, art.origin)}")
-        kib = max(1, int(self.bandwidth.limit_mbps(request.target) * 1_000_000 / 1024))
-        argv = [self.rsync_binary, "--partial", f"--partial-dir={PARTIAL_DIR}", "--times",
-                "--chmod=F644", f"--bwlimit={kib}", "--stats",
-                f"--timeout={max(1, round(upload_idle_seconds()))}",
-                "-e", self.ssh.rsh(host), str(request.source_file),
-                f"{self.ssh.destination(host)}:{remote}"]
-        code, out = await _run(argv)
+        code, out = await self._transfer(host, alloc, ["--chmod=F644"], request.source_file,
+                                         f"{self.ssh.destination(host)}:{remote}")
         if code != 0:
             raise TransferError(f"rsync to {request.target} exited {code}: {_last_line(out)}",
                                 retryable=not _host_key_refused(out))
@@ -139,6 +142,21 @@ class RsyncTransport:
         # a resume: the partial the receiver kept matched, only the rest was sent
         transfer.offset = matched if matched is not None else 0
         transfer.done = literal if literal is not None else art.size - transfer.offset
+
+    async def _transfer(self, host: HostConfig, alloc: Allocation, extra: list[str],
+                        source: Path, dest: str) -> tuple[int, str]:
+        """One rsync of ``source`` to ``dest`` on ``host``, its bytes drawn from ``alloc``
+        through the meter (else limited by ``--bwlimit``); its exit code and output."""
+        argv = [self.rsync_binary, "--partial", f"--partial-dir={PARTIAL_DIR}", "--times",
+                "--stats", f"--timeout={max(1, round(upload_idle_seconds()))}", *extra]
+        if self.meter is None:
+            kib = max(1, int(self.bandwidth.limit_mbps(host.name) * 1_000_000 / 1024))
+            return await _run([*argv, f"--bwlimit={kib}", "-e", self.ssh.rsh(host),
+                               str(source), dest])
+        with self.meter.admit(alloc) as token:
+            relay = [sys.executable, "-m", "engine.transport.meter", str(self.meter.path),
+                     token, str(self.meter.chunk), "--", *self.ssh.options(host)]
+            return await _run([*argv, "-e", shlex.join(relay), str(source), dest])
 
     async def _publish(self, request: PushRequest, sent: int) -> PushResult:
         art = request.artifact
@@ -179,14 +197,9 @@ class RsyncTransport:
                                     "/absolute/path (hosts." + host + ".ssh)", retryable=False)
             remote = f"{path}{src.name}" if path.endswith("/") else path
             await self._versions(config)
-            kib = max(1, int(self.bandwidth.limit_mbps(host) * 1_000_000 / 1024))
             sha = await asyncio.to_thread(sha256_file, src)
-            async with self.bandwidth.allocate(host, f"sync_file {src.name}"):
-                code, out = await _run([
-                    self.rsync_binary, "--partial", f"--partial-dir={PARTIAL_DIR}", "--times",
-                    f"--bwlimit={kib}", "--stats",
-                    f"--timeout={max(1, round(upload_idle_seconds()))}",
-                    "-e", self.ssh.rsh(config), str(src), f"{where}:{remote}"])
+            async with self.bandwidth.allocate(host, f"sync_file {src.name}") as alloc:
+                code, out = await self._transfer(config, alloc, [], src, f"{where}:{remote}")
             if code != 0:
                 raise TransferError(f"rsync to {host} exited {code}: {_last_line(out)}",
                                     retryable=not _host_key_refused(out))

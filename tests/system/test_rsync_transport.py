@@ -8,6 +8,7 @@ line; bytes that are not the declared version are never published.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import signal
@@ -20,7 +21,7 @@ import yaml
 
 from engine.paths import staged_name
 from engine.transport.ssh_setup import SshSetup
-from tests.support.cluster import Cluster, embedded_node, wait_for
+from tests.support.cluster import Cluster, embedded_node, until, wait_for
 from tests.support.files import sha_of, write
 from tests.support.sshd import SshServer
 
@@ -246,3 +247,54 @@ async def test_the_seeds_sync_file_rsyncs_within_the_budget_and_verifies_by_sha2
                                                 "coord")
         assert not elsewhere.success and "must be" in elsewhere.error
         assert not list(dest_dir.glob(".*")), "no temp or partial left in the destination"
+
+
+async def test_http_and_rsync_to_one_host_share_its_one_budget(tmp_path: Path,
+                                                              sshd: SshServer) -> None:
+    """Two HTTP pushes and one rsync (sync_file) from gpu-1 to coord at once: the three draw
+    from coord's one bucket, which /bandwidth/status shows with each one's allocation."""
+    from engine.bandwidth import get_bandwidth_coordinator
+
+    limit = 4.5
+    cluster = _rsync_cluster(tmp_path, sshd)
+    cluster.settings["hosts"]["coord"].update({"transport": "http", "bandwidth_mbps": limit})
+    cluster.config_path.write_text(yaml.safe_dump(cluster.settings, sort_keys=False))
+    size = 40_000_000
+    for i in range(2):
+        write(cluster, "gpu-1", f"npz/k/http_{i}.npz", os.urandom(size))
+    source = tmp_path / "by_rsync.bin"
+    source.write_bytes(os.urandom(size))
+    dest = tmp_path / "remote"
+    dest.mkdir()
+    try:
+        cluster.start(skip=("gpu-1",))
+        async with embedded_node(cluster, "gpu-1") as node:
+            await until(lambda: node.bandwidth.status()["hosts"].get("coord", {})
+                        .get("active_transfers") == 2, 30, what="the two HTTP pushes")
+            rsync = asyncio.create_task(get_bandwidth_coordinator().sync_file(
+                source, f"{sshd.user}@127.0.0.1:{dest}/", "coord"))
+            await until(lambda: node.bandwidth.status()["hosts"]["coord"]
+                        ["active_transfers"] == 3, 15, what="the rsync too")
+            samples = []
+            for _ in range(41):  # 20 s, every 0.5 s
+                host = node.bandwidth.status()["hosts"]["coord"]
+                samples.append((asyncio.get_running_loop().time(),
+                                {t["label"]: t["bytes"] for t in host["transfers"]}, host))
+                await asyncio.sleep(0.5)
+            assert any(label.startswith("sync_file") for label in samples[-1][1])
+            assert samples[-1][2]["active_transfers"] == 3
+            assert samples[-1][2]["per_transfer_mbps"] == pytest.approx(limit / 3)
+            result = await rsync
+        assert result.success and result.verified, result
+    finally:
+        cluster.stop_all()
+    for start in (0, 20):  # two 10 s windows
+        (t0, b0, _), (t1, b1, _) = samples[start], samples[start + 20]
+        shares = {label: (b1[label] - b0[label]) / (t1 - t0) / 1e6 for label in b1}
+        total = sum(shares.values())
+        print(f"window {start // 2}-{start // 2 + 10} s: {total:.3f} MB/s in all,",
+              ", ".join(f"{k} {v:.3f}" for k, v in sorted(shares.items())))
+        assert abs(total - limit) <= 0.05 * limit, (total, shares)
+        for label, rate in shares.items():
+            assert abs(rate - limit / 3) <= 0.15 * limit / 3, (label, rate, shares)
+    assert (dest / "by_rsync.bin").read_bytes() == source.read_bytes()
