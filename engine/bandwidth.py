@@ -19,6 +19,10 @@ from typing import Any
 
 MB = 1_000_000
 _RATE_WINDOW = 5.0
+GRANT_BYTES = 64 * 1024
+"""What every transport draws from a bucket at a time, just before sending it: the bucket's
+FIFO turns then share a host's limit evenly between transfers (HTTP pieces, rsync's relay),
+and no transfer waits for a long grant while its receiver hears nothing."""
 
 
 @dataclass

@@ -15,7 +15,8 @@ Without an answer from the coordinator the last view stands. That is memory, not
 ``FAIL_AFTER_MISSES`` refreshes in a row without one (a coordinator partitioned away, down,
 or answering garbage) the ``cluster_view`` step fails, so the supervisor emits
 COMPONENT_FAILED, ``/health`` names it and the log says so; the first answer after that is
-COMPONENT_RECOVERED. One miss alone (a coordinator still starting) is only logged.
+COMPONENT_RECOVERED. One miss alone is only logged, and so is a coordinator that has not
+answered yet in the first ``STARTUP_GRACE_SECONDS`` (nodes start in any order).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ Listener = Callable[[str, "str | None"], None]
 
 FAIL_AFTER_MISSES = 2
 """Refreshes in a row without a usable answer from the coordinator before the step fails."""
+STARTUP_GRACE_SECONDS = 30.0
+"""Before the coordinator's first answer since start, the step fails only after this long."""
 
 
 class NoClusterView(Exception):
@@ -122,12 +125,23 @@ class ClusterViewRefresher:
         self._members = members
         """Membership's view, on the coordinator (None elsewhere: ask the coordinator)."""
         self.misses = 0
-        """Refreshes in a row that got no usable answer."""
+        """Steps in a row that got no usable answer."""
+        self._started = time.monotonic()
 
     async def step(self) -> None:
         """One refresh (the ``cluster_view`` service's step, every ``interval``); raises
-        ``NoClusterView`` from the ``FAIL_AFTER_MISSES``-th miss in a row on."""
-        if await self.refresh() or self.misses < FAIL_AFTER_MISSES:
+        ``NoClusterView`` from the ``FAIL_AFTER_MISSES``-th miss in a row on (a refresh
+        someone else asked for, e.g. a disk-pressure push, is not counted), and not before
+        ``STARTUP_GRACE_SECONDS`` when the coordinator never answered since start (nodes
+        start in any order)."""
+        if await self.refresh():
+            self.misses = 0
+            return
+        self.misses += 1
+        if self.misses < FAIL_AFTER_MISSES or (
+                self.view.refreshed_at is None
+                and time.monotonic() - self._started < STARTUP_GRACE_SECONDS):
+            log.info("no cluster view from %s: %s", self.coordinator, self.view.last_error)
             return
         age = (f"last answer {time.time() - self.view.refreshed_at:.0f} s ago"
                if self.view.refreshed_at is not None else "no answer since start")
@@ -151,12 +165,8 @@ class ClusterViewRefresher:
                 members = {**members, self.coordinator: answer["self"]}
         self.view.apply(members, self.known, self._on_recovered, self._on_backpressure,
                         self._set_capacity)
-        self.misses = 0
         return True
 
     def _missed(self, error: str) -> bool:
-        self.misses += 1
         self.view.last_error = error
-        if self.misses < FAIL_AFTER_MISSES:  # from the next miss on, the supervisor reports it
-            log.info("no cluster view from %s: %s", self.coordinator, error)
         return False

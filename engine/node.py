@@ -27,7 +27,7 @@ from typing import Any
 from aiohttp import web
 
 from engine import diskio
-from engine.bandwidth import BandwidthCoordinator, set_bandwidth_coordinator
+from engine.bandwidth import GRANT_BYTES, BandwidthCoordinator, set_bandwidth_coordinator
 from engine.capacity import DiskUsage
 from engine.cluster_feed import ClusterEventFeed
 from engine.config import ClusterConfig
@@ -327,7 +327,7 @@ class Node:
         await self.peers.open()
         ssh = self.ssh = SshSetup(self.name, self.data.state, self.config.hosts.values())
         await asyncio.to_thread(ssh.write)
-        meter = MeterServer(ssh.control_dir / "meter.sock", self.config.transfer.chunk_bytes)
+        meter = MeterServer(ssh.control_dir / "meter.sock", GRANT_BYTES)
         await meter.start()
         context = TransportContext(self.name, self.peers.session, self.bandwidth,
                                    self.config.transfer.chunk_bytes, host_of=self.config.host,

@@ -9,7 +9,10 @@ The :class:`Supervisor` starts services in the order they were added and stops t
 reverse. A step that raises is a failure of its component: the supervisor logs it (the
 traceback once per streak, then rate-limited lines), emits ``COMPONENT_FAILED``, turns its
 ``health_check`` unhealthy naming the component, and starts the service again after an
-exponential backoff (``BACKOFF_BASE_SECONDS`` doubling up to ``BACKOFF_MAX_SECONDS``). The
+exponential backoff (``BACKOFF_BASE_SECONDS`` doubling up to ``BACKOFF_MAX_SECONDS``, or the
+service's ``max_backoff``). COMPONENT_FAILED is emitted for the 1st, 2nd, 4th, 8th … failure
+of a streak (each carries the streak), so a component that keeps failing at a short interval
+is an alert, not a flood. The
 first step that succeeds afterwards emits ``COMPONENT_RECOVERED``. An exception raised
 while a service stops is logged, emitted and kept in ``stop_errors``: none is dropped.
 
@@ -197,14 +200,15 @@ class Supervisor:
         if service.failures == 1:
             log.error("%s on %s failed: %s; restarting in %.0fs", service.name, self.node,
                       service.last_error, wait, exc_info=exc)
-        else:
-            self._log.warning(f"{service.name}:{service.last_error}",
+        else:  # keyed by the kind of failure: its message may carry counters that change
+            self._log.warning(f"{service.name}:{type(exc).__name__}",
                               "%s on %s failed again (%d in a row): %s; restarting in %.0fs",
                               service.name, self.node, service.failures, service.last_error,
                               wait)
-        self._emit(ComponentFailed(node=self.node, component=service.name,
-                                   error=service.last_error, streak=service.failures,
-                                   restart_in_seconds=round(wait, 2)))
+        if service.failures & (service.failures - 1) == 0:  # 1st, 2nd, 4th, 8th … of a streak
+            self._emit(ComponentFailed(node=self.node, component=service.name,
+                                       error=service.last_error, streak=service.failures,
+                                       restart_in_seconds=round(wait, 2)))
         return wait
 
     def _succeeded(self, service: Service) -> None:

@@ -10,8 +10,10 @@ would hold its upload slot and the sender its transfer slot until TCP gives up (
 - the sender ends a push whose target takes no byte for this long (``engine/transport/http.py``:
   a retryable failure that feeds the target's breaker).
 
-Time a node spends on its own work (reading the file, waiting for its bandwidth allocation)
-is not idle time.
+Time a node spends on its own work (reading the file, waiting for its bandwidth allocation,
+hashing the part a resume starts from) is not idle time. Bytes are drawn from the bandwidth
+bucket a 64 KiB piece at a time, just before each piece is sent, so a sender waiting for its
+share never leaves the receiver silent for long (``bandwidth.GRANT_BYTES``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,16 @@ UPLOAD_IDLE_SECONDS = 30.0
 ``RINGSYNC_UPLOAD_IDLE_SECONDS``)."""
 
 IDLE_ENV = "RINGSYNC_UPLOAD_IDLE_SECONDS"
+
+RESUME_HASH_BYTES_PER_SECOND = 50_000_000
+"""A receiver hashes the part it holds of a resumed upload before it reads a byte of the rest
+(it must, to verify the whole). The sender's first piece of a resume may wait that long on top
+of the idle bound: ``offset`` / this rate, a slow disk's (a 30 GB partial: 10 minutes)."""
+
+
+def first_piece_grace(offset: int) -> float:
+    """Extra seconds the first piece of an upload resumed at ``offset`` may take."""
+    return offset / RESUME_HASH_BYTES_PER_SECOND
 
 
 def upload_idle_seconds() -> float:

@@ -29,19 +29,20 @@ from urllib.parse import quote
 
 import aiohttp
 
-from engine.bandwidth import BandwidthCoordinator
+from engine.bandwidth import GRANT_BYTES, BandwidthCoordinator
 from engine.errors import describe
 from engine.health import HealthCheckResult
-from engine.stall import upload_idle_seconds
+from engine.stall import first_piece_grace, upload_idle_seconds
 from engine.headers import (H_BACKPRESSURE, H_KEY, H_LIVE, H_MTIME, H_OFFSET, H_ORIGIN,
                             H_REASON, H_ROOT, H_SHA, H_SIZE, H_SOURCE, H_URGENCY, H_VERIFIED)
 from engine.transfers import Transfer
 from engine.transport.base import PushRecord, PushRequest, PushResult, TransferError
 
-PROGRESS_BYTES = 64 * 1024
-"""A chunk goes to the connection in pieces of this size: each piece taken is progress, so
-the stall guard never mistakes a big chunk on a slow link for a silent target (a 256 MiB
-chunk at 2 MB/s takes minutes; a piece at 2 KB/s still takes less than the idle bound)."""
+PROGRESS_BYTES = GRANT_BYTES
+"""A chunk goes to the connection in pieces of this size, each drawn from the bucket just
+before it is sent: each piece taken is progress, so the stall guard never mistakes a big
+chunk on a slow link for a silent target (a 256 MiB chunk at 2 MB/s takes minutes; a 64 KiB
+piece takes 16 s even at 4 KB/s)."""
 
 
 class HttpTransport:
@@ -104,8 +105,9 @@ class HttpTransport:
                                   resp.headers.get(H_ROOT))
             if resp.status == 404:
                 return int(resp.headers.get(H_OFFSET, "0"))
-            if resp.status == 409:
-                raise TransferError(f"{request.target} is still receiving {art.key}")
+            if resp.status == 409:  # its last upload's handler is still at work: not a fault
+                raise TransferError(f"{request.target} is still receiving {art.key}",
+                                    target_fault=False)
             raise await _error(resp, request.target, art.key)
 
     async def _put(self, request: PushRequest, url: str, offset: int,
@@ -127,15 +129,15 @@ class HttpTransport:
             try:
                 async with asyncio.timeout(None) as stall:
                     body = self._read(request.source_file, offset, art.size, alloc, transfer,
-                                      _StallGuard(stall, idle))
+                                      _StallGuard(stall, idle, first_piece_grace(offset)))
                     return await self._send(request, url, body, headers, transfer)
             except TimeoutError:
                 if not stall.expired():
                     raise
                 raise TransferError(
-                    f"{request.target} took no bytes of {art.key} for {idle:g} s (stalled after"
-                    f" {offset + transfer.done} of {art.size} bytes: a partition or a vanished"
-                    " host)") from None
+                    f"{request.target} took no bytes of {art.key} for {idle:g} s (stalled with"
+                    f" {offset + transfer.done} of {art.size} bytes handed to the connection:"
+                    " a partition or a vanished host)") from None
 
     async def _send(self, request: PushRequest, url: str, body: AsyncIterator[bytes],
                     headers: dict[str, str], transfer: Transfer) -> int | PushResult:
@@ -179,10 +181,10 @@ class HttpTransport:
                 if remaining > 0:
                     nxt = asyncio.ensure_future(
                         asyncio.to_thread(fh.read, min(self.chunk_bytes, remaining)))
-                await alloc.consume(len(data))
                 view = memoryview(data)
                 for start in range(0, len(data), PROGRESS_BYTES):
                     piece = view[start:start + PROGRESS_BYTES]
+                    await alloc.consume(len(piece))
                     stall.arm()
                     yield piece
                     stall.disarm()
@@ -197,12 +199,15 @@ class _StallGuard:
     """Cancels a push whose connection has held one chunk for ``idle`` seconds (the target
     takes no bytes: TCP's send buffer is full and nothing is acknowledged)."""
 
-    def __init__(self, timeout: asyncio.Timeout, idle: float) -> None:
+    def __init__(self, timeout: asyncio.Timeout, idle: float, first_grace: float = 0.0) -> None:
         self._timeout = timeout
         self._idle = idle
+        self._grace = first_grace
+        """Extra time for the first piece (a resumed upload's receiver hashes its part first)."""
 
     def arm(self) -> None:
-        self._set(asyncio.get_running_loop().time() + self._idle)
+        grace, self._grace = self._grace, 0.0
+        self._set(asyncio.get_running_loop().time() + self._idle + grace)
 
     def disarm(self) -> None:
         self._set(None)

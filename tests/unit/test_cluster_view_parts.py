@@ -154,3 +154,18 @@ async def test_a_coordinator_silent_twice_in_a_row_fails_the_step_until_it_answe
             assert "502" in str(failed.value) and "last answer 0 s ago" in str(failed.value)
         await parts.refresher.step()
     assert parts.refresher.misses == 0 and parts.view.down == {"gpu-2"}
+
+
+async def test_only_the_service_steps_count_misses_and_a_start_gets_grace(
+        tmp_path: Path, open_manifest: Callable[[str], ClusterManifest]) -> None:
+    manifest = open_manifest("gpu-1")
+    async with peers({}, down=["coord"], caller="gpu-1") as client:
+        parts = Parts(tmp_path, manifest, client)
+        assert await parts.refresher.refresh() is False  # e.g. a disk-pressure push asking
+        assert parts.refresher.misses == 0
+        for _ in range(3):  # never answered since start, within the grace: logged only
+            await parts.refresher.step()
+        assert parts.refresher.misses == 3
+        parts.refresher._started -= 31  # the grace is over
+        with pytest.raises(NoClusterView, match="4 refreshes in a row, no answer since start"):
+            await parts.refresher.step()

@@ -65,3 +65,19 @@ async def test_the_guard_fires_after_idle_and_is_harmless_once_the_push_is_over(
         guard.disarm()
         await asyncio.sleep(0.2)  # disarmed: no stall
     assert not timeout.expired()
+
+
+async def test_a_resumes_first_piece_gets_time_for_the_receiver_to_hash_its_part() -> None:
+    from engine.stall import RESUME_HASH_BYTES_PER_SECOND, first_piece_grace
+
+    assert first_piece_grace(0) == 0
+    assert first_piece_grace(30 * RESUME_HASH_BYTES_PER_SECOND) == 30
+    async with asyncio.timeout(None) as timeout:
+        guard = _StallGuard(timeout, 0.05, first_grace=0.3)
+        guard.arm()  # the first piece: idle + grace
+        await asyncio.sleep(0.15)  # longer than idle alone: still running
+        guard.disarm()
+        guard.arm()  # later pieces: idle only
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.sleep(0.3)
+            raise AssertionError("the later piece was not bounded by idle")

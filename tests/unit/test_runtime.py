@@ -160,3 +160,18 @@ async def test_max_backoff_caps_the_wait_before_a_restart() -> None:
     waits = {e.component: e.restart_in_seconds for e in events if isinstance(e, ComponentFailed)}
     assert waits == {"cluster_view": 0.02, "membership": 60.0}
     assert plain.failures == 1
+
+
+async def test_component_failed_is_emitted_at_the_1st_2nd_4th_8th_failure_of_a_streak() -> None:
+    events: list[Payload] = []
+
+    async def step() -> None:
+        raise OSError("coord unreachable (3 refreshes in a row)")
+
+    sup = supervisor(events)
+    svc = sup.add(Service("cluster_view", step, interval=0.001, max_backoff=0.001))
+    await sup.start()
+    await until(lambda: svc.failures >= 10)
+    await sup.stop()
+    streaks = [e.streak for e in events if isinstance(e, ComponentFailed)]
+    assert streaks[:4] == [1, 2, 4, 8] and all(s & (s - 1) == 0 for s in streaks)
