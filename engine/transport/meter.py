@@ -102,6 +102,7 @@ def relay(sock_path: str, token: str, chunk: int, ssh_argv: list[str]) -> int:
     thread = threading.Thread(target=back, daemon=True)
     thread.start()
     credit = 0
+    meter.sendall(b"+")  # one grant always asked ahead: it waits its turn while bytes move
     try:
         while data := os.read(0, chunk):
             while credit < len(data):

@@ -259,7 +259,7 @@ async def test_http_and_rsync_to_one_host_share_its_one_budget(tmp_path: Path,
     cluster = _rsync_cluster(tmp_path, sshd)
     cluster.settings["hosts"]["coord"].update({"transport": "http", "bandwidth_mbps": limit})
     cluster.config_path.write_text(yaml.safe_dump(cluster.settings, sort_keys=False))
-    size = 40_000_000
+    size = 50_000_000
     for i in range(2):
         write(cluster, "gpu-1", f"npz/k/http_{i}.npz", os.urandom(size))
     source = tmp_path / "by_rsync.bin"
@@ -275,6 +275,7 @@ async def test_http_and_rsync_to_one_host_share_its_one_budget(tmp_path: Path,
                 source, f"{sshd.user}@127.0.0.1:{dest}/", "coord"))
             await until(lambda: node.bandwidth.status()["hosts"]["coord"]
                         ["active_transfers"] == 3, 15, what="the rsync too")
+            await asyncio.sleep(2)  # rsync's ssh handshake is not part of the steady state
             samples = []
             for _ in range(41):  # 20 s, every 0.5 s
                 host = node.bandwidth.status()["hosts"]["coord"]
