@@ -259,7 +259,7 @@ async def test_http_and_rsync_to_one_host_share_its_one_budget(tmp_path: Path,
     cluster = _rsync_cluster(tmp_path, sshd)
     cluster.settings["hosts"]["coord"].update({"transport": "http", "bandwidth_mbps": limit})
     cluster.config_path.write_text(yaml.safe_dump(cluster.settings, sort_keys=False))
-    size = 50_000_000
+    size = 35_000_000
     for i in range(2):
         write(cluster, "gpu-1", f"npz/k/http_{i}.npz", os.urandom(size))
     source = tmp_path / "by_rsync.bin"
@@ -277,7 +277,7 @@ async def test_http_and_rsync_to_one_host_share_its_one_budget(tmp_path: Path,
                         ["active_transfers"] == 3, 15, what="the rsync too")
             await asyncio.sleep(2)  # rsync's ssh handshake is not part of the steady state
             samples = []
-            for _ in range(41):  # 20 s, every 0.5 s
+            for _ in range(21):  # a 10 s window, every 0.5 s
                 host = node.bandwidth.status()["hosts"]["coord"]
                 samples.append((asyncio.get_running_loop().time(),
                                 {t["label"]: t["bytes"] for t in host["transfers"]}, host))
@@ -289,7 +289,7 @@ async def test_http_and_rsync_to_one_host_share_its_one_budget(tmp_path: Path,
         assert result.success and result.verified, result
     finally:
         cluster.stop_all()
-    for start in (0, 20):  # two 10 s windows
+    for start in (0,):  # the 10 s window
         (t0, b0, _), (t1, b1, _) = samples[start], samples[start + 20]
         shares = {label: (b1[label] - b0[label]) / (t1 - t0) / 1e6 for label in b1}
         total = sum(shares.values())
