@@ -25,8 +25,12 @@ system-deps:
 	@bash .ci/system-deps
 
 # The whole suite; the hosts tier (tests/hosts) runs in it when root, and skips otherwise.
+# Two workers (pytest-xdist, a test file per worker) for everything but the tests that measure
+# a rate or a timing against a real link (marker `serial`: the hosts tier, the shared budget),
+# which run alone afterwards so nothing else loads the machine while they measure.
 test: venv system-deps
-	$(PY) -m pytest -q --durations=25 tests/ $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=25 -n 2 --dist loadfile -m "not serial" tests/ $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=10 -m serial tests/ $(PYTEST_ARGS)
 
 # The hosts tier alone: every node a real host in its own network namespace with a shaped
 # link, partitions, loss and blocked ports (needs root; docs/hosts.md).

@@ -21,7 +21,7 @@ from tests.support.cluster import wait_for
 from tests.support.files import sha_of, write
 from tests.support.hosts import HostsCluster
 
-pytestmark = [pytest.mark.hosts, pytest.mark.timeout(150)]
+pytestmark = [pytest.mark.hosts, pytest.mark.serial, pytest.mark.timeout(150)]
 
 MB = 1_000_000
 IDLE = 3.0

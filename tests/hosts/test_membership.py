@@ -19,7 +19,7 @@ from tests.support.cluster import wait_for
 from tests.support.files import write
 from tests.support.hosts import HostsCluster
 
-pytestmark = [pytest.mark.hosts, pytest.mark.timeout(150)]
+pytestmark = [pytest.mark.hosts, pytest.mark.serial, pytest.mark.timeout(150)]
 
 GPUS = ("gpu-1", "gpu-2")
 

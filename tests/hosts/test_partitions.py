@@ -10,7 +10,7 @@ from tests.support.cluster import wait_for
 from tests.support.files import write
 from tests.support.hosts import HostsCluster
 
-pytestmark = [pytest.mark.hosts, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.hosts, pytest.mark.serial, pytest.mark.timeout(120)]
 
 
 def _types(cluster: HostsCluster, node: str, about: str) -> list[str]:

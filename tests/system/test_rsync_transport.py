@@ -249,6 +249,7 @@ async def test_the_seeds_sync_file_rsyncs_within_the_budget_and_verifies_by_sha2
         assert not list(dest_dir.glob(".*")), "no temp or partial left in the destination"
 
 
+@pytest.mark.serial
 async def test_http_and_rsync_to_one_host_share_its_one_budget(tmp_path: Path,
                                                               sshd: SshServer) -> None:
     """Two HTTP pushes and one rsync (sync_file) from gpu-1 to coord at once: the three draw
