@@ -86,7 +86,9 @@ def test_unfinished_database_waits_and_is_sent_as_a_consistent_snapshot(cluster:
 
 
 def test_failures_back_off_and_recover_when_the_coordinator_returns(make_cluster) -> None:
-    cluster = make_cluster(gpus=1)
+    # a loaded machine (two test workers) restarts the coordinator slowly enough for the
+    # failures to open gpu-1's breaker: its probe must come within the test's wait
+    cluster = make_cluster(gpus=1, config={"transfer": {"breaker_reset_seconds": 2}})
     assert cluster.stop_node("coord") == 0
     write(cluster, "gpu-1", "npz/k/late.npz", os.urandom(50_000))
     failures = wait_for(lambda: len(cluster.events("gpu-1", "DATA_SYNC_FAILED")) >= 3 and
