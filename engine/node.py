@@ -33,6 +33,8 @@ from engine.cluster_feed import ClusterEventFeed
 from engine.config import ClusterConfig
 from engine.cluster_view import ClusterView, ClusterViewRefresher
 from engine.transport.meter import MeterServer
+from engine.transport.auto import AutoTransport
+from engine.transport.ssh import SshPool
 from engine.transport.ssh_setup import SshSetup
 from engine.daemons.auto_sync import AutoSyncDaemon
 from engine.daemons.cleanup import Cleaner
@@ -335,10 +337,12 @@ class Node:
         routes = {h.name: h.transport for h in self.config.hosts.values()
                   if h.name != self.name and h.transport != "http"}
         built = [transport_registry.build(name, context) for name in ("http", "rsync")]
+        pool = self.ssh_pool = SshPool(ssh, self.config.host)
+        """Pooled asyncssh connections: remote operations and the tunnels of ``auto``."""
+        built.append(AutoTransport(built[0], built[1], pool))
         self.transports = Transports(built, "http", routes)
         self.bandwidth.attach_rsync(self.transports.get("rsync"))  # the seed's sync_file
         """The transports this node pushes with, by name (``engine.transport.registry``)."""
-        self.transport = self.transports.default
         self.pushes.attach(self.transports)
         await self.usage.refresh()
         background = TaskSet(f"node {self.name}")
@@ -391,8 +395,10 @@ class Node:
         await supervisor.stop()
         if self.manifest_pull:
             await self.manifest_pull.stop()
+        await self.pushes.close()
         await background.close()
         await meter.stop()
+        await pool.close()
         await asyncio.to_thread(ssh.close)
         await self.peers.close()
         await self.hooks.stop()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.daemons.breaker import Breakers
@@ -32,11 +33,53 @@ from engine.events import DataSyncFailed, Payload
 from engine.inflight import InFlight
 from engine.manifest import Artifact, SyncReceipt
 from engine.pause import PauseGate
-from engine.transfers import TransferTracker
-from engine.transport import PushRequest, TransferError
+from engine.transfers import Transfer, TransferTracker
+from engine.transport import PushRequest, PushResult, Transport, TransferError
+from engine.transport.base import batches
 from engine.transport.registry import Transports
 
 log = logging.getLogger(__name__)
+
+
+BATCH_LINGER_SECONDS = 0.05
+"""How long a batch's leader waits for the rest of its cycle's pushes before it asks for a
+slot (files keep joining while it waits for one)."""
+
+BATCH_MAX_FILES = 1000
+BATCH_MAX_BYTES = 256 * 1024 * 1024
+"""A batch closes at this many files or bytes (a bigger file goes alone)."""
+
+
+@dataclass
+class _Push:
+    """One push on its way: what to send and how to report it."""
+
+    art: Artifact
+    source_file: Path
+    reason: str
+    retry_key: Hashable | None
+    """Where a failure schedules the retry (None: nothing retries it)."""
+    attempt: int
+    live: bool
+    outcome: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop()
+                                    .create_future())
+    """A batched push's end (True, False, None), set by the batch's leader."""
+
+
+@dataclass
+class _Batch:
+    """The pushes to one target going in one batch."""
+
+    members: list[_Push] = field(default_factory=list)
+    size: int = 0
+
+    def full(self, more: int) -> bool:
+        return bool(self.members) and (len(self.members) >= BATCH_MAX_FILES
+                                       or self.size + more > BATCH_MAX_BYTES)
+
+    def add(self, one: _Push) -> None:
+        self.members.append(one)
+        self.size += one.art.size
 
 
 class PushPath:
@@ -68,13 +111,12 @@ class PushPath:
         self.totals = {"pushed_files": 0, "pushed_bytes": 0, "failed": 0}
         """Pushes that arrived, their bytes sent, and failed pushes (every component)."""
         self.last_error: str | None = None
+        self._open: dict[tuple[str, bool], _Batch] = {}
+        """The batch still taking files, by (target, urgent)."""
+        self._batch_tasks: set[asyncio.Task] = set()
 
     def attach(self, transports: Transports) -> None:
         self.transports = transports
-
-    @property
-    def transport_name(self) -> str:
-        return self.transports.default.name if self.transports else "-"
 
     # -- retry state ------------------------------------------------------------------------
     def ready(self, key: Hashable) -> bool:
@@ -95,62 +137,156 @@ class PushPath:
                    retry_key: Hashable | None = None) -> bool | None:
         """Push ``art`` (its bytes in ``source_file``) to ``target``: True when the target
         verified it, False on failure (reported), None when the breaker held it back.
-        ``retry=False``: a one-off push nothing retries (reported with no retry time)."""
+        ``retry=False``: a one-off push nothing retries (reported with no retry time).
+        To a target whose transport batches, the push joins that target's next batch."""
         key = retry_key if retry_key is not None else (art.ident, target)
         state = self.retries.get(key)
-        attempt = (state.attempts if state else 0) + 1
+        one = _Push(art, source_file, reason, key if retry else None,
+                    (state.attempts if state else 0) + 1, live)
+        transport = self.transports.for_target(target) if self.transports else None
+        if batches(transport, target) and not live:
+            return await self._batched(transport, target, urgent, one)
         async with self.limiter.slot(urgent):
             if self.pause is not None and self.pause.paused:
                 return None  # paused while this push waited for a slot
             if not self.breakers.begin(target):
                 return None  # opened while this push waited for a slot
-            transport = self.transports.for_target(target) if self.transports else None
-            transfer = self.transfers.start(
-                direction="out", source=self.node, target=target, artifact=art.key,
-                size=art.size, transport=transport.name if transport else "-",
-                attempt=attempt)
+            transfer = self._start(one, target, transport)
             try:
-                if transport is None:
-                    raise TransferError("no transport yet (the node is starting)",
-                                        target_fault=False)
-                if not source_file.exists():
-                    raise TransferError(f"{source_file.name} vanished before it was sent",
-                                        target_fault=False)
-                result = await transport.push(
-                    PushRequest(art, source_file, target, self._url_of(target), reason,
-                                "urgent" if urgent else "normal", live=live), transfer)
-            except TransferError as exc:
-                self.transfers.finish(transfer, error=str(exc))
-                # a live snapshot is always worth another try: the database keeps changing
-                self.failed(art.key, target, str(exc), exc.retryable or live, reason,
-                            key if retry else None, attempt=attempt)
-                if exc.backpressure:
-                    self._on_backpressure(target, exc.backpressure)
-                if exc.target_fault:
-                    self.breakers.failure(target, str(exc))
-                return False
+                try:
+                    if transport is None:
+                        raise TransferError("no transport yet (the node is starting)",
+                                            target_fault=False)
+                    outcome: PushResult | Exception = await transport.push(
+                        self._request(one, target, urgent), transfer)
+                except Exception as exc:  # a TransferError, or a local failure
+                    outcome = exc
+                return self._settle(one, target, transfer, outcome)
             except asyncio.CancelledError:
                 self.transfers.finish(transfer, error="cancelled")
                 raise
-            except Exception as exc:  # a local failure (a bug, an OSError): reported, retried
-                error = f"{art.key} to {target}: {describe(exc)}"
-                log.error("push %s", error, exc_info=exc)
-                self.transfers.finish(transfer, error=error)
-                self.failed(art.key, target, error, True, reason, key if retry else None,
-                            attempt=attempt)
-                return False
             finally:  # a probe that neither succeeded nor failed (cancelled, a local error)
                 self.breakers.release(target)
+
+    def _start(self, one: _Push, target: str, transport: Transport | None) -> Transfer:
+        return self.transfers.start(
+            direction="out", source=self.node, target=target, artifact=one.art.key,
+            size=one.art.size, transport=transport.name if transport else "-",
+            attempt=one.attempt)
+
+    def _request(self, one: _Push, target: str, urgent: bool) -> PushRequest:
+        if not one.source_file.exists():
+            raise TransferError(f"{one.source_file.name} vanished before it was sent",
+                                target_fault=False)
+        return PushRequest(one.art, one.source_file, target, self._url_of(target), one.reason,
+                           "urgent" if urgent else "normal", live=one.live)
+
+    def _settle(self, one: _Push, target: str, transfer: Transfer,
+                outcome: PushResult | Exception) -> bool:
+        """Record how one push ended: a receipt, or a reported failure with its retry."""
+        art = one.art
+        if isinstance(outcome, TransferError):
+            self.transfers.finish(transfer, error=str(outcome))
+            # a live snapshot is always worth another try: the database keeps changing
+            self.failed(art.key, target, str(outcome), outcome.retryable or one.live,
+                        one.reason, one.retry_key, attempt=one.attempt)
+            if outcome.backpressure:
+                self._on_backpressure(target, outcome.backpressure)
+            if outcome.target_fault:
+                self.breakers.failure(target, str(outcome))
+            return False
+        if isinstance(outcome, Exception):  # a local failure (a bug, an OSError): retried
+            error = f"{art.key} to {target}: {describe(outcome)}"
+            log.error("push %s", error, exc_info=outcome)
+            self.transfers.finish(transfer, error=error)
+            self.failed(art.key, target, error, True, one.reason, one.retry_key,
+                        attempt=one.attempt)
+            return False
         self.transfers.finish(transfer)
         self.breakers.success(target)
-        self.retries.pop(key, None)
-        if not live:
+        if one.retry_key is not None:
+            self.retries.pop(one.retry_key, None)
+        if not one.live:
             self._record(SyncReceipt(
-                art.data_type, art.path, self.node, target, result.sha256, result.size,
-                result.verified_at, transport.name, origin=art.origin, root_id=result.root_id))
+                art.data_type, art.path, self.node, target, outcome.sha256, outcome.size,
+                outcome.verified_at, transfer.transport, origin=art.origin,
+                root_id=outcome.root_id))
         self.totals["pushed_files"] += 1
-        self.totals["pushed_bytes"] += result.bytes_sent
+        self.totals["pushed_bytes"] += outcome.bytes_sent
         return True
+
+    # -- batches ----------------------------------------------------------------------------
+    async def _batched(self, transport: Transport, target: str, urgent: bool,
+                       one: _Push) -> bool | None:
+        """Join the open batch to ``target``, or open one: the pushes that arrive while
+        its runner waits for a slot go together. Cancelling one push cancels only its
+        wait; the batch goes on (``close`` stops it)."""
+        lane = (target, urgent)
+        batch = self._open.get(lane)
+        if batch is None or batch.full(one.art.size):
+            batch = self._open[lane] = _Batch()
+            task = asyncio.create_task(self._run_lane(transport, target, urgent, lane, batch),
+                                       name=f"push batch to {target}")
+            self._batch_tasks.add(task)
+            task.add_done_callback(self._batch_tasks.discard)
+        batch.add(one)
+        return await asyncio.shield(one.outcome)
+
+    async def _run_lane(self, transport: Transport, target: str, urgent: bool,
+                        lane: tuple[str, bool], batch: _Batch) -> None:
+        try:
+            await asyncio.sleep(BATCH_LINGER_SECONDS)  # the rest of a cycle's pushes join
+            async with self.limiter.slot(urgent):
+                if self._open.get(lane) is batch:
+                    del self._open[lane]
+                members = list(batch.members)
+                if (self.pause is not None and self.pause.paused) or \
+                        not self.breakers.begin(target):
+                    for m in members:
+                        m.outcome.set_result(None)
+                    return
+                try:
+                    await self._run_batch(transport, target, urgent, members)
+                finally:
+                    self.breakers.release(target)
+        finally:
+            if self._open.get(lane) is batch:
+                del self._open[lane]
+            for m in batch.members:  # stopped (``close``): so is every push waiting on it
+                if not m.outcome.done():
+                    m.outcome.cancel()
+
+    async def close(self) -> None:
+        """Stop the batches under way (the node is stopping)."""
+        tasks = list(self._batch_tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _run_batch(self, transport: Transport, target: str, urgent: bool,
+                         members: list[_Push]) -> None:
+        transfers = [self._start(m, target, transport) for m in members]
+        ready: list[int] = []
+        requests: list[PushRequest] = []
+        outcomes: dict[int, PushResult | Exception] = {}
+        for i, m in enumerate(members):
+            try:
+                requests.append(self._request(m, target, urgent))
+                ready.append(i)
+            except TransferError as exc:
+                outcomes[i] = exc
+        try:
+            if requests:
+                done = await transport.push_batch(requests, [transfers[i] for i in ready])
+                outcomes.update(zip(ready, done))
+        except asyncio.CancelledError:
+            for t in transfers:
+                self.transfers.finish(t, error="cancelled")
+            raise
+        except Exception as exc:  # a local failure: every file of the batch failed with it
+            outcomes.update((i, exc) for i in ready)
+        for i, m in enumerate(members):
+            m.outcome.set_result(self._settle(m, target, transfers[i], outcomes[i]))
 
     async def push_once(self, art: Artifact, target: str, reason: str, *, source_file: Path,
                         urgent: bool = False) -> bool | None:

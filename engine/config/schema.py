@@ -28,7 +28,7 @@ __all__ = [
 Strategy = Literal["push_from_generator", "gossip", "broadcast", "ephemeral"]
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
 Role = Literal["coordinator", "gpu", "cpu"]
-TransportName = Literal["http", "rsync"]
+TransportName = Literal["http", "rsync", "auto"]
 """How other nodes push to a host: its HTTP API, or rsync over its SSH endpoint."""
 
 HOST_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -292,8 +292,10 @@ class HostConfig(_Model):
     ephemeral: bool = False
     strategy: Strategy | None = None
     transport: TransportName = "http"
-    """How others push to this host: ``http`` (its API) or ``rsync`` (rsync over its
-    ``ssh`` endpoint, published through its API after the receiver verified the bytes)."""
+    """How others push to this host: ``http`` (its API), ``rsync`` (rsync over its ``ssh``
+    endpoint, published through its API after the receiver verified the bytes) or ``auto``
+    (HTTP; rsync over SSH, its API reached through an SSH tunnel, while the host's HTTP
+    port cannot be reached but SSH can)."""
 
     @field_validator("provider", mode="after")
     @classmethod
@@ -319,9 +321,10 @@ class HostConfig(_Model):
 
     @model_validator(mode="after")
     def _rsync_needs_ssh(self) -> HostConfig:
-        if self.transport == "rsync" and (self.ssh is None or self.ssh.host_key is None):
+        if self.transport != "http" and (self.ssh is None or self.ssh.host_key is None):
             raise FieldProblem([("transport",), ("ssh",)],
-                               "transport rsync needs an ssh block with host_key (ringsync"
+                               f"transport {self.transport} needs an ssh block with host_key"
+                               " (ringsync"
                                " never reaches a host whose key it does not know)")
         return self
 

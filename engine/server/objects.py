@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from aiohttp import web
@@ -61,11 +62,10 @@ def _bad(status: type[web.HTTPException], message: str, **extra: object) -> web.
                   content_type="application/json")
 
 
-def _resolve(store: Storage, request: web.Request, sha: str | None,
+def _resolve(store: Storage, data_type: str, rel: str, sha: str | None,
              origin: str | None) -> tuple[str, str, Path]:
     """(data_type, path, where this node keeps it): the stored copy of ``origin``'s version
     ``sha``; without a version (a GET), this node's own source."""
-    data_type, rel = request.match_info["data_type"], request.match_info["path"]
     try:
         if sha is None:
             return data_type, rel, store.data.source_path(data_type, rel)
@@ -74,9 +74,9 @@ def _resolve(store: Storage, request: web.Request, sha: str | None,
         raise _bad(web.HTTPBadRequest, str(exc)) from None
 
 
-def _origin(store: Storage, request: web.Request) -> str:
+def _origin(store: Storage, headers: Mapping[str, str]) -> str:
     """The node whose artifact this is: required, and a host of this cluster."""
-    origin = request.headers.get(H_ORIGIN, "")
+    origin = headers.get(H_ORIGIN, "")
     if not origin:
         raise _bad(web.HTTPBadRequest, f"missing header {H_ORIGIN}: the artifact's origin node")
     if origin not in store.hosts:
@@ -84,8 +84,8 @@ def _origin(store: Storage, request: web.Request) -> str:
     return origin
 
 
-def _int_header(request: web.Request, name: str, default: int | None = None) -> int:
-    raw = request.headers.get(name)
+def _int_header(headers: Mapping[str, str], name: str, default: int | None = None) -> int:
+    raw = headers.get(name)
     if raw is None:
         if default is None:
             raise _bad(web.HTTPBadRequest, f"missing header {name}")
@@ -99,30 +99,35 @@ def _int_header(request: web.Request, name: str, default: int | None = None) -> 
     return value
 
 
-def _sha_header(request: web.Request) -> str:
-    sha = request.headers.get(H_SHA, "").lower()
+def _sha_header(headers: Mapping[str, str]) -> str:
+    sha = headers.get(H_SHA, "").lower()
     if len(sha) != 64 or not set(sha) <= _HEX:
         raise _bad(web.HTTPBadRequest, f"header {H_SHA} must be 64 hex digits")
     return sha
 
 
-def _live_origin(store: Storage, request: web.Request) -> str | None:
+def _live_origin(store: Storage, headers: Mapping[str, str]) -> str | None:
     """The sending node of a live snapshot (None for an ordinary upload); it must be a host
     of this cluster, since it names the directory the snapshot is kept in."""
-    if request.headers.get(H_LIVE, "0").lower() not in ("1", "true"):
+    if headers.get(H_LIVE, "0").lower() not in ("1", "true"):
         return None
-    origin = request.headers.get(H_ORIGIN) or request.headers.get(H_SOURCE, "")
+    origin = headers.get(H_ORIGIN) or headers.get(H_SOURCE, "")
     if origin not in store.hosts:
         raise _bad(web.HTTPBadRequest, f"live snapshot from unknown origin {origin!r}")
     return origin
 
 
+def _named(request: web.Request) -> tuple[str, str]:
+    """The (data_type, path) a request's URL names."""
+    return request.match_info["data_type"], request.match_info["path"]
+
+
 async def head_object(request: web.Request) -> web.Response:
     store = storage_of(request)
-    live_origin = _live_origin(store, request)
-    sha = _sha_header(request)
-    origin = _origin(store, request) if live_origin is None else live_origin
-    data_type, rel, final = _resolve(store, request, sha, origin)
+    live_origin = _live_origin(store, request.headers)
+    sha = _sha_header(request.headers)
+    origin = _origin(store, request.headers) if live_origin is None else live_origin
+    data_type, rel, final = _resolve(store, *_named(request), sha, origin)
     if live_origin is None and final.is_file():
         held = await _held(store, (origin, data_type, rel, sha), final,
                            now=request.headers.get(H_VERIFY) == "now")
@@ -144,7 +149,7 @@ async def get_object(request: web.Request) -> web.StreamResponse:
     """``?origin=O&sha256=S``: the stored copy of that version; without: the own source."""
     store = storage_of(request)
     sha = request.query.get("sha256")
-    _data_type, _rel, final = _resolve(store, request, sha.lower() if sha else None,
+    _data_type, _rel, final = _resolve(store, *_named(request), sha.lower() if sha else None,
                                        request.query.get("origin", store.name))
     if not final.is_file():
         raise _bad(web.HTTPNotFound, "no such object")
@@ -160,11 +165,11 @@ def _receive_failed(store: Storage, source: str, artifact: str, error: str) -> N
 
 async def put_object(request: web.Request) -> web.Response:
     store = storage_of(request)
-    size, sha = _int_header(request, H_SIZE), _sha_header(request)
-    live_origin = _live_origin(store, request)
-    origin = _origin(store, request) if live_origin is None else live_origin
-    data_type, rel, final = _resolve(store, request, sha, origin)
-    offset = _int_header(request, H_OFFSET, 0)
+    size, sha = _int_header(request.headers, H_SIZE), _sha_header(request.headers)
+    live_origin = _live_origin(store, request.headers)
+    origin = _origin(store, request.headers) if live_origin is None else live_origin
+    data_type, rel, final = _resolve(store, *_named(request), sha, origin)
+    offset = _int_header(request.headers, H_OFFSET, 0)
     source = request.headers.get(H_SOURCE, "unknown")
     artifact_name = f"{data_type}/{rel}"
     if offset > size:
@@ -175,7 +180,7 @@ async def put_object(request: web.Request) -> web.Response:
     if live_origin is None and final.exists():
         verified_at = await _held(store, (origin, data_type, rel, sha), final, now=False)
         if verified_at is not None:
-            await _drop_live(store, request, data_type, rel)
+            await _drop_live(store, request.headers, data_type, rel)
             return web.json_response({"node": store.name, "root_id": store.root_id,
                                       "origin": origin, "data_type": data_type, "path": rel,
                                       "sha256": sha, "size": size, "verified_at": verified_at,
@@ -230,7 +235,8 @@ async def put_object(request: web.Request) -> web.Response:
             raise
 
         received = offset + transfer.done
-        return await accept_part(store, request, part=part, digest=digest, received=received,
+        return await accept_part(store, request.headers, part=part, digest=digest,
+                                 received=received,
                                  size=size, sha=sha, origin=origin, data_type=data_type,
                                  rel=rel, final=final, transfer=transfer,
                                  live_origin=live_origin, transport="http")
@@ -238,7 +244,7 @@ async def put_object(request: web.Request) -> web.Response:
         store.uploads.discard(part)
 
 
-async def accept_part(store: Storage, request: web.Request, *, part: Path, digest: str,
+async def accept_part(store: Storage, headers: Mapping[str, str], *, part: Path, digest: str,
                       received: int, size: int, sha: str, origin: str, data_type: str,
                       rel: str, final: Path, transfer: Transfer, live_origin: str | None,
                       transport: str) -> web.Response:
@@ -247,7 +253,7 @@ async def accept_part(store: Storage, request: web.Request, *, part: Path, diges
     and SHA-256, a database must pass SQLite's check, then ``part`` is published atomically
     under ``final`` (or kept apart as a live snapshot) and registered. Anything else
     discards or quarantines it and answers 422 (409 when another copy won the race)."""
-    source = request.headers.get(H_SOURCE, "unknown")
+    source = headers.get(H_SOURCE, "unknown")
     artifact_name = f"{data_type}/{rel}"
     if received != size or digest != sha:
         part.unlink(missing_ok=True)
@@ -277,7 +283,7 @@ async def accept_part(store: Storage, request: web.Request, *, part: Path, diges
             store.transfers.finish(transfer, error="lost a race with another upload")
             raise _bad(web.HTTPConflict,
                        f"{artifact_name} appeared during the upload") from None
-    return await _stored(store, request, origin, data_type, rel, size, sha, transfer,
+    return await _stored(store, headers, origin, data_type, rel, size, sha, transfer,
                          live_origin, transport)
 
 
@@ -315,30 +321,31 @@ async def _held(store: Storage, ident: tuple[str, str, str, str], final: Path,
     return None
 
 
-async def _stored(store: Storage, request: web.Request, origin: str, data_type: str, rel: str,
+async def _stored(store: Storage, headers: Mapping[str, str], origin: str, data_type: str,
+                  rel: str,
                   size: int, sha: str, transfer: Transfer,
                   live_origin: str | None, transport: str) -> web.Response:
     """Record a verified arrival: a finished artifact is registered as a verified replica
     (and any live snapshot of it dropped); a live snapshot is only reported."""
-    source = request.headers.get(H_SOURCE, "unknown")
+    source = headers.get(H_SOURCE, "unknown")
     verified_at = time.time()
     store.transfers.finish(transfer)
     store.note_stored(size)
     if live_origin is None:
         try:
-            mtime = float(request.headers.get(H_MTIME, verified_at))
+            mtime = float(headers.get(H_MTIME, verified_at))
         except ValueError:
             mtime = verified_at
         store.manifest.register_sync(
             SyncReceipt(data_type, rel, source, store.name, sha, size, verified_at, transport,
                         origin=origin, root_id=store.root_id),
-            Artifact(data_type, rel, request.headers.get(H_KEY) or None, size, sha, mtime,
+            Artifact(data_type, rel, headers.get(H_KEY) or None, size, sha, mtime,
                      origin))
-        await _drop_live(store, request, data_type, rel)
+        await _drop_live(store, headers, data_type, rel)
     store.emit(DataSyncCompleted(source=source, target=store.name, files=1, bytes=size,
                                  artifacts=[f"{data_type}/{rel}"],
-                                 reason=request.headers.get(H_REASON, "push"),
-                                 urgency=("urgent" if request.headers.get(H_URGENCY)
+                                 reason=headers.get(H_REASON, "push"),
+                                 urgency=("urgent" if headers.get(H_URGENCY)
                                           == "urgent" else "normal"),
                                  strategy="receive",
                                  seconds=round(time.time() - transfer.started, 3)))
@@ -370,9 +377,10 @@ async def _reject_database(store: Storage, source: str, origin: str, data_type: 
     return _bad(web.HTTPUnprocessableEntity, f"{artifact_name}: {error}", quarantined_to=where)
 
 
-async def _drop_live(store: Storage, request: web.Request, data_type: str, rel: str) -> None:
+async def _drop_live(store: Storage, headers: Mapping[str, str], data_type: str,
+                     rel: str) -> None:
     """The finished artifact is here: its origin's live snapshot is no longer needed."""
-    origin = request.headers.get(H_ORIGIN) or request.headers.get(H_SOURCE, "")
+    origin = headers.get(H_ORIGIN) or headers.get(H_SOURCE, "")
     if origin not in store.hosts:
         return
     try:

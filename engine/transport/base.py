@@ -54,7 +54,7 @@ class TransferError(Exception):
     """A push that did not end with a verified copy at the target."""
 
     def __init__(self, message: str, *, retryable: bool = True, target_fault: bool = True,
-                 backpressure: str | None = None) -> None:
+                 backpressure: str | None = None, unreachable: bool = False) -> None:
         super().__init__(message)
         self.retryable = retryable
         """False when trying again cannot help (conflict, bad token, refused path)."""
@@ -64,6 +64,9 @@ class TransferError(Exception):
         self.backpressure = backpressure
         """The target refused under backpressure (``disk`` or ``queue``): hold normal pushes
         to it until it releases."""
+        self.unreachable = unreachable
+        """No connection to the target could be made at all (refused, no route, connect
+        timeout): another way to it may still work (``transport: auto``)."""
 
 
 class Transport(Protocol):
@@ -77,6 +80,33 @@ class Transport(Protocol):
     def health_check(self) -> HealthCheckResult:
         """Whether this transport can move bytes (each transport is a health component)."""
         ...
+
+
+class BatchingTransport(Transport, Protocol):
+    """A transport that can also move many files to one target in one go."""
+
+    async def push_batch(self, requests: list[PushRequest],
+                         transfers: list[Transfer]) -> list[PushResult | TransferError]:
+        """Push ``requests`` (one target), one outcome per request in order; a failed file
+        fails only itself."""
+        ...
+
+    def batches_to(self, target: str) -> bool:
+        """Pushes to ``target`` go in batches now."""
+        ...
+
+
+class BatchRunner(Protocol):
+    """What carries a batching transport's batches (``BatchRsync``)."""
+
+    async def push(self, requests: list[PushRequest],
+                   transfers: list[Transfer]) -> list[PushResult | TransferError]: ...
+
+
+def batches(transport: Transport | None, target: str) -> bool:
+    """``transport`` pushes to ``target`` in batches now (``BatchingTransport``)."""
+    return callable(getattr(transport, "push_batch", None)) and \
+        transport.batches_to(target)  # type: ignore[union-attr]
 
 
 UNHEALTHY_AFTER = 20
@@ -100,15 +130,22 @@ class PushRecord:
         try:
             result = await push
         except TransferError as exc:
-            self.totals["failed"] += 1
-            if exc.target_fault:
-                self.totals["consecutive_failures"] += 1
-            self.last_error = str(exc)
+            self.note(exc)
             raise
+        self.note(result)
+        return result
+
+    def note(self, outcome: PushResult | TransferError) -> None:
+        """Count one push's end (a batch notes each of its files)."""
+        if isinstance(outcome, TransferError):
+            self.totals["failed"] += 1
+            if outcome.target_fault:
+                self.totals["consecutive_failures"] += 1
+            self.last_error = str(outcome)
+            return
         self.totals["pushes"] += 1
         self.totals["consecutive_failures"] = 0
         self.last_success_at = time.time()
-        return result
 
     def health_check(self, **details: Any) -> HealthCheckResult:
         failing = self.totals["consecutive_failures"] >= UNHEALTHY_AFTER

@@ -84,7 +84,10 @@ class HttpTransport:
                 offset = result
             raise TransferError(f"{request.target} keeps disagreeing about the resume offset")
         except aiohttp.ClientError as exc:
-            raise TransferError(f"{request.target} unreachable: {describe(exc)}") from exc
+            raise TransferError(f"{request.target} unreachable: {describe(exc)}",
+                                unreachable=isinstance(exc, (aiohttp.ClientConnectorError,
+                                                             aiohttp.ConnectionTimeoutError))
+                                ) from exc
         except asyncio.TimeoutError as exc:
             raise TransferError(f"{request.target} timed out on {art.key}") from exc
 
@@ -93,7 +96,10 @@ class HttpTransport:
         headers = {H_SHA: art.sha256, H_ORIGIN: art.origin}
         if request.live:
             headers.update({H_LIVE: "1", H_SOURCE: self.node})
-        async with self.session.head(url, headers=headers) as resp:
+        # a HEAD unanswered for the stall bound is a stall too (a connection kept alive
+        # into a partition or a newly closed port would otherwise wait out sock_read)
+        async with self.session.head(url, headers=headers, timeout=aiohttp.ClientTimeout(
+                total=None, sock_read=upload_idle_seconds())) as resp:
             if resp.status == 200:
                 held = resp.headers.get(H_SHA, "")
                 if held != art.sha256:

@@ -46,7 +46,8 @@ from engine.headers import (H_KEY, H_MTIME, H_ORIGIN, H_REASON, H_ROOT, H_SHA, H
 from engine.paths import STATE_DIR, staged_name
 from engine.stall import upload_idle_seconds
 from engine.transfers import Transfer
-from engine.transport.base import PushRecord, PushRequest, PushResult, TransferError
+from engine.transport.base import (BatchRunner, PushRecord, PushRequest, PushResult,
+                                   TransferError)
 from engine.transport.http import _error
 from engine.transport.meter import MeterServer
 from engine.transport.rsync_version import OldRsync, require
@@ -68,7 +69,8 @@ class RsyncTransport:
         self.session = session
         self.node = node
         self.bandwidth = bandwidth
-        self._host_of = host_of
+        self.host_of = host_of
+        """A host's config by name."""
         self.ssh = ssh
         self.rsync_binary = rsync_binary
         self.meter = meter
@@ -77,26 +79,42 @@ class RsyncTransport:
         """rsync versions found, by where (``local`` or a host name)."""
         self.record = PushRecord("rsync")
         """Pushes and failures, and the health they add up to."""
+        self.batch: BatchRunner | None = None
+        """How batches go (``push_batch``): the ``BatchRsync`` the registry's factory sets."""
 
     def health_check(self) -> HealthCheckResult:
         return self.record.health_check(rsync_versions={
-            k: ".".join(map(str, v)) for k, v in self._checked.items()})
+            k: ".".join(map(str, v)) for k, v in self._checked.items()},
+            batches=getattr(self.batch, "totals", None))
 
     async def push(self, request: PushRequest, transfer: Transfer) -> PushResult:
         return await self.record.run(self._push(request, transfer))
+
+    def batches_to(self, target: str) -> bool:
+        return self.batch is not None
+
+    async def push_batch(self, requests: list[PushRequest],
+                         transfers: list[Transfer]) -> list[PushResult | TransferError]:
+        """Many files to one target in one rsync run (``BatchRsync``)."""
+        if self.batch is None:
+            raise RuntimeError("this rsync transport was built without BatchRsync")
+        outcomes = await self.batch.push(requests, transfers)
+        for outcome in outcomes:
+            self.record.note(outcome)
+        return outcomes
 
     async def _push(self, request: PushRequest, transfer: Transfer) -> PushResult:
         if request.live:
             raise TransferError("live snapshots go over http only", retryable=False,
                                 target_fault=False)
-        host = self._host_of(request.target)
+        host = self.host_of(request.target)
         if host.ssh is None or host.ssh.host_key is None:
             raise TransferError(f"hosts.{host.name}.ssh (with host_key) is not set: cannot"
                                 " rsync to it", retryable=False, target_fault=False)
         art = request.artifact
         url = f"{request.target_url}/v1/objects/{art.data_type}/{quote(art.path)}"
         try:
-            await self._versions(host)
+            await self.check_versions(host)
             async with self.session.head(url, headers={H_SHA: art.sha256,
                                                        H_ORIGIN: art.origin}) as resp:
                 if resp.status == 200 and resp.headers.get(H_SHA) == art.sha256:
@@ -115,10 +133,10 @@ class RsyncTransport:
         except asyncio.TimeoutError as exc:
             raise TransferError(f"{request.target} timed out on {art.key}") from exc
 
-    async def _versions(self, host: HostConfig) -> None:
+    async def check_versions(self, host: HostConfig) -> None:
         """Refuse an rsync older than MIN_RSYNC here or on ``host`` (checked once each)."""
         if "local" not in self._checked:
-            code, out = await _run([self.rsync_binary, "--version"])
+            _code, out = await _run([self.rsync_binary, "--version"])
             self._checked["local"] = require(out, f"this node ({self.node})")
         if host.name not in self._checked:
             code, out = await _run([*self.ssh.options(host), self.ssh.destination(host),
@@ -133,8 +151,8 @@ class RsyncTransport:
         art = request.artifact
         remote = (f"{host.data_root}/{STATE_DIR}/incoming/"
                   f"{staged_name(art.data_type, art.path, art.sha256, art.origin)}")
-        code, out = await self._transfer(host, alloc, ["--chmod=F644"], request.source_file,
-                                         f"{self.ssh.destination(host)}:{remote}")
+        code, out = await self.run_rsync(host, alloc, ["--chmod=F644", str(request.source_file),
+                                                       f"{self.ssh.destination(host)}:{remote}"])
         if code != 0:
             raise TransferError(f"rsync to {request.target} exited {code}: {_last_line(out)}",
                                 retryable=not _host_key_refused(out))
@@ -143,20 +161,20 @@ class RsyncTransport:
         transfer.offset = matched if matched is not None else 0
         transfer.done = literal if literal is not None else art.size - transfer.offset
 
-    async def _transfer(self, host: HostConfig, alloc: Allocation, extra: list[str],
-                        source: Path, dest: str) -> tuple[int, str]:
-        """One rsync of ``source`` to ``dest`` on ``host``, its bytes drawn from ``alloc``
-        through the meter (else limited by ``--bwlimit``); its exit code and output."""
+    async def run_rsync(self, host: HostConfig, alloc: Allocation,
+                        args: list[str]) -> tuple[int, str]:
+        """One rsync run to ``host`` (``args``: options, sources, destination), resumable and
+        bounded by the stall bound, its bytes drawn from ``alloc`` through the meter (else
+        limited by ``--bwlimit``); its exit code and output."""
         argv = [self.rsync_binary, "--partial", f"--partial-dir={PARTIAL_DIR}", "--times",
-                "--stats", f"--timeout={max(1, round(upload_idle_seconds()))}", *extra]
+                "--stats", f"--timeout={max(1, round(upload_idle_seconds()))}"]
         if self.meter is None:
             kib = max(1, int(self.bandwidth.limit_mbps(host.name) * 1_000_000 / 1024))
-            return await _run([*argv, f"--bwlimit={kib}", "-e", self.ssh.rsh(host),
-                               str(source), dest])
+            return await _run([*argv, f"--bwlimit={kib}", "-e", self.ssh.rsh(host), *args])
         with self.meter.admit(alloc) as token:
             relay = [sys.executable, "-m", "engine.transport.meter", str(self.meter.path),
                      token, str(self.meter.chunk), "--", *self.ssh.options(host)]
-            return await _run([*argv, "-e", shlex.join(relay), str(source), dest])
+            return await _run([*argv, "-e", shlex.join(relay), *args])
 
     async def _publish(self, request: PushRequest, sent: int) -> PushResult:
         art = request.artifact
@@ -185,7 +203,7 @@ class RsyncTransport:
         now holds. ``dest``'s ``user@host`` must be the host's configured ssh endpoint (the
         only one whose key this node knows)."""
         started = time.monotonic()
-        config = self._host_of(host)
+        config = self.host_of(host)
         src = Path(source)
         try:
             if config.ssh is None or config.ssh.host_key is None:
@@ -196,10 +214,10 @@ class RsyncTransport:
                 raise TransferError(f"dest {dest!r} must be {self.ssh.destination(config)}:"
                                     "/absolute/path (hosts." + host + ".ssh)", retryable=False)
             remote = f"{path}{src.name}" if path.endswith("/") else path
-            await self._versions(config)
+            await self.check_versions(config)
             sha = await asyncio.to_thread(sha256_file, src)
             async with self.bandwidth.allocate(host, f"sync_file {src.name}") as alloc:
-                code, out = await self._transfer(config, alloc, [], src, f"{where}:{remote}")
+                code, out = await self.run_rsync(config, alloc, [str(src), f"{where}:{remote}"])
             if code != 0:
                 raise TransferError(f"rsync to {host} exited {code}: {_last_line(out)}",
                                     retryable=not _host_key_refused(out))

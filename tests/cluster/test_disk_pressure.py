@@ -114,7 +114,14 @@ def test_a_filling_gpu_node_pushes_goes_urgent_cleans_and_loses_no_game(make_clu
         assert pressure_level(change["percent"], thresholds, change["previous"]) == \
             change["level"], change
 
-    gone = deleted(cluster, "gpu-1")
+    # usage can read under 75 % while a cleanup run is still deleting its batch: take the
+    # deletions once the runs account for every one (a run's ARTIFACT_DELETED events come
+    # before its CLEANUP_COMPLETED, and with the writer done no new run starts under 75 %)
+    def settled() -> dict[str, list[str]] | None:
+        runs = cluster.events("gpu-1", "CLEANUP_COMPLETED")
+        gone = deleted(cluster, "gpu-1")
+        return gone if sum(r["payload"]["deleted"] for r in runs) == len(gone) else None
+    gone = wait_for(settled, 30, what="the last cleanup run to finish")
     assert len(gone) >= 10, gone
     for artifact, vouched in gone.items():
         assert len(set(vouched)) >= 2 and "gpu-1" not in vouched, (artifact, vouched)

@@ -385,7 +385,6 @@ async def test_a_vanished_source_or_no_transport_fails_without_blaming_the_targe
     assert await parts.path.push(artifact, "coord", "interval", source_file=file) is False
     assert "no transport yet" in parts.events(EventType.DATA_SYNC_FAILED)[-1].error
     parts.path.attach(Transports([parts.transport], "http"))
-    assert parts.path.transport_name == "http"
     gone = file.with_name("gone.npz")
     assert await parts.path.push(artifact, "cpu-1", "interval", source_file=gone) is False
     assert "gone.npz vanished" in parts.events(EventType.DATA_SYNC_FAILED)[-1].error
