@@ -331,14 +331,14 @@ class Node:
         await asyncio.to_thread(ssh.write)
         meter = MeterServer(ssh.control_dir / "meter.sock", GRANT_BYTES)
         await meter.start()
+        pool = self.ssh_pool = SshPool(ssh, self.config.host)
+        """Pooled asyncssh connections: remote operations and the tunnels of ``auto``."""
         context = TransportContext(self.name, self.peers.session, self.bandwidth,
                                    self.config.transfer.chunk_bytes, host_of=self.config.host,
-                                   ssh=ssh, meter=meter)
+                                   ssh=ssh, ssh_pool=pool, meter=meter)
         routes = {h.name: h.transport for h in self.config.hosts.values()
                   if h.name != self.name and h.transport != "http"}
         built = [transport_registry.build(name, context) for name in ("http", "rsync")]
-        pool = self.ssh_pool = SshPool(ssh, self.config.host)
-        """Pooled asyncssh connections: remote operations and the tunnels of ``auto``."""
         built.append(AutoTransport(built[0], built[1], pool))
         self.transports = Transports(built, "http", routes)
         self.bandwidth.attach_rsync(self.transports.get("rsync"))  # the seed's sync_file

@@ -324,8 +324,7 @@ class HostConfig(_Model):
         if self.transport != "http" and (self.ssh is None or self.ssh.host_key is None):
             raise FieldProblem([("transport",), ("ssh",)],
                                f"transport {self.transport} needs an ssh block with host_key"
-                               " (ringsync"
-                               " never reaches a host whose key it does not know)")
+                               " (ringsync never reaches a host whose key it does not know)")
         return self
 
     @property

@@ -13,7 +13,7 @@ registry.register("http", lambda ctx: HttpTransport(ctx.session, ctx.node, ctx.b
 
 def _rsync(ctx: registry.TransportContext) -> RsyncTransport:
     transport = RsyncTransport(ctx.session, ctx.node, ctx.bandwidth, ctx.host_of, ctx.ssh,
-                               ctx.meter)
+                               ctx.meter, pool=ctx.ssh_pool)
     transport.batch = BatchRsync(transport, ctx.ssh.control_dir)
     return transport
 

@@ -44,6 +44,9 @@ from engine.transport.rsync_version import OldRsync
 PROBE_CONCURRENCY = 16
 """HEAD requests of one batch in flight at once."""
 
+PUBLISH_FILES = 500
+"""Files declared in one ``POST /v1/staged``."""
+
 PARTIAL_EXITS = (23, 24)
 """rsync's exits for "some files were not transferred" and "some files vanished": the rest
 arrived, and the receiver's verification says which."""
@@ -160,7 +163,14 @@ class BatchRsync:
         return sent
 
     async def _publish(self, requests: list[PushRequest]) -> list[Outcome]:
-        """Ask the receiver to verify and publish each staged file; one outcome each."""
+        """Ask the receiver to verify and publish each staged file; one outcome each (in
+        requests of at most ``PUBLISH_FILES``, well under the receiver's 1 MiB body bound)."""
+        outcomes: list[Outcome] = []
+        for start in range(0, len(requests), PUBLISH_FILES):
+            outcomes += await self._publish_some(requests[start:start + PUBLISH_FILES])
+        return outcomes
+
+    async def _publish_some(self, requests: list[PushRequest]) -> list[Outcome]:
         files = []
         for request in requests:
             art = request.artifact

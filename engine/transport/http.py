@@ -98,8 +98,11 @@ class HttpTransport:
             headers.update({H_LIVE: "1", H_SOURCE: self.node})
         # a HEAD unanswered for the stall bound is a stall too (a connection kept alive
         # into a partition or a newly closed port would otherwise wait out sock_read)
-        async with self.session.head(url, headers=headers, timeout=aiohttp.ClientTimeout(
-                total=None, sock_read=upload_idle_seconds())) as resp:
+        base = self.session.timeout  # a request's timeout replaces the session's whole
+        timeout = aiohttp.ClientTimeout(total=base.total, connect=base.connect,
+                                        sock_connect=base.sock_connect,
+                                        sock_read=upload_idle_seconds())
+        async with self.session.head(url, headers=headers, timeout=timeout) as resp:
             if resp.status == 200:
                 held = resp.headers.get(H_SHA, "")
                 if held != art.sha256:

@@ -32,6 +32,8 @@ class TransportContext:
     """A host's config by name (``HostConfig``), for transports that need more than its URL."""
     ssh: Any = None
     """The node's ``SshSetup`` (known_hosts and ssh options), for transports over SSH."""
+    ssh_pool: Any = None
+    """The node's ``SshPool``: pooled asyncssh connections for remote operations."""
     meter: Any = None
     """The node's ``MeterServer``: where a transport's child process draws bytes from the
     bandwidth buckets."""

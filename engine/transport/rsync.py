@@ -51,6 +51,7 @@ from engine.transport.base import (BatchRunner, PushRecord, PushRequest, PushRes
 from engine.transport.http import _error
 from engine.transport.meter import MeterServer
 from engine.transport.rsync_version import OldRsync, require
+from engine.transport.ssh import SshError, SshPool
 from engine.transport.ssh_setup import SshSetup
 
 PARTIAL_DIR = ".rsync-partial"
@@ -65,7 +66,7 @@ class RsyncTransport:
     def __init__(self, session: aiohttp.ClientSession, node: str,
                  bandwidth: BandwidthCoordinator, host_of: Callable[[str], HostConfig],
                  ssh: SshSetup, meter: MeterServer | None = None,
-                 rsync_binary: str = "rsync") -> None:
+                 rsync_binary: str = "rsync", pool: SshPool | None = None) -> None:
         self.session = session
         self.node = node
         self.bandwidth = bandwidth
@@ -73,6 +74,8 @@ class RsyncTransport:
         """A host's config by name."""
         self.ssh = ssh
         self.rsync_binary = rsync_binary
+        self.pool = pool
+        """Remote operations (``sync_file`` has the far end hash what it holds)."""
         self.meter = meter
         """Where rsync's bytes draw from the host's bucket (None: ``--bwlimit`` instead)."""
         self._checked: dict[str, tuple[int, int, int]] = {}
@@ -221,12 +224,15 @@ class RsyncTransport:
             if code != 0:
                 raise TransferError(f"rsync to {host} exited {code}: {_last_line(out)}",
                                     retryable=not _host_key_refused(out))
-            code, answer = await _run([*self.ssh.options(config), where, "sha256sum", "--",
-                                       shlex.quote(remote)])
-            held = answer.split()[0] if code == 0 and answer.split() else None
+            if self.pool is None:
+                raise TransferError("no ssh pool to verify the copy with", retryable=False)
+            try:
+                held = await self.pool.sha256(host, remote)
+            except SshError as exc:
+                raise TransferError(f"cannot verify {remote} on {host}: {exc}") from None
             if held != sha:
                 raise TransferError(f"{host} holds {remote} with sha256 {held} after the"
-                                    f" transfer, not {sha}: {_last_line(answer)}")
+                                    f" transfer, not {sha}")
             literal = _stat(out, "Literal data")
             return SyncFileResult(True, host, str(src), f"{where}:{remote}",
                                   literal if literal is not None else src.stat().st_size,

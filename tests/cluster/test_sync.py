@@ -200,7 +200,10 @@ def test_a_corrupt_database_is_reported_once_and_does_not_block_others(cluster: 
 def test_a_push_cut_off_by_a_crash_resumes_sending_only_the_rest(make_cluster) -> None:
     """Invariant 5 end to end: the coordinator dies mid-push (SIGKILL); after it restarts the
     sender asks for the offset and sends only the remainder."""
-    cluster = make_cluster(gpus=1, config={"bandwidth_limits": {"default_mbps": 4}})
+    # the breaker may open while coord restarts (slowly on a loaded machine): it probes
+    # again within 2 s rather than 30, inside the wait below
+    cluster = make_cluster(gpus=1, config={"bandwidth_limits": {"default_mbps": 4},
+                                           "transfer": {"breaker_reset_seconds": 2}})
     size = 16 * 1024 * 1024
     body = os.urandom(size)
     write(cluster, "gpu-1", "models/m/ckpt.pt", body)

@@ -198,6 +198,42 @@ def test_a_push_killed_at_40_percent_resumes_and_sends_only_the_rest(
         cluster.stop_all()
 
 
+def test_a_corrupted_partial_is_never_published_and_the_resume_repairs_it(
+        tmp_path: Path, sshd: SshServer) -> None:
+    """The partial rsync kept is damaged (bit rot, a bad disk) before the resume: the
+    damaged blocks match nothing and are sent again, and what is published hashes to the
+    version (the receiver hashes it; a copy that did not would be refused, 422)."""
+    cluster = _rsync_cluster(tmp_path, sshd)
+    cluster.settings["hosts"]["coord"]["bandwidth_mbps"] = 2
+    cluster.config_path.write_text(yaml.safe_dump(cluster.settings, sort_keys=False))
+    try:
+        cluster.start()
+        body = os.urandom(8_000_000)
+        write(cluster, "gpu-1", "npz/k/rotted.npz", body)
+        wait_for(lambda: _rsync_temp(cluster) >= 3_000_000, 30, interval=0.02,
+                 what="some of it on the way")
+        cluster.stop_node("gpu-1", signal.SIGKILL)
+        partial = cluster.data_root("coord") / ".ringsync" / "incoming" / ".rsync-partial"
+        [kept] = wait_for(lambda: list(partial.glob("*")), 15, what="rsync's partial")
+        size = kept.stat().st_size
+        with open(kept, "r+b") as fh:  # rot 64 KiB in its middle
+            fh.seek(size // 2)
+            fh.write(bytes(b ^ 0xFF for b in fh.read(65_536)))
+            fh.seek(size // 2)
+        cluster.start_node("gpu-1")
+        copy = wait_for(lambda: cluster.stored("coord", "gpu-1", "npz/k/rotted.npz"), 40,
+                        what="the repaired copy")
+        assert copy.read_bytes() == body
+        [done] = [t for t in cluster.status("gpu-1")["transfers"]["recent"]
+                  if t["artifact"] == "npz/k/rotted.npz" and t["error"] is None]
+        assert done["done"] >= 8_000_000 - size + 60_000, done  # the rotted blocks again
+        assert done["offset"] <= size - 60_000, done
+        for stored in cluster.copies("coord", "gpu-1", "npz/k/rotted.npz"):
+            assert stored.read_bytes() == body, f"{stored} holds rotted bytes"
+    finally:
+        cluster.stop_all()
+
+
 def test_a_source_rewritten_during_the_transfer_is_never_published(
         tmp_path: Path, sshd: SshServer) -> None:
     cluster = _rsync_cluster(tmp_path, sshd)

@@ -78,3 +78,6 @@ def test_rsync_to_a_host_without_a_known_key_is_a_config_error(tmp_path: Path) -
     with pytest.raises(ConfigError, match="host_key must be a public key line"):
         load_config_text(text.replace("user: rs}", "user: rs, host_key: nonsense}"),
                          source="cluster.yaml")
+    with pytest.raises(ConfigError, match="transport auto needs an ssh block with host_key"):
+        load_config_text(text.replace("transport: rsync", "transport: auto"),
+                         source="cluster.yaml")
