@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.stamp
 
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-hosts chaos demo bench bench-tui bench-cleanup bench-scrub bench-gossip bench-connections bench-hosts bench-hosts-scale system-deps clean
+.PHONY: venv test test-hosts chaos demo bench bench-tui bench-cleanup bench-scrub bench-gossip bench-connections bench-hosts bench-hosts-scale bench-rsync system-deps clean
 
 venv: $(STAMP)
 
@@ -91,6 +91,12 @@ bench-hosts: venv system-deps
 SCALE_SECONDS ?= 180
 bench-hosts-scale: venv system-deps
 	$(PY) bench/hosts_scale.py --duration $(SCALE_SECONDS)
+
+
+# The rsync transport against plain rsync (1 GiB), and 1,000 small files by HTTP and BatchRsync.
+bench-rsync: venv system-deps
+	$(PY) bench/rsync_transport.py
+	$(PY) bench/many_files.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist *.egg-info bench/out snapshot_report.html

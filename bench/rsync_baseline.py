@@ -31,14 +31,19 @@ GIB = 1024 * MIB
 
 def rsync_over_ssh_seconds(src: Path, dest_dir: Path) -> float:
     """Seconds for `rsync -a -e <ssh> src user@127.0.0.1:dest_dir/` (sshd start-up excluded)."""
+    with SshServer() as server:
+        return rsync_to_server_seconds(server, src, dest_dir)
+
+
+def rsync_to_server_seconds(server: SshServer, src: Path, dest_dir: Path) -> float:
+    """Seconds for `rsync -a -e <ssh> src user@host:dest_dir/` to ``server`` (already up)."""
     src, dest_dir = Path(src).resolve(), Path(dest_dir).resolve()
     dest_dir.mkdir(parents=True, exist_ok=True)
-    with SshServer() as server:
-        cmd = ["rsync", "-a", "-e", server.rsync_rsh(), str(src), f"{server.target}:{dest_dir}/"]
-        started = time.perf_counter()
-        r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                           timeout=3600)
-        elapsed = time.perf_counter() - started
+    cmd = ["rsync", "-a", "-e", server.rsync_rsh(), str(src), f"{server.target}:{dest_dir}/"]
+    started = time.perf_counter()
+    r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                       timeout=3600)
+    elapsed = time.perf_counter() - started
     if r.returncode != 0:
         raise RuntimeError(f"rsync exited {r.returncode}: {r.stderr.strip()}")
     return elapsed

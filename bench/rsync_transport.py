@@ -42,7 +42,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -65,7 +64,12 @@ from bench.push_1gib import (  # noqa: E402
     wait_for_push,
     write_random_file,
 )
-from bench.rsync_baseline import MIB, per_gib, sha256_pass_seconds  # noqa: E402
+from bench.rsync_baseline import (  # noqa: E402
+    MIB,
+    per_gib,
+    rsync_to_server_seconds,
+    sha256_pass_seconds,
+)
 from tests.support.sshd import SshServer  # noqa: E402
 
 
@@ -90,20 +94,6 @@ def rsync_config(server: SshServer, args: argparse.Namespace) -> dict[str, Any]:
                                   "user": server.user, "key": str(server.client_key),
                                   "host_key": host_key(server)}}},
     }
-
-
-def rsync_cli_seconds(server: SshServer, src: Path, dest_dir: Path) -> float:
-    """Seconds for ``rsync -a -e <ssh> src user@host:dest_dir/`` to ``server`` (already up)."""
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    cmd = ["rsync", "-a", "-e", server.rsync_rsh(), str(src.resolve()),
-           f"{server.target}:{dest_dir.resolve()}/"]
-    started = time.perf_counter()
-    r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                       timeout=3600)
-    elapsed = time.perf_counter() - started
-    if r.returncode != 0:
-        raise RuntimeError(f"rsync exited {r.returncode}: {r.stderr.strip()}")
-    return elapsed
 
 
 def push_once(cluster, artifact: str, appeared: float, src_sha: str) -> dict[str, Any]:
@@ -176,7 +166,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             cluster.stop_all()  # nodes idle from here on; free their CPU for rsync
 
             rsync_dst = work / "rsync-dst"
-            rsync_s = rsync_cli_seconds(server, first, rsync_dst)
+            rsync_s = rsync_to_server_seconds(server, first, rsync_dst)
             if sha256_of(rsync_dst / first.name) != src_sha:
                 raise CopyMismatch("plain rsync's copy does not hash to the source's SHA-256")
         finally:
