@@ -237,12 +237,12 @@ class EventsPane(ComponentStyles, ScrollView, can_focus=True):
         self.virtual_size = Size(self._line_width(), self.line_count)
 
     def _at_bottom(self) -> bool:
-        """Whether new events should scroll the view (it shows the newest line)."""
-        if self.is_vertical_scrollbar_grabbed:
-            return False
-        if not self.size:  # not laid out yet
-            return self._follow
-        return self.scroll_offset.y >= self.max_scroll_y
+        """Whether new events should scroll the view: it was left at the newest line.
+
+        Kept as state (``watch_scroll_y``), not read off the position: a layout change such
+        as a long line bringing the horizontal scrollbar moves the bottom away from a view
+        that did not move, and that view must go on following."""
+        return self._follow and not self.is_vertical_scrollbar_grabbed
 
     def _update_title(self) -> None:
         total = len(self._events)

@@ -25,10 +25,11 @@ pytestmark = [pytest.mark.system, pytest.mark.timeout(150)]
 
 
 class Tmux:
-    """One detached tmux session on a private server socket."""
+    """One detached tmux session on a private server socket, 80x24 by default: the size an
+    operator's terminal often is, and the size CI's terminal drew the dashboard at."""
 
-    def __init__(self, tmp_path: Path, command: list[str], width: int = 120,
-                 height: int = 40) -> None:
+    def __init__(self, tmp_path: Path, command: list[str], width: int = 80,
+                 height: int = 24) -> None:
         self.socket = str(tmp_path / "tmux.sock")
         self.name = f"rs-{uuid.uuid4().hex[:8]}"
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in

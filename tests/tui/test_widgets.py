@@ -400,6 +400,23 @@ async def test_events_pane_follows_the_bottom() -> None:
         assert pane.rows_in_view()[-1].seq == 51
 
 
+async def test_events_pane_keeps_following_when_a_long_line_brings_a_scrollbar() -> None:
+    """A line wider than the pane adds a horizontal scrollbar, one row less for lines: the
+    view, at the bottom until then, must stay at the bottom (CI at 80x24 saw it stick)."""
+    pane = EventsPane()
+    app = WidgetApp(pane)
+    async with app.run_test(size=SIZE) as pilot:
+        pane.add(event(i) for i in range(50))
+        await pilot.pause()
+        height = pane.scrollable_content_region.height
+        pane.add([event(50, text="x" * 300)])
+        await pilot.pause()
+        assert pane.scrollable_content_region.height < height  # the scrollbar took a row
+        pane.add([event(51), event(52)])
+        await pilot.pause()
+        assert pane.rows_in_view()[-1].seq == 52
+
+
 async def test_events_pane_holds_still_when_scrolled_up() -> None:
     pane = EventsPane(keep=1000)
     app = WidgetApp(pane)
