@@ -10,7 +10,7 @@ far above loopback (``hosts.coord.bandwidth_mbps: 100000``):
 * ``http``: the default transport, one ``PUT /v1/objects`` per file;
 * ``rsync``: the coordinator's host config says ``transport: rsync`` with an ``ssh`` block
   for a throwaway local OpenSSH server (tests.support.sshd.SshServer, its host key pinned).
-  The pushes of one cycle go as batches (``engine/transport/batch_rsync.py``): HEAD probes,
+  The pushes of one cycle go as batches (``engine/transport/batch_rsync.py``): one probe,
   one ``rsync --files-from`` run for the batch, one ``POST /v1/staged`` where the
   coordinator hashes and publishes each file.
 
@@ -30,7 +30,8 @@ breakdown from the events' own timestamps:
 * the coordinator's per-file receive ``seconds`` (median, max) and the GPU node's cycles
   (DATA_SYNC_STARTED files, DATA_SYNC_COMPLETED seconds), DATA_SYNC_FAILED count;
 * rsync: gpu-1's batches (``GET /health`` ->
-  ``details["transport:rsync"]["details"]["batches"]``).
+  ``details["transport:rsync"]["details"]["batches"]``) and its last batch's phases
+  (``last_batch``: the probe, the rsync run, the publishing, in seconds).
 
 Every stored copy (``cluster.stored("coord", "gpu-1", rel)``) is hashed and must match its
 source. Figures, never assertions; exit 1 only if a copy is missing or wrong.
@@ -57,11 +58,14 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from bench.push_1gib import COORD, GPU, sha256_of  # noqa: E402
+from bench.rsync_baseline import rsync_to_server_seconds  # noqa: E402
 from bench.rsync_transport import CopyMismatch, batches_text, rsync_config  # noqa: E402
 from tests.support.cluster import Cluster  # noqa: E402
 from tests.support.sshd import SshServer  # noqa: E402
 
 KIB = 1024
+WARM_FILES = 5
+"""Files pushed before the measured ones (``--warm``)."""
 AGE_SECONDS = 120
 """How far in the past the files' mtimes are set: long finished."""
 
@@ -92,10 +96,12 @@ class EventTail:
         return out
 
 
-def write_files(root: Path, count: int, size: int) -> dict[str, str]:
-    """``count`` random files of ``size`` bytes under ``npz/many/``, mtime 2 min ago;
-    their SHA-256 by ``<data_type>/<path>``."""
-    where = root / "npz" / "many"
+def write_files(root: Path, count: int, size: int, sub: str = "many",
+                where: Path | None = None) -> dict[str, str]:
+    """``count`` random files of ``size`` bytes under ``npz/<sub>/`` (written into ``where``
+    when given, to be moved there later), mtime 2 min ago; their SHA-256 by
+    ``<data_type>/<path>``."""
+    where = where or root / "npz" / sub
     where.mkdir(parents=True, exist_ok=True)
     past = time.time() - AGE_SECONDS
     shas: dict[str, str] = {}
@@ -104,7 +110,7 @@ def write_files(root: Path, count: int, size: int) -> dict[str, str]:
         path = where / f"f{i:04d}.npz"
         path.write_bytes(body)
         os.utime(path, (past, past))
-        shas[f"npz/many/f{i:04d}.npz"] = hashlib.sha256(body).hexdigest()
+        shas[f"npz/{sub}/f{i:04d}.npz"] = hashlib.sha256(body).hexdigest()
     return shas
 
 
@@ -115,6 +121,10 @@ def make_cluster(root: Path, args: argparse.Namespace, config: dict[str, Any],
         cluster = Cluster(root, gpus=1, interval=args.interval,
                           finished_after=args.finished_after, config=config)
         if len({n.port for n in cluster.nodes.values()}) == len(cluster.nodes):
+            # Only the sender cycles every --interval: a coordinator's own cycle (orphan
+            # re-homing, recovery: scans of its whole manifest) runs at the default 60 s, as
+            # on a real cluster, not five times a second beside the publishing measured.
+            cluster.env[COORD] = {"RINGRIFT_SYNC_INTERVAL": "60"}
             return cluster
     raise RuntimeError("could not pick distinct free ports for the nodes")
 
@@ -134,7 +144,13 @@ def run_one(transport: str, args: argparse.Namespace, work: Path,
     config = rsync_config(server, args) if server is not None else http_config(args)
     cluster = make_cluster(work / transport, args, config)
     try:
-        shas = write_files(cluster.data_root(GPU), args.files, args.size_kib * KIB)
+        root = cluster.data_root(GPU)
+        staging = root.parent / f"{GPU}-staging"  # the same file system, outside the root
+        if args.warm:
+            warm = write_files(root, WARM_FILES, args.size_kib * KIB, sub="warm")
+            shas = write_files(root, args.files, args.size_kib * KIB, where=staging)
+        else:
+            shas = write_files(root, args.files, args.size_kib * KIB)
         cluster.start(skip=(GPU,))
         coord_tail = EventTail(cluster.data_root(COORD) / ".ringsync" / "events.jsonl")
         gpu_tail = EventTail(cluster.data_root(GPU) / ".ringsync" / "events.jsonl")
@@ -142,31 +158,36 @@ def run_one(transport: str, args: argparse.Namespace, work: Path,
         load_before = os.getloadavg()[0]
         started = time.time()
         cluster.start_node(GPU, wait=False)
+        deadline = time.monotonic() + args.timeout
+        if args.warm:  # a first batch opens the ssh connection and checks rsync's version
+            arrived: set[str] = set()
+            while len(arrived) < len(warm):
+                arrived |= stored_keys(coord_tail.new(), warm)
+                check(cluster, transport, deadline, len(arrived), len(warm))
+                time.sleep(args.poll)
+            gpu_tail.new()
+            os.rename(staging, root / "npz" / "many")  # all of them appear at once
+            started = time.time()
 
         received: dict[str, dict[str, Any]] = {}
         gpu_events: list[dict[str, Any]] = []
-        deadline = time.monotonic() + args.timeout
         while len(received) < len(shas):
-            proc = cluster.nodes[GPU].proc
-            if proc is not None and proc.poll() is not None:
-                raise RuntimeError(f"{GPU} exited {proc.returncode}:\n{cluster.log(GPU)}")
             for ev in coord_tail.new():
                 if ev["type"] == "DATA_SYNC_COMPLETED" and ev["payload"].get("source") == GPU:
                     for key in ev["payload"].get("artifacts", []):
                         if key in shas:
                             received.setdefault(key, ev)
             gpu_events += gpu_tail.new()
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{transport}: {len(received)} of {len(shas)} files stored"
-                                   f" within {args.timeout:.0f}s\n{cluster.log(GPU)}")
+            check(cluster, transport, deadline, len(received), len(shas))
             time.sleep(args.poll)
         seen_all = time.time()
         time.sleep(0.3)  # the sender's own DATA_SYNC_COMPLETED follows the last publish
         gpu_events += gpu_tail.new()
 
         health = cluster.request(GPU, "GET", "/health").json()
-        batches = (health.get("details", {}).get(f"transport:{transport}", {})
-                   .get("details", {}).get("batches")) if transport == "rsync" else None
+        details = health.get("details", {}).get(f"transport:{transport}", {}).get("details", {})
+        batches = details.get("batches") if transport == "rsync" else None
+        last_batch = details.get("last_batch") if transport == "rsync" else None
 
         wrong = []
         for rel, sha in shas.items():
@@ -178,8 +199,11 @@ def run_one(transport: str, args: argparse.Namespace, work: Path,
                                f" or not the source's bytes: {wrong[:5]}")
     finally:
         cluster.stop_all()
+    plain = None
+    if server is not None:  # the same files by the plain rsync CLI, same sshd, nothing else up
+        plain = rsync_to_server_seconds(server, root / "npz" / "many", work / "plain-rsync")
 
-    cycles = [e for e in gpu_events if e["type"] == "DATA_SYNC_STARTED"]
+    cycles = [e for e in gpu_events if e["type"] == "DATA_SYNC_STARTED" and e["ts"] >= started]
     done = [e for e in gpu_events if e["type"] == "DATA_SYNC_COMPLETED"]
     failed = [e for e in gpu_events if e["type"] == "DATA_SYNC_FAILED"]
     first_started = cycles[0]["ts"] if cycles else started
@@ -189,6 +213,7 @@ def run_one(transport: str, args: argparse.Namespace, work: Path,
     from_start = stored_ts[-1] - started
     return {
         "transport": transport, "files": len(shas), "size_kib": args.size_kib,
+        "warm": args.warm,
         "verified_copies": len(shas),
         "files_per_second": len(shas) / window if window > 0 else float("inf"),
         "seconds": window,
@@ -206,9 +231,28 @@ def run_one(transport: str, args: argparse.Namespace, work: Path,
         "failed": len(failed),
         "failed_errors": sorted({e["payload"].get("error", "")[:160] for e in failed})[:3],
         "batches": batches,
+        "last_batch": last_batch,
+        "plain_rsync_seconds": plain,
         "poll_overrun": round(seen_all - stored_ts[-1], 3),
         "loadavg_1min_before": load_before,
     }
+
+
+def stored_keys(events: list[dict[str, Any]], wanted: dict[str, str]) -> set[str]:
+    """The keys of ``wanted`` the coordinator's receive events in ``events`` report stored."""
+    return {key for ev in events if ev["type"] == "DATA_SYNC_COMPLETED"
+            and ev["payload"].get("source") == GPU
+            for key in ev["payload"].get("artifacts", []) if key in wanted}
+
+
+def check(cluster: Cluster, transport: str, deadline: float, have: int, want: int) -> None:
+    """Give up when the sender died or the files are late."""
+    proc = cluster.nodes[GPU].proc
+    if proc is not None and proc.poll() is not None:
+        raise RuntimeError(f"{GPU} exited {proc.returncode}:\n{cluster.log(GPU)}")
+    if time.monotonic() > deadline:
+        raise RuntimeError(f"{transport}: {have} of {want} files stored in time\n"
+                           f"{cluster.log(GPU)}")
 
 
 def run(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
@@ -230,12 +274,14 @@ def report(results: list[dict[str, Any]]) -> str:
         completed = ", ".join(f"{c['files']} files in {c['seconds']:.2f}s (at +{c['at']:.2f}s)"
                               for c in r["sender_completed"])
         lines += [
-            (f"{name}, {r['files']} x {r['size_kib']} KiB:",
+            (f"{name}, {r['files']} x {r['size_kib']} KiB"
+         f" ({'after a first batch' if r['warm'] else 'cold'}):",
              f"{r['files_per_second']:.0f} files/s ({r['seconds']:.2f} s from gpu-1's first"
              " DATA_SYNC_STARTED to the last file stored)"),
-            ("  from gpu-1's process start:",
+            ("  from the files in place:" if r["warm"] else "  from gpu-1's process start:",
              f"{r['files_per_second_from_start']:.0f} files/s ({r['seconds_from_start']:.2f} s)"),
-            ("  start -> STARTED (start-up, scan, hash):", f"{r['start_to_started']:.2f} s"),
+            ("  in place -> STARTED (scan, hash):" if r["warm"] else
+             "  start -> STARTED (start-up, scan, hash):", f"{r['start_to_started']:.2f} s"),
             ("  STARTED -> first file stored:", f"{r['started_to_first_stored']:.2f} s"),
             ("  first -> last file stored:", f"{r['first_to_last_stored']:.2f} s"),
             ("  coord receive seconds per file:",
@@ -247,6 +293,18 @@ def report(results: list[dict[str, Any]]) -> str:
         ]
         if r["transport"] == "rsync":
             lines.append(("  rsync batches on gpu-1 (/health):", batches_text(r["batches"])))
+            if last := r.get("last_batch"):
+                lines.append(("  its last batch:", f"{last['sent']} of {last['files']} files sent"
+                              f" ({last['published_during_rsync']} published while rsync ran);"
+                              f" probe {last['probe_seconds']:.2f} s, rsync"
+                              f" {last['rsync_seconds']:.2f} s, publishing after it"
+                              f" {last['publish_after_rsync_seconds']:.2f} s"))
+            if r.get("plain_rsync_seconds"):
+                lines.append(("  plain rsync -a of the same files:",
+                              f"{r['files'] / r['plain_rsync_seconds']:.0f} files/s"
+                              f" ({r['plain_rsync_seconds']:.2f} s, same sshd, no verification:"
+                              f" BatchRsync does {r['files_per_second'] * r['plain_rsync_seconds'] / r['files']:.0%}"
+                              " of its rate)"))
         lines += [
             ("  1-min load average before:", f"{r['loadavg_1min_before']:.2f}"
              f" ({os.cpu_count()} CPUs)"),
@@ -276,6 +334,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="how often the event logs are read, s (default 0.05)")
     parser.add_argument("--tmpdir", type=Path, default=None,
                         help="where the nodes' data roots go (default: the system temp dir)")
+    parser.add_argument("--cold", dest="warm", action="store_false",
+                        help="measure gpu-1's first push (ssh connection, rsync version"
+                             " check, first HTTP connection included); by default a first"
+                             f" batch of {WARM_FILES} files is pushed before the measured ones")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     args.transports = [t.strip() for t in args.transports.split(",") if t.strip()]

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import hashlib
 import os
 from pathlib import Path
+
+from engine.hashing import CHUNK
 
 FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 """Errors that mean "no room": answered 507 Insufficient Storage."""
@@ -104,25 +107,72 @@ def publish(part: Path, final: Path, root: Path | None = None) -> None:
     Any other OSError is a ``DiskError``; the final name is then taken back (best effort:
     a link whose directory fsync failed is not known to be durable), the part is left to
     the caller to discard."""
-    try:
-        if root is not None:
-            make_dirs(final.parent, root)
-        else:
-            final.parent.mkdir(parents=True, exist_ok=True)
-        os.link(part, final)
-    except FileExistsError:
-        raise
-    except OSError as exc:
-        raise DiskError("link", exc) from exc
-    try:
-        fsync_dir(final.parent)
-    except OSError as exc:
+    error = publish_all([(part, final)], root)[0]
+    if error is not None:
+        raise error
+
+
+def publish_all(pairs: list[tuple[Path, Path]],
+                root: Path | None = None) -> list[FileExistsError | DiskError | None]:
+    """``publish`` for many (part, final) pairs, each on its own: every part is linked under
+    its final name, then each directory that gained a name is fsynced once for all of them
+    (a batch of a thousand files in one directory costs one directory fsync, not a
+    thousand). One error per pair (None: published, the part unlinked); a directory whose
+    fsync fails fails every pair linked into it, their final names taken back."""
+    results: list[FileExistsError | DiskError | None] = [None] * len(pairs)
+    linked: dict[Path, list[int]] = {}
+    made: set[Path] = set()
+    for i, (part, final) in enumerate(pairs):
         try:
-            os.unlink(final)
-        except OSError:
-            pass
-        raise DiskError("directory fsync", exc) from exc
-    os.unlink(part)
+            if final.parent not in made:
+                if root is not None:
+                    make_dirs(final.parent, root)
+                else:
+                    final.parent.mkdir(parents=True, exist_ok=True)
+                made.add(final.parent)
+            os.link(part, final)
+        except FileExistsError as exc:
+            results[i] = exc
+            continue
+        except OSError as exc:
+            results[i] = DiskError("link", exc)
+            continue
+        linked.setdefault(final.parent, []).append(i)
+    for directory, members in linked.items():
+        try:
+            fsync_dir(directory)
+        except OSError as exc:
+            for i in members:
+                try:
+                    os.unlink(pairs[i][1])
+                except OSError:
+                    pass
+                results[i] = DiskError("directory fsync", exc)
+            continue
+        for i in members:
+            try:
+                os.unlink(pairs[i][0])
+            except OSError:
+                pass  # published all the same; a stale part is swept from incoming later
+    return results
+
+
+def settle(path: Path) -> str:
+    """The SHA-256 of a file another process wrote (rsync into the incoming area), read
+    back and fsynced in one pass, so that the bytes hashed are on disk before they are
+    published. A failing fsync is a ``DiskError`` (those bytes cannot be trusted)."""
+    hasher = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        while block := os.read(fd, CHUNK):
+            hasher.update(block)
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            raise DiskError("fsync", exc) from exc
+    finally:
+        os.close(fd)
+    return hasher.hexdigest()
 
 
 def replace_live(part: Path, target: Path) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from pathlib import Path, PurePosixPath
 
 from engine.hashing import sha256_file
@@ -37,6 +38,23 @@ VERSION_DIGITS = 16
 MAX_NAME_BYTES = 255
 """Longest file name the common filesystems hold."""
 MAX_PATH_BYTES = 1024
+
+
+def _has_link(base: Path, parts: tuple[str, ...]) -> bool:
+    """Whether ``base`` or the existing part of ``base/parts`` has a symlink in it (then the
+    path must be resolved to be checked); a few ``lstat`` calls where resolving it would
+    take one for every component from ``/``."""
+    where = base
+    for part in ("", *parts):
+        where = where / part if part else where
+        try:
+            if stat.S_ISLNK(os.lstat(where).st_mode):
+                return True
+        except FileNotFoundError:
+            return False  # nothing exists below a missing directory
+        except OSError:
+            return True  # not a directory, unreadable: let resolving decide
+    return False
 
 
 class UnsafePath(ValueError):
@@ -77,8 +95,7 @@ class DataRoot:
         clean = check_relative(rel)
         final = base.joinpath(*clean.parts)
         # Belt and braces: no symlink in the existing part of the path may lead outside.
-        resolved = final.resolve()
-        if not resolved.is_relative_to(base.resolve()):
+        if _has_link(base, clean.parts) and not final.resolve().is_relative_to(base.resolve()):
             raise UnsafePath(f"path {rel!r} leaves the data root")
         return final
 

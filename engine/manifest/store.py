@@ -370,20 +370,27 @@ class ClusterManifest(PeerMerge):
 
         ``receipt.verified_at`` must come from the node that hashed the stored bytes.
         """
+        return self.register_syncs([(receipt, artifact)])
+
+    def register_syncs(self, arrivals: list[tuple[SyncReceipt, Artifact | None]]) -> int:
+        """``register_sync`` for many arrivals in one transaction (a batch of staged files:
+        one commit, not one each); returns its sequence number."""
         with self._change() as seq:
-            if artifact is not None:
-                known = self._db.execute(f"SELECT 1 FROM artifacts WHERE {_VERSION}",
-                                         artifact.ident).fetchone()
-                self._write_artifact(artifact, seq, keep_source=known is not None)
-            self._db.execute(
-                "INSERT INTO receipts(origin, data_type, path, source_node, target_node, sha256,"
-                " size, verified_at, transport, root_id, seq) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (receipt.origin, receipt.data_type, receipt.path, receipt.source_node,
-                 receipt.target_node, receipt.sha256, receipt.size, receipt.verified_at,
-                 receipt.transport, receipt.root_id, seq))
-            self._set_replica(Replica(receipt.data_type, receipt.path, receipt.target_node,
-                                      receipt.sha256, receipt.verified_at,
-                                      origin=receipt.origin, root_id=receipt.root_id), seq)
+            for receipt, artifact in arrivals:
+                if artifact is not None:
+                    known = self._db.execute(f"SELECT 1 FROM artifacts WHERE {_VERSION}",
+                                             artifact.ident).fetchone()
+                    self._write_artifact(artifact, seq, keep_source=known is not None)
+                self._db.execute(
+                    "INSERT INTO receipts(origin, data_type, path, source_node, target_node,"
+                    " sha256, size, verified_at, transport, root_id, seq)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    (receipt.origin, receipt.data_type, receipt.path, receipt.source_node,
+                     receipt.target_node, receipt.sha256, receipt.size, receipt.verified_at,
+                     receipt.transport, receipt.root_id, seq))
+                self._set_replica(Replica(receipt.data_type, receipt.path, receipt.target_node,
+                                          receipt.sha256, receipt.verified_at,
+                                          origin=receipt.origin, root_id=receipt.root_id), seq)
         return seq
 
     def receipts(self, limit: int = 100) -> list[SyncReceipt]:

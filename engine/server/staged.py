@@ -1,22 +1,27 @@
-"""``POST /v1/staged``: verify and publish files rsync put here.
+"""``POST /v1/staged``: verify and publish files rsync put here; ``POST /v1/held``.
 
 The rsync transports (``engine/transport/rsync.py``, ``batch_rsync.py``) write an
 artifact's bytes over SSH to this node's ``DataRoot.staged_path`` (rsync's own partial stays
 in ``incoming/.rsync-partial/`` until it is whole), then ask here for it to become a copy,
 declaring it with the same headers as a ``PUT /v1/objects`` (size, SHA-256, origin, source,
-mtime, config key). Nothing the sender or rsync says is trusted: this node hashes the
-staged file itself and it goes through the one acceptance path of every upload
-(``objects.accept_part``: size and SHA-256, SQLite's check for databases, atomic publish,
-registration).
+mtime, config key). Nothing the sender or rsync says is trusted: this node reads the staged
+file back, hashes and fsyncs it (``diskio.settle``), and it goes through the one acceptance
+path of every upload (``accept.accept``: size and SHA-256, SQLite's check for databases,
+atomic publish, registration).
 
 - ``POST /v1/staged/{data_type}/{path}``, one file declared in the request's headers: the
   same answer as a PUT's (201 with this node's own hash, 200 ``already_present`` when it
   held that version already), 404 when nothing is staged, 422 when the bytes are not that
-  version.
+  version, 503/507 when this node's disk fails on them (the staged file is discarded).
 - ``POST /v1/staged`` with ``{"files": [{"data_type", "path", "headers": {...}}, ...]}``
   (at most ``MAX_BATCH_FILES``): each file is published on its own, exactly as above, and
   the answer (200) lists one result per file in order: that answer's JSON with its
-  ``status``. A failed file fails only itself.
+  ``status``. A failed file fails only itself. The batch shares what can be shared: one
+  fsync per directory and one manifest transaction for all of its files.
+- ``POST /v1/held`` with ``{"files": [{"data_type", "path", "sha256", "origin"}, ...]}``:
+  which of those versions this node holds, one result each (``status`` 200 with
+  ``sha256``, ``verified_at`` and ``root_id``, 404 not held, or a HEAD's error): a batch's
+  probe in one request.
 """
 
 from __future__ import annotations
@@ -24,30 +29,103 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from multidict import CIMultiDict
 
-from engine.hashing import sha256_file
-from engine.headers import H_SIZE, H_SOURCE
+from engine import diskio
+from engine.headers import H_ORIGIN, H_SHA, H_SIZE, H_SOURCE
+from engine.server.accept import Arrival, Outcome, accept, bad, disk_failed, drop_live
 from engine.server.context import Storage, storage_of
-from engine.server.objects import (_bad, _drop_live, _held, _int_header, _named, _origin,
-                                   _resolve, _sha_header, accept_part)
+from engine.server.objects import _held, _int_header, _named, _origin, _resolve, _sha_header
 
 MAX_BATCH_FILES = 2000
-"""Files one ``POST /v1/staged`` may declare."""
+"""Files one ``POST /v1/staged`` (or ``/v1/held``) may declare."""
 
-PUBLISH_CONCURRENCY = 8
-"""Files of one batch verified and published at once (their hashing and fsyncs overlap)."""
+SETTLE_CONCURRENCY = 8
+"""Staged files of one batch read back, hashed and fsynced at once (their reads and fsyncs
+overlap)."""
 
 
 async def publish_staged(request: web.Request) -> web.Response:
-    return await publish_one(storage_of(request), request.headers, *_named(request))
+    store = storage_of(request)
+    arrival = await _arrive(store, request.headers, *_named(request))
+    try:
+        if isinstance(arrival, web.Response):
+            return arrival
+        outcome = (await accept(store, [arrival]))[0]
+    finally:
+        _release(store, [arrival])
+    if isinstance(outcome, web.HTTPException):
+        raise outcome
+    return outcome
 
 
 async def publish_batch(request: web.Request) -> web.Response:
     store = storage_of(request)
+    items = await _declared(request)
+    gate = asyncio.Semaphore(SETTLE_CONCURRENCY)
+
+    async def arrive(data_type: str, rel: str,
+                     headers: Mapping[str, str]) -> Arrival | Outcome:
+        async with gate:
+            try:
+                return await _arrive(store, headers, data_type, rel)
+            except web.HTTPException as exc:
+                return exc
+
+    arrived = list(await asyncio.gather(*(arrive(*item) for item in items)))
+    ready = [i for i, a in enumerate(arrived) if isinstance(a, Arrival)]
+    try:
+        accepted = await accept(store, [arrived[i] for i in ready])  # type: ignore[misc]
+    finally:
+        _release(store, arrived)
+    outcomes: list[Any] = arrived
+    for i, outcome in zip(ready, accepted):
+        outcomes[i] = outcome
+    return web.json_response({"results": [_result(o) for o in outcomes]})
+
+
+async def held(request: web.Request) -> web.Response:
+    """``POST /v1/held``: which of these versions this node holds, as one request instead
+    of a HEAD each (a batch's probe before its rsync run)."""
+    store = storage_of(request)
+    try:
+        files = (await request.json())["files"]
+        if not isinstance(files, list):
+            raise TypeError("files is not a list")
+        items = [(str(f["data_type"]), str(f["path"]), str(f["sha256"]), str(f["origin"]))
+                 for f in files]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise bad(web.HTTPBadRequest, 'body must be {"files": [{"data_type", "path",'
+                  f' "sha256", "origin"}}, ...]}}: {type(exc).__name__} {exc}') from None
+    if len(items) > MAX_BATCH_FILES:
+        raise bad(web.HTTPRequestEntityTooLarge,
+                  f"{len(items)} files in one probe; at most {MAX_BATCH_FILES}")
+    return web.json_response({"results": [await _holds(store, *item) for item in items]})
+
+
+async def _holds(store: Storage, data_type: str, rel: str, sha: str,
+                 origin: str) -> dict[str, Any]:
+    """One version's entry in ``/v1/held``'s answer: 200 held (when it was hashed), 404 not
+    held, else the error a HEAD of it would get."""
+    try:
+        headers = {H_SHA: sha, H_ORIGIN: origin}
+        sha, origin = _sha_header(headers), _origin(store, headers)
+        data_type, rel, final = _resolve(store, data_type, rel, sha, origin)
+        at = (await _held(store, (origin, data_type, rel, sha), final, now=False)
+              if final.is_file() else None)
+    except web.HTTPException as exc:
+        return {"status": exc.status, **_error_of(exc)}
+    if at is None:
+        return {"status": 404}
+    return {"status": 200, "sha256": sha, "verified_at": at, "root_id": store.root_id}
+
+
+async def _declared(request: web.Request) -> list[tuple[str, str, CIMultiDict[str]]]:
+    """The files a batch declares: (data_type, path, a PUT's headers) each."""
     try:
         files = (await request.json())["files"]
         if not isinstance(files, list):
@@ -55,29 +133,19 @@ async def publish_batch(request: web.Request) -> web.Response:
         items = [(str(f["data_type"]), str(f["path"]), CIMultiDict(
             {str(k): str(v) for k, v in f["headers"].items()})) for f in files]
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise _bad(web.HTTPBadRequest, 'body must be {"files": [{"data_type", "path",'
-                   f' "headers"}}, ...]}}: {type(exc).__name__} {exc}') from None
+        raise bad(web.HTTPBadRequest, 'body must be {"files": [{"data_type", "path",'
+                  f' "headers"}}, ...]}}: {type(exc).__name__} {exc}') from None
     if len(items) > MAX_BATCH_FILES:
-        raise _bad(web.HTTPRequestEntityTooLarge,
-                   f"{len(items)} files in one batch; at most {MAX_BATCH_FILES}")
-    gate = asyncio.Semaphore(PUBLISH_CONCURRENCY)
-
-    async def one(data_type: str, rel: str, headers: Mapping[str, str]) -> dict[str, Any]:
-        async with gate:
-            try:
-                resp = await publish_one(store, headers, data_type, rel)
-            except web.HTTPException as exc:
-                return {"status": exc.status, **_error_of(exc)}
-            return {"status": resp.status, **json.loads(resp.body)}
-
-    results = await asyncio.gather(*(one(*item) for item in items))
-    return web.json_response({"results": results})
+        raise bad(web.HTTPRequestEntityTooLarge,
+                  f"{len(items)} files in one batch; at most {MAX_BATCH_FILES}")
+    return items
 
 
-async def publish_one(store: Storage, headers: Mapping[str, str], data_type: str,
-                      rel: str) -> web.Response:
-    """Verify the file staged for the version ``headers`` declare and publish it; raises
-    the HTTP error that says why not."""
+async def _arrive(store: Storage, headers: Mapping[str, str], data_type: str,
+                  rel: str) -> Arrival | web.Response:
+    """The staged file for the version ``headers`` declare, read back, hashed and fsynced
+    (held in ``store.uploads`` until ``_release``); the answer itself when this node holds
+    that version already. Raises the HTTP error that says why not."""
     size, sha = _int_header(headers, H_SIZE), _sha_header(headers)
     origin = _origin(store, headers)
     data_type, rel, final = _resolve(store, data_type, rel, sha, origin)
@@ -86,37 +154,52 @@ async def publish_one(store: Storage, headers: Mapping[str, str], data_type: str
         verified_at = await _held(store, (origin, data_type, rel, sha), final, now=False)
         if verified_at is not None:
             await asyncio.to_thread(staged.unlink, missing_ok=True)
-            await _drop_live(store, headers, data_type, rel)
+            await drop_live(store, [(headers, data_type, rel)])
             return web.json_response({"node": store.name, "root_id": store.root_id,
                                       "origin": origin, "data_type": data_type, "path": rel,
                                       "sha256": sha, "size": size, "verified_at": verified_at,
                                       "already_present": True})
     if staged in store.uploads:
-        raise _bad(web.HTTPConflict, f"{data_type}/{rel} is being published already")
-    try:
-        received = (await asyncio.to_thread(staged.stat)).st_size
-    except FileNotFoundError:
-        raise _bad(web.HTTPNotFound, f"nothing staged for {data_type}/{rel}") from None
+        raise bad(web.HTTPConflict, f"{data_type}/{rel} is being published already")
     store.uploads.add(staged)
-    transfer = store.transfers.start(direction="in", source=headers.get(H_SOURCE, "unknown"),
-                                     target=store.name, artifact=f"{data_type}/{rel}",
-                                     size=size, transport="rsync")
+    source = headers.get(H_SOURCE, "unknown")
+    transfer = store.transfers.start(direction="in", source=source, target=store.name,
+                                     artifact=f"{data_type}/{rel}", size=size,
+                                     transport="rsync")
     try:
-        digest = await asyncio.to_thread(sha256_file, staged)
-        transfer.done = received
-        return await accept_part(store, headers, part=staged, digest=digest,
-                                 received=received, size=size, sha=sha, origin=origin,
-                                 data_type=data_type, rel=rel, final=final,
-                                 transfer=transfer, live_origin=None, transport="rsync")
+        received, digest = await asyncio.to_thread(_settle, staged)
     except FileNotFoundError:
-        store.transfers.finish(transfer, error="the staged file vanished")
-        raise _bad(web.HTTPNotFound, f"nothing staged for {data_type}/{rel}") from None
-    finally:
         store.uploads.discard(staged)
+        store.transfers.finish(transfer, error="nothing staged")
+        raise bad(web.HTTPNotFound, f"nothing staged for {data_type}/{rel}") from None
+    except diskio.DiskError as exc:
+        store.uploads.discard(staged)
+        raise disk_failed(store, source, f"{data_type}/{rel}", staged, exc, transfer) from None
+    transfer.done = received
+    return Arrival(headers, staged, digest, received, size, sha, origin, data_type, rel,
+                   final, transfer, None, "rsync")
+
+
+def _settle(staged: Path) -> tuple[int, str]:
+    return staged.stat().st_size, diskio.settle(staged)
+
+
+def _release(store: Storage, arrived: list[Any]) -> None:
+    for arrival in arrived:
+        if isinstance(arrival, Arrival):
+            store.uploads.discard(arrival.part)
+
+
+def _result(outcome: Outcome) -> dict[str, Any]:
+    """One file's entry in a batch's answer: its answer's JSON with its ``status``."""
+    if isinstance(outcome, web.HTTPException):
+        return {"status": outcome.status, **_error_of(outcome)}
+    assert isinstance(outcome, web.Response) and isinstance(outcome.body, bytes)
+    return {"status": outcome.status, **json.loads(outcome.body)}
 
 
 def _error_of(exc: web.HTTPException) -> dict[str, Any]:
-    """The JSON body ``_bad`` gave an HTTP error (its text when it has none)."""
+    """The JSON body ``bad`` gave an HTTP error (its text when it has none)."""
     try:
         body = json.loads(exc.text or "{}")
     except ValueError:
@@ -125,5 +208,6 @@ def _error_of(exc: web.HTTPException) -> dict[str, Any]:
 
 
 def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/held", held)
     app.router.add_post("/v1/staged", publish_batch)
     app.router.add_post("/v1/staged/{data_type}/{path:.+}", publish_staged)

@@ -2,16 +2,19 @@
 
 One run for a batch of push requests to one target:
 
-1. ``HEAD /v1/objects/…`` for each file (``PROBE_CONCURRENCY`` at a time): versions the
-   receiver already holds are done, nothing is sent for them;
+1. ``POST /v1/held`` asks which of the batch's versions the receiver holds already: those
+   are done, nothing is sent for them;
 2. a scratch directory of symlinks, each named for its file's staged name
    (``paths.staged_name``) and pointing at the bytes to send; rsync follows them (``-L``)
    and sends the rest with ``--files-from`` to the receiver's incoming directory, with the
    same resume (``--partial-dir``), stall bound and metered bandwidth as a single push
    (``RsyncTransport.run_rsync``); ``-ii`` with ``--out-format`` gives one line per file
    (bytes sent, ``0`` for a file already staged whole);
-3. ``POST /v1/staged`` declares every file with a PUT's headers; the receiver hashes and
-   publishes each on its own and answers per file.
+3. ``POST /v1/staged`` declares files with a PUT's headers; the receiver reads back, hashes,
+   fsyncs and publishes each on its own and answers per file. This overlaps the run: each
+   time rsync has listed ``EARLY_FILES`` files, those are published while it goes on (one
+   the receiver has not renamed into place yet is asked again after the run); the rest
+   once it has exited.
 
 A file rsync could not read (vanished, unreadable: exit 23 or 24) or the receiver refused
 (not that version: 422) fails only itself. An ssh failure, a stall or a refused host key
@@ -22,18 +25,19 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
 import shutil
 import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from urllib.parse import quote
 
 import aiohttp
 
 from engine.config import HostConfig
 from engine.errors import describe
-from engine.headers import (H_KEY, H_MTIME, H_ORIGIN, H_REASON, H_ROOT, H_SHA, H_SIZE,
-                            H_SOURCE, H_URGENCY, H_VERIFIED)
+from engine.headers import (H_KEY, H_MTIME, H_ORIGIN, H_REASON, H_SHA, H_SIZE, H_SOURCE,
+                            H_URGENCY)
 from engine.paths import STATE_DIR, staged_name
 from engine.transfers import Transfer
 from engine.transport.base import PushRequest, PushResult, TransferError
@@ -41,11 +45,11 @@ from engine.transport.http import _error, error_kind
 from engine.transport.rsync import RsyncTransport, _host_key_refused, _last_line
 from engine.transport.rsync_version import OldRsync
 
-PROBE_CONCURRENCY = 16
-"""HEAD requests of one batch in flight at once."""
+log = logging.getLogger(__name__)
 
 PUBLISH_FILES = 500
-"""Files declared in one ``POST /v1/staged``."""
+"""Files declared in one ``POST /v1/held`` or ``POST /v1/staged`` (well under the
+receiver's 1 MiB body bound)."""
 
 PARTIAL_EXITS = (23, 24)
 """rsync's exits for "some files were not transferred" and "some files vanished": the rest
@@ -55,6 +59,36 @@ Outcome = PushResult | TransferError
 """One file's end in a batch."""
 
 _batches = itertools.count(1)
+
+EARLY_FILES = 100
+"""While rsync runs, files it is through with are published in groups of at least this
+many."""
+
+
+@dataclass
+class _Sending:
+    """One rsync run of a batch and what became of each of its files (by position)."""
+
+    requests: list[PushRequest]
+    transfers: list[Transfer]
+    outcomes: list[Outcome | None] = field(default_factory=list)
+    sent: dict[int, int] = field(default_factory=dict)
+    """Bytes rsync sent per file."""
+    listed: set[int] = field(default_factory=set)
+    """The files rsync is through with."""
+    pending: list[int] = field(default_factory=list)
+    """Through with, not yet published."""
+    later: list[int] = field(default_factory=list)
+    """Published too early (nothing staged yet): asked again once the run has ended."""
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when ``EARLY_FILES`` files are pending."""
+    early: int = 0
+    """Files published while rsync still ran."""
+    rsynced: float = 0.0
+    """When the run ended (monotonic)."""
+
+    def __post_init__(self) -> None:
+        self.outcomes = [None] * len(self.requests)
 
 
 class BatchRsync:
@@ -67,6 +101,10 @@ class BatchRsync:
         self.scratch = scratch
         """Where each batch's directory of symlinks is made (the node's ssh control dir)."""
         self.totals = {"batches": 0, "files": 0, "failed_files": 0}
+        """Batches pushed, their files, and the files that failed."""
+        self.last: dict[str, object] | None = None
+        """The last batch that sent something: its target, files, files sent, and the
+        seconds of its probe, its rsync run and its publishing."""
 
     async def push(self, requests: list[PushRequest],
                    transfers: list[Transfer]) -> list[Outcome]:
@@ -97,46 +135,133 @@ class BatchRsync:
             raise TransferError(f"hosts.{host.name}.ssh (with host_key) is not set: cannot"
                                 " rsync to it", retryable=False, target_fault=False)
         await self.rsync.check_versions(host)
+        began = time.monotonic()
         outcomes: list[Outcome | None] = list(await self._probe(requests))
         send = [i for i, o in enumerate(outcomes) if o is None]
         if not send:
             return outcomes  # type: ignore[return-value]
-        sent = await self._send(host, [requests[i] for i in send], [transfers[i] for i in send])
-        published = await self._publish([requests[i] for i in send])
+        probed = time.monotonic()
+        sending = _Sending([requests[i] for i in send], [transfers[i] for i in send])
+        published = await self._send_and_publish(host, sending)
+        done = time.monotonic()
+        self.last = {"target": target, "files": len(requests), "sent": len(send),
+                     "published_during_rsync": sending.early,
+                     "probe_seconds": round(probed - began, 3),
+                     "rsync_seconds": round(sending.rsynced - probed, 3),
+                     "publish_after_rsync_seconds": round(done - sending.rsynced, 3)}
+        log.info("batch to %s: %d files, %d sent (%d published while rsync ran); probe"
+                 " %.2fs, rsync %.2fs, publishing after it %.2fs", target, len(requests),
+                 len(send), sending.early, probed - began, sending.rsynced - probed,
+                 done - sending.rsynced)
         for i, outcome in zip(send, published):
-            if isinstance(outcome, PushResult):
-                outcome = PushResult(outcome.target, outcome.sha256, outcome.size,
-                                     outcome.verified_at, outcome.already_present,
-                                     sent.get(i, 0), outcome.root_id)
             outcomes[i] = outcome
         return outcomes  # type: ignore[return-value]
 
     async def _probe(self, requests: list[PushRequest]) -> list[Outcome | None]:
-        """What the receiver holds already (a result), else None: send it."""
-        gate = asyncio.Semaphore(PROBE_CONCURRENCY)
+        """What the receiver holds already (a result), else None: send it. One
+        ``POST /v1/held`` per ``PUBLISH_FILES`` files."""
+        outcomes: list[Outcome | None] = []
+        for start in range(0, len(requests), PUBLISH_FILES):
+            outcomes += await self._probe_some(requests[start:start + PUBLISH_FILES])
+        return outcomes
 
-        async def one(request: PushRequest) -> Outcome | None:
-            art = request.artifact
-            url = f"{request.target_url}/v1/objects/{art.data_type}/{quote(art.path)}"
-            async with gate, self.rsync.session.head(
-                    url, headers={H_SHA: art.sha256, H_ORIGIN: art.origin}) as resp:
-                if resp.status == 200 and resp.headers.get(H_SHA) == art.sha256:
-                    return PushResult(request.target, art.sha256, art.size,
-                                      float(resp.headers.get(H_VERIFIED, time.time())), True,
-                                      0, resp.headers.get(H_ROOT))
-                if resp.status not in (200, 404):
-                    raise await _error(resp, request.target, art.key)
-                return None
+    async def _probe_some(self, requests: list[PushRequest]) -> list[Outcome | None]:
+        files = [{"data_type": r.artifact.data_type, "path": r.artifact.path,
+                  "sha256": r.artifact.sha256, "origin": r.artifact.origin} for r in requests]
+        target = requests[0].target
+        async with self.rsync.session.post(f"{requests[0].target_url}/v1/held",
+                                           json={"files": files}) as resp:
+            if resp.status != 200:
+                raise await _error(resp, target, f"a probe of {len(files)} files")
+            results = (await resp.json())["results"]
+        if len(results) != len(requests):
+            raise TransferError(f"{target} answered {len(results)} probe results for"
+                                f" {len(requests)} files")
+        outcomes: list[Outcome | None] = []
+        for request, answer in zip(requests, results):
+            art, status = request.artifact, int(answer.get("status", 0))
+            if status == 200 and answer.get("sha256") == art.sha256:
+                outcomes.append(PushResult(target, art.sha256, art.size,
+                                           float(answer["verified_at"]), True, 0,
+                                           answer.get("root_id")))
+            elif status in (200, 404):
+                outcomes.append(None)
+            else:
+                outcomes.append(_outcome(request, answer))
+        return outcomes
 
-        return list(await asyncio.gather(*(one(r) for r in requests)))
+    async def _send_and_publish(self, host: HostConfig, sending: _Sending) -> list[Outcome]:
+        """rsync the files in one run and publish them: while it runs, each time
+        ``EARLY_FILES`` files are through, those are published (the receiver's hashing and
+        fsyncs overlap the rest of the run); the rest once it has exited. One outcome per
+        file, in order."""
+        run = asyncio.create_task(self._send(host, sending))
+        try:
+            while not run.done():
+                ready = asyncio.create_task(sending.wake.wait())
+                await asyncio.wait({run, ready}, return_when=asyncio.FIRST_COMPLETED)
+                ready.cancel()
+                if len(sending.pending) >= EARLY_FILES:
+                    await self._publish_pending(sending, final=False)
+            failure = run.exception()
+        finally:
+            if not run.done():
+                run.cancel()
+                await asyncio.gather(run, return_exceptions=True)
+        if failure is not None and not isinstance(failure, TransferError):
+            raise failure
+        if failure is None:  # every file rsync did not list was not sent: the answer says
+            sending.pending += [i for i in range(len(sending.requests))
+                                if sending.outcomes[i] is None and i not in sending.listed]
+        await self._publish_pending(sending, final=True)
+        return [o if o is not None else failure for o in sending.outcomes]  # type: ignore[misc]
 
-    async def _send(self, host: HostConfig, requests: list[PushRequest],
-                    transfers: list[Transfer]) -> dict[int, int]:
-        """rsync the files in one run; bytes sent by position in ``requests``."""
+    async def _publish_pending(self, sending: _Sending, final: bool) -> None:
+        """Publish the files rsync is through with (up to ``PUBLISH_FILES`` a request).
+        Before the run has ended, one the receiver has no staged file of yet (rsync lists a
+        file just before the receiver renames it into place) waits for the final round."""
+        while sending.pending:
+            take = sending.pending[:PUBLISH_FILES]
+            del sending.pending[:len(take)]
+            sending.wake.clear()
+            answers = await self._publish_some([sending.requests[i] for i in take])
+            for i, answer in zip(take, answers):
+                if not final and answer.get("status") == 404:
+                    sending.later.append(i)
+                    continue
+                outcome = _outcome(sending.requests[i], answer)
+                if isinstance(outcome, PushResult):
+                    outcome = replace(outcome, bytes_sent=sending.sent.get(i, 0))
+                sending.outcomes[i] = outcome
+                sending.early += not final
+            if not final:
+                return
+        if final and sending.later:
+            sending.pending, sending.later = sending.later, []
+            await self._publish_pending(sending, final=True)
+
+    async def _send(self, host: HostConfig, sending: _Sending) -> None:
+        """rsync the files in one run, each one listed in ``sending`` as rsync is through
+        with it; raises a TransferError when the run failed as a whole."""
+        requests, transfers = sending.requests, sending.transfers
         where = self.scratch / f"batch-{os.getpid()}-{next(_batches)}"
         names = [staged_name(r.artifact.data_type, r.artifact.path, r.artifact.sha256,
                              r.artifact.origin) for r in requests]
         by_name = {name: i for i, name in enumerate(names)}
+
+        def on_line(line: str) -> None:
+            parts = line.split("|")
+            if len(parts) == 4 and parts[1] in by_name and parts[3].isdigit():
+                i = by_name[parts[1]]
+                size = requests[i].artifact.size
+                sending.sent[i] = int(parts[3])
+                transfers[i].done = min(int(parts[3]), size)
+                transfers[i].offset = size - transfers[i].done
+                sending.listed.add(i)
+                sending.pending.append(i)
+                if len(sending.pending) >= EARLY_FILES:
+                    sending.wake.set()
+
         try:
             await asyncio.to_thread(_links, where, names,
                                     [r.source_file.absolute() for r in requests])
@@ -146,31 +271,29 @@ class BatchRsync:
                     host.name, f"batch of {len(requests)} files ({size} bytes)") as alloc:
                 code, out = await self.rsync.run_rsync(host, alloc, [
                     "--copy-links", "--chmod=F644", "-ii", "--out-format=%i|%n|%l|%b",
-                    f"--files-from={where}.list", f"{where}/", remote])
+                    f"--files-from={where}.list", f"{where}/", remote], on_line)
         finally:
+            sending.rsynced = time.monotonic()
             await asyncio.to_thread(_unlink_links, where)
         if code != 0 and code not in PARTIAL_EXITS:
             raise TransferError(f"rsync to {host.name} exited {code}: {_last_line(out)}",
                                 retryable=not _host_key_refused(out))
-        sent: dict[int, int] = {}
-        for line in out.splitlines():
-            parts = line.split("|")
-            if len(parts) == 4 and parts[1] in by_name and parts[3].isdigit():
-                i = by_name[parts[1]]
-                sent[i] = int(parts[3])
-                transfers[i].done = min(int(parts[3]), requests[i].artifact.size)
-                transfers[i].offset = requests[i].artifact.size - transfers[i].done
-        return sent
 
-    async def _publish(self, requests: list[PushRequest]) -> list[Outcome]:
-        """Ask the receiver to verify and publish each staged file; one outcome each (in
-        requests of at most ``PUBLISH_FILES``, well under the receiver's 1 MiB body bound)."""
-        outcomes: list[Outcome] = []
-        for start in range(0, len(requests), PUBLISH_FILES):
-            outcomes += await self._publish_some(requests[start:start + PUBLISH_FILES])
-        return outcomes
+    async def _publish_some(self, requests: list[PushRequest]) -> list[dict]:
+        """``POST /v1/staged`` for ``requests``: the receiver's answer for each (a request
+        that fails as a whole is one TransferError for all of them)."""
+        target = requests[0].target
+        try:
+            return await self._post_staged(requests)
+        except aiohttp.ClientError as exc:
+            error = TransferError(f"{target} unreachable: {describe(exc)}")
+        except asyncio.TimeoutError:
+            error = TransferError(f"{target} timed out publishing {len(requests)} files")
+        except TransferError as exc:
+            error = exc
+        return [{"error": error}] * len(requests)
 
-    async def _publish_some(self, requests: list[PushRequest]) -> list[Outcome]:
+    async def _post_staged(self, requests: list[PushRequest]) -> list[dict]:
         files = []
         for request in requests:
             art = request.artifact
@@ -188,11 +311,13 @@ class BatchRsync:
         if len(results) != len(requests):
             raise TransferError(f"{requests[0].target} answered {len(results)} results for"
                                 f" {len(requests)} files")
-        return [_outcome(r, answer) for r, answer in zip(requests, results)]
+        return results
 
 
 def _outcome(request: PushRequest, answer: dict) -> Outcome:
     """One file's published answer as a result (its hash must be the version sent)."""
+    if isinstance(answer.get("error"), TransferError):
+        return answer["error"]
     art, status = request.artifact, int(answer.get("status", 0))
     if status not in (200, 201):
         retryable, target_fault = error_kind(status, None)

@@ -49,13 +49,16 @@ from engine.transfers import Transfer
 from engine.transport.base import (BatchRunner, PushRecord, PushRequest, PushResult,
                                    TransferError)
 from engine.transport.http import _error
-from engine.transport.meter import MeterServer
+from engine.transport.meter import MeterServer, meter_script
 from engine.transport.rsync_version import OldRsync, require
 from engine.transport.ssh import SshError, SshPool
 from engine.transport.ssh_setup import SshSetup
 
 PARTIAL_DIR = ".rsync-partial"
 """rsync's ``--partial-dir``, relative to the receiver's incoming directory."""
+
+LINE_LIMIT = 1 << 20
+"""The longest line of rsync's or ssh's output read as it comes."""
 
 
 class RsyncTransport:
@@ -88,7 +91,8 @@ class RsyncTransport:
     def health_check(self) -> HealthCheckResult:
         return self.record.health_check(rsync_versions={
             k: ".".join(map(str, v)) for k, v in self._checked.items()},
-            batches=getattr(self.batch, "totals", None))
+            batches=getattr(self.batch, "totals", None),
+            last_batch=getattr(self.batch, "last", None))
 
     async def push(self, request: PushRequest, transfer: Transfer) -> PushResult:
         return await self.record.run(self._push(request, transfer))
@@ -164,20 +168,25 @@ class RsyncTransport:
         transfer.offset = matched if matched is not None else 0
         transfer.done = literal if literal is not None else art.size - transfer.offset
 
-    async def run_rsync(self, host: HostConfig, alloc: Allocation,
-                        args: list[str]) -> tuple[int, str]:
+    async def run_rsync(self, host: HostConfig, alloc: Allocation, args: list[str],
+                        on_line: Callable[[str], None] | None = None) -> tuple[int, str]:
         """One rsync run to ``host`` (``args``: options, sources, destination), resumable and
         bounded by the stall bound, its bytes drawn from ``alloc`` through the meter (else
-        limited by ``--bwlimit``); its exit code and output."""
+        limited by ``--bwlimit``); its exit code and output (each line also to ``on_line``
+        as rsync prints it)."""
         argv = [self.rsync_binary, "--partial", f"--partial-dir={PARTIAL_DIR}", "--times",
                 "--stats", f"--timeout={max(1, round(upload_idle_seconds()))}"]
         if self.meter is None:
             kib = max(1, int(self.bandwidth.limit_mbps(host.name) * 1_000_000 / 1024))
-            return await _run([*argv, f"--bwlimit={kib}", "-e", self.ssh.rsh(host), *args])
+            return await _run([*argv, f"--bwlimit={kib}", "-e", self.ssh.rsh(host), *args],
+                              on_line)
         with self.meter.admit(alloc) as token:
-            relay = [sys.executable, "-m", "engine.transport.meter", str(self.meter.path),
+            # The relay by its path, isolated: it needs only the standard library, and as
+            # ``-m engine.transport.meter`` it would import the engine's transports (aiohttp,
+            # asyncssh): 1.2 s of start-up and CPU before every rsync run.
+            relay = [sys.executable, "-I", "-S", meter_script(), str(self.meter.path),
                      token, str(self.meter.chunk), "--", *self.ssh.options(host)]
-            return await _run([*argv, "-e", shlex.join(relay), *args])
+            return await _run([*argv, "-e", shlex.join(relay), *args], on_line)
 
     async def _publish(self, request: PushRequest, sent: int) -> PushResult:
         art = request.artifact
@@ -259,24 +268,33 @@ class SyncFileResult:
     seconds: float
 
 
-async def _run(argv: list[str]) -> tuple[int, str]:
-    """Run ``argv``; its exit code and its output (stdout and stderr). A cancelled push
-    kills it."""
+async def _run(argv: list[str],
+               on_line: Callable[[str], None] | None = None) -> tuple[int, str]:
+    """Run ``argv``; its exit code and its output (stdout and stderr), each line also given
+    to ``on_line`` as it comes. A cancelled push kills it."""
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, preexec_fn=die_with_parent())
+            stderr=asyncio.subprocess.STDOUT, preexec_fn=die_with_parent(), limit=LINE_LIMIT)
     except OSError as exc:
         raise TransferError(f"cannot run {argv[0]}: {describe(exc)}", retryable=False,
                             target_fault=False) from None
     try:
-        out, _ = await proc.communicate()
+        if on_line is None:
+            out, _ = await proc.communicate()
+            return proc.returncode or 0, out.decode(errors="replace")
+        assert proc.stdout is not None
+        lines = []
+        async for raw in proc.stdout:
+            line = raw.decode(errors="replace")
+            lines.append(line)
+            on_line(line.rstrip("\n"))
+        return await proc.wait() or 0, "".join(lines)
     except BaseException:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
         raise
-    return proc.returncode or 0, out.decode(errors="replace")
 
 
 def _stat(out: str, name: str) -> int | None:

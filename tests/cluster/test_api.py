@@ -36,7 +36,9 @@ def test_every_route_but_health_needs_the_token(one: Cluster, path: str, token) 
                                          ("POST", "/v1/control/pause"),
                                          ("POST", "/v1/control/priority-sync"),
                                          ("POST", "/v1/control/recover"),
-                                         ("POST", "/v1/control/verify")])
+                                         ("POST", "/v1/control/verify"),
+                                         ("POST", "/v1/held"),
+                                         ("POST", "/v1/staged")])
 def test_writes_and_controls_need_the_token(one: Cluster, method: str, path: str) -> None:
     assert one.request("gpu-1", method, path, body=b"{}", token="nope").status == 401
     assert not [p for p in (one.data_root("gpu-1") / "npz").rglob("x*") if p.is_file()]
@@ -137,6 +139,28 @@ def test_a_vouch_rehashes_the_version_it_is_asked_about(one: Cluster) -> None:
     assert one.request("coord", "GET", ask.replace(digest, "0" * 64)).status == 404
     assert one.request("coord", "GET", ask.replace("origin=gpu-1", "origin=coord")).status == 404
     assert one.request("coord", "GET", "/v1/vouch/npz/k/vouched.npz").status == 400
+
+
+def test_held_answers_which_versions_are_here_in_one_request(one: Cluster) -> None:
+    body = os.urandom(5_000)
+    assert put(one, "coord", "npz", "held/a.npz", body).status == 201
+    sha = hashlib.sha256(body).hexdigest()
+    files = [{"data_type": "npz", "path": "held/a.npz", "sha256": sha, "origin": "gpu-1"},
+             {"data_type": "npz", "path": "held/a.npz", "sha256": "0" * 64, "origin": "gpu-1"},
+             {"data_type": "npz", "path": "held/a.npz", "sha256": sha, "origin": "nobody"},
+             {"data_type": "npz", "path": "../escape.npz", "sha256": sha, "origin": "gpu-1"}]
+    resp = one.request("coord", "POST", "/v1/held", body=json.dumps({"files": files}).encode(),
+                       headers={"Content-Type": "application/json"})
+    assert resp.status == 200, resp.body
+    held, other, unknown, escape = resp.json()["results"]
+    assert held["status"] == 200 and held["sha256"] == sha and held["verified_at"] > 0
+    assert held["root_id"] == one.status("coord")["root_id"]
+    assert other == {"status": 404}  # another version of the same file is not held
+    assert unknown["status"] == 400 and "unknown origin" in unknown["error"]
+    assert escape["status"] == 400
+    bad = one.request("coord", "POST", "/v1/held", body=b'{"files": [{"path": 1}]}',
+                      headers={"Content-Type": "application/json"})
+    assert bad.status == 400 and b"body must be" in bad.body
 
 
 def test_quota_is_the_capacity_and_is_enforced(make_cluster) -> None:

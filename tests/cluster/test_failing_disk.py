@@ -2,7 +2,8 @@
 
 A fsync of the part that fails (strace injects EIO or ENOSPC into the receiver's first
 fsync) is a retryable 503/507 naming the errno, the part is discarded, nothing is
-published, and a sender node's retry then delivers a verified copy. A sender that stops
+published, and a sender node's retry then delivers a verified copy. The same for a file
+rsync staged: the receiver fsyncs it when it hashes it, before publishing. A sender that stops
 sending without closing its connection frees the upload after the idle time
 (``RINGSYNC_UPLOAD_IDLE_SECONDS``), keeping what arrived for a resume.
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.paths import staged_name
 from tests.support.cluster import TOKEN, Cluster, wait_for
 from tests.support.files import write
 from tests.support.objects import put, sha
@@ -106,6 +108,37 @@ def test_a_sender_retries_after_an_fsync_error_and_the_copy_arrives_verified(
         10, what="the verified replica")
     assert replicas
     assert incoming(cluster, "coord") == []
+
+
+def test_a_staged_file_whose_fsync_fails_is_discarded_and_never_published(
+        make_cluster, tmp_path: Path) -> None:
+    """rsync wrote the bytes, not this node: they are fsynced when hashed, before they are
+    published, and a failing fsync is a 503 that discards them like a part's."""
+    cluster = make_cluster(gpus=1)
+    body = os.urandom(300_000)
+    rel = "k/staged.npz"
+    staged = (cluster.data_root("coord") / ".ringsync" / "incoming"
+              / staged_name("npz", rel, sha(body), "gpu-1"))
+    headers = {"X-Ringsync-Size": str(len(body)), "X-Ringsync-Sha256": sha(body),
+               "X-Ringsync-Origin": "gpu-1", "X-Ringsync-Source": "gpu-1"}
+    staged.write_bytes(body)  # as rsync leaves it: whole, renamed into place, not fsynced
+    trace = strace_fsync(cluster.nodes["coord"].proc.pid, tmp_path / "strace.out", "EIO")
+    try:
+        resp = cluster.request("coord", "POST", f"/v1/staged/npz/{rel}", headers=headers)
+    finally:
+        stop_strace(trace)
+    hits = injected(tmp_path / "strace.out")
+    assert any(".rsync>" in hit for hit in hits), hits  # the staged file's own fsync
+    assert resp.status == 503, resp.body
+    assert resp.json()["errno"] == "EIO"
+    assert not staged.exists()  # discarded: those bytes cannot be trusted
+    assert visible_files(cluster.data_root("coord")) == []  # never published
+    failed = cluster.events("coord", "DATA_SYNC_FAILED")
+    assert failed and "EIO" in failed[-1]["payload"]["error"]
+    staged.write_bytes(body)  # rsync sends it again
+    again = cluster.request("coord", "POST", f"/v1/staged/npz/{rel}", headers=headers)
+    assert again.status == 201, again.body
+    assert cluster.version("coord", "gpu-1", f"npz/{rel}", sha(body)).read_bytes() == body
 
 
 @pytest.fixture
