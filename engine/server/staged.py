@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -40,6 +40,8 @@ from engine.headers import H_ORIGIN, H_SHA, H_SIZE, H_SOURCE
 from engine.server.accept import Arrival, Outcome, accept, bad, disk_failed, drop_live
 from engine.server.context import Storage, storage_of
 from engine.server.objects import _held, _int_header, _named, _origin, _resolve, _sha_header
+
+T = TypeVar("T")
 
 MAX_BATCH_FILES = 2000
 """Files one ``POST /v1/staged`` (or ``/v1/held``) may declare."""
@@ -92,18 +94,8 @@ async def held(request: web.Request) -> web.Response:
     """``POST /v1/held``: which of these versions this node holds, as one request instead
     of a HEAD each (a batch's probe before its rsync run)."""
     store = storage_of(request)
-    try:
-        files = (await request.json())["files"]
-        if not isinstance(files, list):
-            raise TypeError("files is not a list")
-        items = [(str(f["data_type"]), str(f["path"]), str(f["sha256"]), str(f["origin"]))
-                 for f in files]
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise bad(web.HTTPBadRequest, 'body must be {"files": [{"data_type", "path",'
-                  f' "sha256", "origin"}}, ...]}}: {type(exc).__name__} {exc}') from None
-    if len(items) > MAX_BATCH_FILES:
-        raise bad(web.HTTPRequestEntityTooLarge,
-                  f"{len(items)} files in one probe; at most {MAX_BATCH_FILES}")
+    items = await _files(request, '"data_type", "path", "sha256", "origin"', lambda f: (
+        str(f["data_type"]), str(f["path"]), str(f["sha256"]), str(f["origin"])))
     return web.json_response({"results": [await _holds(store, *item) for item in items]})
 
 
@@ -126,18 +118,25 @@ async def _holds(store: Storage, data_type: str, rel: str, sha: str,
 
 async def _declared(request: web.Request) -> list[tuple[str, str, CIMultiDict[str]]]:
     """The files a batch declares: (data_type, path, a PUT's headers) each."""
+    return await _files(request, '"data_type", "path", "headers"', lambda f: (
+        str(f["data_type"]), str(f["path"]),
+        CIMultiDict({str(k): str(v) for k, v in f["headers"].items()})))
+
+
+async def _files(request: web.Request, fields: str, item: Callable[[Any], T]) -> list[T]:
+    """``{"files": [...]}`` of at most ``MAX_BATCH_FILES``, each made an item by ``item``;
+    400 (naming ``fields``) or 413 otherwise."""
     try:
         files = (await request.json())["files"]
         if not isinstance(files, list):
             raise TypeError("files is not a list")
-        items = [(str(f["data_type"]), str(f["path"]), CIMultiDict(
-            {str(k): str(v) for k, v in f["headers"].items()})) for f in files]
+        items = [item(f) for f in files]
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise bad(web.HTTPBadRequest, 'body must be {"files": [{"data_type", "path",'
-                  f' "headers"}}, ...]}}: {type(exc).__name__} {exc}') from None
+        raise bad(web.HTTPBadRequest, f'body must be {{"files": [{{{fields}}}, ...]}}:'
+                  f" {type(exc).__name__} {exc}") from None
     if len(items) > MAX_BATCH_FILES:
         raise bad(web.HTTPRequestEntityTooLarge,
-                  f"{len(items)} files in one batch; at most {MAX_BATCH_FILES}")
+                  f"{len(items)} files in one request; at most {MAX_BATCH_FILES}")
     return items
 
 
