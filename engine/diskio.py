@@ -27,9 +27,10 @@ def disk_error_status(code: int | None) -> int:
 
 
 class DiskError(Exception):
-    """An OSError of the receiver's own disk while writing, fsyncing or linking a part (not
-    a hang-up of the sender). The part's bytes cannot be trusted afterwards (after a failed
-    fsync the page cache may hold bytes that never reach the disk): it is discarded."""
+    """An OSError of the receiver's own disk while writing, reading back, fsyncing or
+    linking a part (not a hang-up of the sender). The part's bytes cannot be trusted
+    afterwards (after a failed fsync the page cache may hold bytes that never reach the
+    disk): it is discarded."""
 
     def __init__(self, op: str, cause: OSError) -> None:
         self.op = op

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,26 +41,31 @@ from engine.headers import H_ORIGIN, H_SHA, H_SIZE, H_SOURCE
 from engine.server.accept import Arrival, Outcome, accept, bad, disk_failed, drop_live
 from engine.server.context import Storage, storage_of
 from engine.server.objects import _held, _int_header, _named, _origin, _resolve, _sha_header
+from engine.transfers import Transfer
 
 T = TypeVar("T")
 
 MAX_BATCH_FILES = 2000
 """Files one ``POST /v1/staged`` (or ``/v1/held``) may declare."""
 
-SETTLE_CONCURRENCY = 8
-"""Staged files of one batch read back, hashed and fsynced at once (their reads and fsyncs
-overlap)."""
+SETTLE_THREADS = 4
+"""Threads that read back, hash and fsync one batch's staged files (their reads and fsyncs
+overlap), each taking a share of the files: one thread hop per share, not per file (a hop
+each cost more than hashing a 64 KiB file)."""
 
 
 async def publish_staged(request: web.Request) -> web.Response:
     store = storage_of(request)
-    arrival = await _arrive(store, request.headers, *_named(request))
+    claim = await _claim(store, request.headers, *_named(request))
+    if isinstance(claim, web.Response):
+        return claim
     try:
-        if isinstance(arrival, web.Response):
-            return arrival
+        [arrival] = await _settle(store, [claim])
+        if isinstance(arrival, web.HTTPException):
+            raise arrival
         outcome = (await accept(store, [arrival]))[0]
     finally:
-        _release(store, [arrival])
+        _release(store, [claim])
     if isinstance(outcome, web.HTTPException):
         raise outcome
     return outcome
@@ -68,25 +74,22 @@ async def publish_staged(request: web.Request) -> web.Response:
 async def publish_batch(request: web.Request) -> web.Response:
     store = storage_of(request)
     items = await _declared(request)
-    gate = asyncio.Semaphore(SETTLE_CONCURRENCY)
-
-    async def arrive(data_type: str, rel: str,
-                     headers: Mapping[str, str]) -> Arrival | Outcome:
-        async with gate:
-            try:
-                return await _arrive(store, headers, data_type, rel)
-            except web.HTTPException as exc:
-                return exc
-
-    arrived = list(await asyncio.gather(*(arrive(*item) for item in items)))
-    ready = [i for i, a in enumerate(arrived) if isinstance(a, Arrival)]
+    outcomes: list[Any] = []
+    for data_type, rel, headers in items:
+        try:
+            outcomes.append(await _claim(store, headers, data_type, rel))
+        except web.HTTPException as exc:
+            outcomes.append(exc)
+    claimed = [i for i, c in enumerate(outcomes) if isinstance(c, _Claim)]
+    claims = [outcomes[i] for i in claimed]
     try:
-        accepted = await accept(store, [arrived[i] for i in ready])  # type: ignore[misc]
+        for i, arrival in zip(claimed, await _settle(store, claims)):
+            outcomes[i] = arrival
+        ready = [i for i in claimed if isinstance(outcomes[i], Arrival)]
+        for i, outcome in zip(ready, await accept(store, [outcomes[i] for i in ready])):
+            outcomes[i] = outcome
     finally:
-        _release(store, arrived)
-    outcomes: list[Any] = arrived
-    for i, outcome in zip(ready, accepted):
-        outcomes[i] = outcome
+        _release(store, claims)
     return web.json_response({"results": [_result(o) for o in outcomes]})
 
 
@@ -140,11 +143,31 @@ async def _files(request: web.Request, fields: str, item: Callable[[Any], T]) ->
     return items
 
 
-async def _arrive(store: Storage, headers: Mapping[str, str], data_type: str,
-                  rel: str) -> Arrival | web.Response:
-    """The staged file for the version ``headers`` declare, read back, hashed and fsynced
-    (held in ``store.uploads`` until ``_release``); the answer itself when this node holds
-    that version already. Raises the HTTP error that says why not."""
+_Settled = tuple[int, str] | OSError | diskio.DiskError
+"""A staged file read back: (size, SHA-256), or why it could not be."""
+
+
+@dataclass(frozen=True)
+class _Claim:
+    """A staged file this request publishes (held in ``store.uploads`` until ``_release``),
+    before it is read back."""
+
+    headers: Mapping[str, str]
+    size: int
+    sha: str
+    origin: str
+    data_type: str
+    rel: str
+    final: Path
+    staged: Path
+    transfer: Transfer
+
+
+async def _claim(store: Storage, headers: Mapping[str, str], data_type: str,
+                 rel: str) -> _Claim | web.Response:
+    """The staged file for the version ``headers`` declare, claimed for this request; the
+    answer itself when this node holds that version already. Raises the HTTP error that
+    says why not."""
     size, sha = _int_header(headers, H_SIZE), _sha_header(headers)
     origin = _origin(store, headers)
     data_type, rel, final = _resolve(store, data_type, rel, sha, origin)
@@ -161,32 +184,53 @@ async def _arrive(store: Storage, headers: Mapping[str, str], data_type: str,
     if staged in store.uploads:
         raise bad(web.HTTPConflict, f"{data_type}/{rel} is being published already")
     store.uploads.add(staged)
-    source = headers.get(H_SOURCE, "unknown")
-    transfer = store.transfers.start(direction="in", source=source, target=store.name,
-                                     artifact=f"{data_type}/{rel}", size=size,
-                                     transport="rsync")
-    try:
-        received, digest = await asyncio.to_thread(_settle, staged)
-    except FileNotFoundError:
-        store.uploads.discard(staged)
-        store.transfers.finish(transfer, error="nothing staged")
-        raise bad(web.HTTPNotFound, f"nothing staged for {data_type}/{rel}") from None
-    except diskio.DiskError as exc:
-        store.uploads.discard(staged)
-        raise disk_failed(store, source, f"{data_type}/{rel}", staged, exc, transfer) from None
-    transfer.done = received
-    return Arrival(headers, staged, digest, received, size, sha, origin, data_type, rel,
-                   final, transfer, None, "rsync")
+    transfer = store.transfers.start(direction="in", source=headers.get(H_SOURCE, "unknown"),
+                                     target=store.name, artifact=f"{data_type}/{rel}",
+                                     size=size, transport="rsync")
+    return _Claim(headers, size, sha, origin, data_type, rel, final, staged, transfer)
 
 
-def _settle(staged: Path) -> tuple[int, str]:
-    return staged.stat().st_size, diskio.settle(staged)
+async def _settle(store: Storage, claims: list[_Claim]) -> list[Arrival | web.HTTPException]:
+    """Each claimed file read back, hashed and fsynced (``diskio.settle``) in up to
+    ``SETTLE_THREADS`` threads: its Arrival, or the HTTP error that says why not (404
+    nothing staged; 503/507 a failing disk, the file discarded)."""
+    step = -(-len(claims) // SETTLE_THREADS)
+    shares = [claims[i:i + step] for i in range(0, len(claims), step)]
+    done = await asyncio.gather(*(asyncio.to_thread(_settle_share, share) for share in shares))
+    settled = [result for results in done for result in results]
+    return [_arrival(store, claim, result) for claim, result in zip(claims, settled)]
 
 
-def _release(store: Storage, arrived: list[Any]) -> None:
-    for arrival in arrived:
-        if isinstance(arrival, Arrival):
-            store.uploads.discard(arrival.part)
+def _settle_share(claims: list[_Claim]) -> list[_Settled]:
+    results: list[_Settled] = []
+    for claim in claims:
+        try:
+            results.append((claim.staged.stat().st_size, diskio.settle(claim.staged)))
+        except (OSError, diskio.DiskError) as exc:
+            results.append(exc)
+    return results
+
+
+def _arrival(store: Storage, claim: _Claim, settled: _Settled) -> Arrival | web.HTTPException:
+    if not isinstance(settled, tuple):
+        store.uploads.discard(claim.staged)
+        name, source = f"{claim.data_type}/{claim.rel}", claim.headers.get(H_SOURCE, "unknown")
+        if isinstance(settled, FileNotFoundError):
+            store.transfers.finish(claim.transfer, error="nothing staged")
+            return bad(web.HTTPNotFound, f"nothing staged for {name}")
+        error = settled if isinstance(settled, diskio.DiskError) else \
+            diskio.DiskError("read", settled)  # reading it back failed (EIO)
+        return disk_failed(store, source, name, claim.staged, error, claim.transfer)
+    received, digest = settled
+    claim.transfer.done = received
+    return Arrival(claim.headers, claim.staged, digest, received, claim.size, claim.sha,
+                   claim.origin, claim.data_type, claim.rel, claim.final, claim.transfer,
+                   None, "rsync")
+
+
+def _release(store: Storage, claims: list[_Claim]) -> None:
+    for claim in claims:
+        store.uploads.discard(claim.staged)
 
 
 def _result(outcome: Outcome) -> dict[str, Any]:

@@ -73,9 +73,7 @@ class _Sending:
     transfers: list[Transfer]
     outcomes: list[Outcome | None] = field(default_factory=list)
     sent: dict[int, int] = field(default_factory=dict)
-    """Bytes rsync sent per file."""
-    listed: set[int] = field(default_factory=set)
-    """The files rsync is through with."""
+    """Bytes rsync sent per file, for each file it is through with."""
     pending: list[int] = field(default_factory=list)
     """Through with, not yet published."""
     later: list[int] = field(default_factory=list)
@@ -210,9 +208,10 @@ class BatchRsync:
                 await asyncio.gather(run, return_exceptions=True)
         if failure is not None and not isinstance(failure, TransferError):
             raise failure
+        sending.pending += sending.later
         if failure is None:  # every file rsync did not list was not sent: the answer says
             sending.pending += [i for i in range(len(sending.requests))
-                                if sending.outcomes[i] is None and i not in sending.listed]
+                                if sending.outcomes[i] is None and i not in sending.sent]
         await self._publish_pending(sending, final=True)
         return [o if o is not None else failure for o in sending.outcomes]  # type: ignore[misc]
 
@@ -236,9 +235,6 @@ class BatchRsync:
                 sending.early += not final
             if not final:
                 return
-        if final and sending.later:
-            sending.pending, sending.later = sending.later, []
-            await self._publish_pending(sending, final=True)
 
     async def _send(self, host: HostConfig, sending: _Sending) -> None:
         """rsync the files in one run, each one listed in ``sending`` as rsync is through
@@ -257,7 +253,6 @@ class BatchRsync:
                 sending.sent[i] = int(parts[3])
                 transfers[i].done = min(int(parts[3]), size)
                 transfers[i].offset = size - transfers[i].done
-                sending.listed.add(i)
                 sending.pending.append(i)
                 if len(sending.pending) >= EARLY_FILES:
                     sending.wake.set()

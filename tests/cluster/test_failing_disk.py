@@ -10,6 +10,7 @@ sending without closing its connection frees the upload after the idle time
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -139,6 +140,48 @@ def test_a_staged_file_whose_fsync_fails_is_discarded_and_never_published(
     again = cluster.request("coord", "POST", f"/v1/staged/npz/{rel}", headers=headers)
     assert again.status == 201, again.body
     assert cluster.version("coord", "gpu-1", f"npz/{rel}", sha(body)).read_bytes() == body
+
+
+def test_a_batch_file_whose_read_back_fails_fails_alone(make_cluster, tmp_path: Path) -> None:
+    """A staged file of a batch this node cannot read back (EIO on its read) is a 503 for
+    that file alone, discarded; the batch's other files are published."""
+    cluster = make_cluster(gpus=1)
+    incoming_dir = cluster.data_root("coord") / ".ringsync" / "incoming"
+    files, bodies = [], {}
+    for n in range(3):
+        body, rel = os.urandom(200_000), f"k/batch{n}.npz"
+        bodies[rel] = body
+        (incoming_dir / staged_name("npz", rel, sha(body), "gpu-1")).write_bytes(body)
+        files.append({"data_type": "npz", "path": rel, "headers": {
+            "X-Ringsync-Size": str(len(body)), "X-Ringsync-Sha256": sha(body),
+            "X-Ringsync-Origin": "gpu-1", "X-Ringsync-Source": "gpu-1"}})
+    broken = incoming_dir / staged_name("npz", "k/batch1.npz", sha(bodies["k/batch1.npz"]),
+                                        "gpu-1")
+    out = tmp_path / "strace.out"
+    trace = subprocess.Popen(["strace", "-f", "-qq", "-y", "-p",
+                              str(cluster.nodes["coord"].proc.pid), "-o", str(out),
+                              "-P", str(broken), "-e", "trace=read",
+                              "-e", "inject=read:error=EIO:when=1"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)  # attached
+    try:
+        resp = cluster.request("coord", "POST", "/v1/staged",
+                               body=json.dumps({"files": files}).encode(),
+                               headers={"Content-Type": "application/json"})
+    finally:
+        stop_strace(trace)
+    assert injected(out), out.read_text()
+    assert resp.status == 200, resp.body
+    results = resp.json()["results"]
+    assert [r["status"] for r in results] == [201, 503, 201], results
+    assert results[1]["errno"] == "EIO" and results[1]["op"] == "read"
+    assert not broken.exists()  # discarded
+    for rel in ("k/batch0.npz", "k/batch2.npz"):
+        assert cluster.version("coord", "gpu-1", f"npz/{rel}",
+                               sha(bodies[rel])).read_bytes() == bodies[rel]
+    assert cluster.stored("coord", "gpu-1", "npz/k/batch1.npz") is None
+    failed = cluster.events("coord", "DATA_SYNC_FAILED")
+    assert [f["payload"]["artifact"] for f in failed] == ["npz/k/batch1.npz"]
 
 
 @pytest.fixture

@@ -1,0 +1,111 @@
+"""BatchRsync's publishing while rsync runs, as pure logic: ``_send`` (the rsync run) and
+``_publish_some`` (the receiver's ``POST /v1/staged``) are replaced, so the races a real
+run only sometimes shows are forced: a file rsync listed whose staged file the receiver has
+not renamed into place yet (404 during the run: asked again after it), a file rsync never
+listed, and a run that fails as a whole after some files were published."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from engine.manifest import Artifact
+from engine.transfers import Transfer
+from engine.transport import batch_rsync
+from engine.transport.base import PushRequest, PushResult, TransferError
+from engine.transport.batch_rsync import BatchRsync, _Sending
+
+pytestmark = pytest.mark.unit
+
+SHA = "ab" * 32
+
+
+def _request(n: int) -> PushRequest:
+    art = Artifact("npz", f"many/f{n:04d}.npz", None, 100, SHA, 0.0, "gpu-1")
+    return PushRequest(art, Path(f"/src/f{n}"), "coord", "http://coord", "interval")
+
+
+def _answer(request: PushRequest) -> dict:
+    return {"status": 201, "sha256": SHA, "size": 100, "verified_at": 1.0}
+
+
+class _Scripted(BatchRsync):
+    """rsync lists the files in ``steps`` (a list of index lists, a pause between them);
+    the receiver answers 404 for a file in ``unstaged`` the first time it is asked while
+    the run goes on, and for a file in ``never`` always."""
+
+    def __init__(self, steps: list[list[int]], unstaged: set[int] = frozenset(),
+                 never: set[int] = frozenset(), fail: bool = False) -> None:
+        super().__init__(rsync=None, scratch=Path("/nonexistent"))  # type: ignore[arg-type]
+        self.steps, self.unstaged, self.never, self.fail = steps, set(unstaged), never, fail
+        self.asked: list[list[int]] = []
+        self.running = False
+
+    async def _send(self, host, sending: _Sending) -> None:  # noqa: ANN001
+        self.running = True
+        try:
+            for step in self.steps:
+                for i in step:
+                    sending.sent[i] = 100
+                    sending.pending.append(i)
+                if len(sending.pending) >= batch_rsync.EARLY_FILES:
+                    sending.wake.set()
+                await asyncio.sleep(0.01)
+                await asyncio.sleep(0)  # the publisher runs between the listings
+        finally:
+            self.running = False
+            sending.rsynced = 1.0
+        if self.fail:
+            raise TransferError("rsync to coord exited 12: connection reset")
+
+    async def _publish_some(self, requests: list[PushRequest]) -> list[dict]:
+        indices = [int(r.artifact.path[-8:-4]) for r in requests]
+        self.asked.append(indices)
+        answers = []
+        for i, request in zip(indices, requests):
+            if i in self.never or (self.running and i in self.unstaged):
+                answers.append({"status": 404, "error": f"nothing staged for {i}"})
+            else:
+                answers.append(_answer(request))
+        return answers
+
+
+def _run(batch: _Scripted, n: int) -> list:
+    requests = [_request(i) for i in range(n)]
+    transfers = [Transfer(id=n, direction="out", source="gpu-1", target="coord",
+                          artifact=r.artifact.key, size=100, transport="rsync")
+                 for n, r in enumerate(requests)]
+    return asyncio.run(batch._send_and_publish(None, _Sending(requests, transfers)))
+
+
+@pytest.fixture(autouse=True)
+def _small_groups(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(batch_rsync, "EARLY_FILES", 3)
+
+
+def test_a_file_not_yet_in_place_when_published_early_is_asked_again_after_the_run() -> None:
+    batch = _Scripted([[0, 1, 2], [3, 4, 5], [6]], unstaged={1, 4})
+    outcomes = _run(batch, 7)
+    assert all(isinstance(o, PushResult) for o in outcomes), outcomes
+    asked_during = [i for group in batch.asked[:-1] for i in group]
+    assert {1, 4} <= set(asked_during)  # published early, found nothing staged
+    assert set(batch.asked[-1]) >= {1, 4, 6}  # the final round asks them again
+    assert sorted(i for group in batch.asked for i in group) == \
+        sorted([*range(7), 1, 4])  # each file asked once, the two early 404s twice
+
+
+def test_a_file_rsync_never_listed_is_asked_once_and_fails_alone() -> None:
+    batch = _Scripted([[0, 1, 2], [4]], never={3})
+    outcomes = _run(batch, 5)
+    assert isinstance(outcomes[3], TransferError) and "answered 404" in str(outcomes[3])
+    assert all(isinstance(o, PushResult) for i, o in enumerate(outcomes) if i != 3)
+    assert batch.asked[-1].count(3) == 1
+
+
+def test_a_run_that_fails_keeps_what_was_published_and_fails_the_rest() -> None:
+    batch = _Scripted([[0, 1, 2], [3]], unstaged={2}, fail=True)
+    outcomes = _run(batch, 6)
+    assert [isinstance(o, PushResult) for o in outcomes[:4]] == [True] * 4
+    assert all(isinstance(o, TransferError) and "exited 12" in str(o) for o in outcomes[4:])
