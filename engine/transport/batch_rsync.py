@@ -4,7 +4,8 @@ One run for a batch of push requests to one target:
 
 1. ``POST /v1/held`` asks which of the batch's versions the receiver holds already: those
    are done, nothing is sent for them;
-2. a scratch directory of symlinks, each named for its file's staged name
+2. a scratch directory of symlinks (on a tmpfs when the machine has one: ``link_scratch``),
+   each named for its file's staged name
    (``paths.staged_name``) and pointing at the bytes to send; rsync follows them (``-L``)
    and sends the rest with ``--files-from`` to the receiver's incoming directory, with the
    same resume (``--partial-dir``), stall bound and metered bandwidth as a single push
@@ -24,10 +25,10 @@ fails the whole batch, each file with the same error.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -58,7 +59,14 @@ arrived, and the receiver's verification says which."""
 Outcome = PushResult | TransferError
 """One file's end in a batch."""
 
-_batches = itertools.count(1)
+LINK_SCRATCH = Path("/dev/shm")
+"""The tmpfs a batch's symlinks go to when the machine has one (``link_scratch``)."""
+
+SCRATCH_PREFIX = "ringsync-batch-"
+"""A batch directory's name: this prefix, the node's pid, a random part."""
+
+LIST = ".files"
+"""The ``--files-from`` list inside a batch directory."""
 
 EARLY_FILES = 100
 """While rsync runs, files it is through with are published in groups of at least this
@@ -97,7 +105,8 @@ class BatchRsync:
         """The single-file transport whose ssh setup, version check and metered runs a batch
         uses."""
         self.scratch = scratch
-        """Where each batch's directory of symlinks is made (the node's ssh control dir)."""
+        """Where each batch's directory of symlinks is made (``link_scratch``)."""
+        _remove_stale(scratch)
         self.totals = {"batches": 0, "files": 0, "failed_files": 0}
         """Batches pushed, their files, and the files that failed."""
         self.last: dict[str, object] | None = None
@@ -240,10 +249,10 @@ class BatchRsync:
         """rsync the files in one run, each one listed in ``sending`` as rsync is through
         with it; raises a TransferError when the run failed as a whole."""
         requests, transfers = sending.requests, sending.transfers
-        where = self.scratch / f"batch-{os.getpid()}-{next(_batches)}"
         names = [staged_name(r.artifact.data_type, r.artifact.path, r.artifact.sha256,
                              r.artifact.origin) for r in requests]
         by_name = {name: i for i, name in enumerate(names)}
+        where: Path | None = None
 
         def on_line(line: str) -> None:
             parts = line.split("|")
@@ -258,18 +267,19 @@ class BatchRsync:
                     sending.wake.set()
 
         try:
-            await asyncio.to_thread(_links, where, names,
-                                    [r.source_file.absolute() for r in requests])
+            where = await asyncio.to_thread(_links, self.scratch, names,
+                                            [r.source_file.absolute() for r in requests])
             remote = f"{self.rsync.ssh.destination(host)}:{host.data_root}/{STATE_DIR}/incoming/"
             size = sum(r.artifact.size for r in requests)
             async with self.rsync.bandwidth.allocate(
                     host.name, f"batch of {len(requests)} files ({size} bytes)") as alloc:
                 code, out = await self.rsync.run_rsync(host, alloc, [
                     "--copy-links", "--chmod=F644", "-ii", "--out-format=%i|%n|%l|%b",
-                    f"--files-from={where}.list", f"{where}/", remote], on_line)
+                    f"--files-from={where / LIST}", f"{where}/", remote], on_line)
         finally:
             sending.rsynced = time.monotonic()
-            await asyncio.to_thread(_unlink_links, where)
+            if where is not None:
+                await asyncio.to_thread(shutil.rmtree, where, True)
         if code != 0 and code not in PARTIAL_EXITS:
             raise TransferError(f"rsync to {host.name} exited {code}: {_last_line(out)}",
                                 retryable=not _host_key_refused(out))
@@ -327,14 +337,41 @@ def _outcome(request: PushRequest, answer: dict) -> Outcome:
                       answer.get("root_id"))
 
 
-def _links(where: Path, names: list[str], sources: list[Path]) -> None:
-    """A directory of symlinks ``names`` -> ``sources`` and its ``--files-from`` list."""
-    where.mkdir(parents=True)
-    for name, source in zip(names, sources):
-        os.symlink(source, where / name)
-    Path(f"{where}.list").write_text("".join(f"{name}\n" for name in names))
+def link_scratch(fallback: Path) -> Path:
+    """Where a node makes its batches' directories of symlinks: ``LINK_SCRATCH`` (a tmpfs)
+    when it is there and writable, else ``fallback`` (the node's ssh control dir). A symlink
+    is an inode: on the data disk each costs 0.1-0.7 ms here (ext4), 0.1-0.7 s for a batch of
+    1,000 before rsync can start; on a tmpfs, a few microseconds. Only names go there, never
+    bytes: rsync follows each to the file in the data root."""
+    if LINK_SCRATCH.is_dir() and os.access(LINK_SCRATCH, os.W_OK | os.X_OK):
+        return LINK_SCRATCH
+    return fallback
 
 
-def _unlink_links(where: Path) -> None:
-    shutil.rmtree(where, ignore_errors=True)
-    Path(f"{where}.list").unlink(missing_ok=True)
+def _links(scratch: Path, names: list[str], sources: list[Path]) -> Path:
+    """A new private directory (0700) under ``scratch`` of symlinks ``names`` -> ``sources``
+    and their ``--files-from`` list (``LIST``, not itself one of the names)."""
+    where = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=scratch))
+    try:
+        for name, source in zip(names, sources):
+            os.symlink(source, where / name)
+        (where / LIST).write_text("".join(f"{name}\n" for name in names))
+    except BaseException:
+        shutil.rmtree(where, ignore_errors=True)
+        raise
+    return where
+
+
+def _remove_stale(scratch: Path) -> None:
+    """Remove the directories a killed node process left under ``scratch`` (its pid is in
+    the name; only this user's, only dead processes')."""
+    for where in scratch.glob(f"{SCRATCH_PREFIX}*"):
+        try:
+            pid = int(where.name[len(SCRATCH_PREFIX):].split("-")[0])
+            if where.stat().st_uid != os.getuid():
+                continue
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(where, ignore_errors=True)
+        except (ValueError, OSError):
+            continue

@@ -109,3 +109,26 @@ def test_a_run_that_fails_keeps_what_was_published_and_fails_the_rest() -> None:
     outcomes = _run(batch, 6)
     assert [isinstance(o, PushResult) for o in outcomes[:4]] == [True] * 4
     assert all(isinstance(o, TransferError) and "exited 12" in str(o) for o in outcomes[4:])
+
+
+def test_a_batch_directory_is_private_and_a_dead_nodes_is_removed(tmp_path: Path) -> None:
+    source = tmp_path / "source.npz"
+    source.write_bytes(b"x")
+    where = batch_rsync._links(tmp_path, ["a.rsync", "b.rsync"], [source, source])
+    assert where.parent == tmp_path and where.stat().st_mode & 0o777 == 0o700
+    assert (where / "a.rsync").resolve() == source.resolve()
+    assert (where / batch_rsync.LIST).read_text() == "a.rsync\nb.rsync\n"
+    dead = tmp_path / f"{batch_rsync.SCRATCH_PREFIX}{2**22 + 12345}-abc"  # above pid_max
+    dead.mkdir()
+    (dead / "x.rsync").symlink_to(source)
+    BatchRsync(rsync=None, scratch=tmp_path)  # type: ignore[arg-type]
+    assert not dead.exists(), "a killed node's batch directory is removed at start"
+    assert where.exists(), "a live process's batch directory is kept"
+
+
+def test_symlinks_go_to_a_tmpfs_when_there_is_one(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(batch_rsync, "LINK_SCRATCH", tmp_path / "shm")
+    assert batch_rsync.link_scratch(tmp_path / "ssh") == tmp_path / "ssh"
+    (tmp_path / "shm").mkdir()
+    assert batch_rsync.link_scratch(tmp_path / "ssh") == tmp_path / "shm"
