@@ -203,6 +203,8 @@ class Cluster:
                 except subprocess.TimeoutExpired:
                     node.proc.kill()
                     node.proc.wait()
+        if any("LD_PRELOAD" in env for env in self.env.values()):
+            sweep_faketime_shm()
 
     def log(self, name: str) -> str:
         path = self.nodes[name].log
@@ -277,3 +279,20 @@ def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
             _merge(into[key], value)
         else:
             into[key] = value
+
+
+def sweep_faketime_shm(shm: Path = Path("/dev/shm")) -> None:
+    """Remove what libfaketime left for processes that are gone. Loaded by ``LD_PRELOAD``,
+    it makes ``faketime_shm_<pid>`` and ``sem.faketime_sem_<pid>`` for every process it is in
+    (a node and its children: ssh, rsync, the meter relay), and removes them only when that
+    process exits normally: a SIGKILL or an ``os._exit`` leaves them behind."""
+    for path in shm.glob("*faketime_s*_*"):
+        pid = path.name.rsplit("_", 1)[-1]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            path.unlink(missing_ok=True)
+        except OSError:
+            continue
