@@ -27,6 +27,7 @@ atomic publish, registration).
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from engine import diskio
+from engine.errors import describe
 from engine.headers import H_ORIGIN, H_SHA, H_SIZE, H_SOURCE
 from engine.server.accept import Arrival, Outcome, accept, bad, disk_failed, drop_live
 from engine.server.context import Storage, storage_of
@@ -75,14 +77,13 @@ async def publish_batch(request: web.Request) -> web.Response:
     store = storage_of(request)
     items = await _declared(request)
     outcomes: list[Any] = []
-    for data_type, rel, headers in items:
-        try:
-            outcomes.append(await _claim(store, headers, data_type, rel))
-        except web.HTTPException as exc:
-            outcomes.append(exc)
-    claimed = [i for i, c in enumerate(outcomes) if isinstance(c, _Claim)]
-    claims = [outcomes[i] for i in claimed]
+    claims: list[_Claim] = []
     try:
+        for data_type, rel, headers in items:
+            outcomes.append(await _claim_one(store, headers, data_type, rel))
+            if isinstance(outcomes[-1], _Claim):
+                claims.append(outcomes[-1])
+        claimed = [i for i, c in enumerate(outcomes) if isinstance(c, _Claim)]
         for i, arrival in zip(claimed, await _settle(store, claims)):
             outcomes[i] = arrival
         ready = [i for i in claimed if isinstance(outcomes[i], Arrival)]
@@ -91,6 +92,19 @@ async def publish_batch(request: web.Request) -> web.Response:
     finally:
         _release(store, claims)
     return web.json_response({"results": [_result(o) for o in outcomes]})
+
+
+async def _claim_one(store: Storage, headers: Mapping[str, str], data_type: str,
+                     rel: str) -> _Claim | Outcome:
+    """One file of a batch claimed, or its own answer: already present, the HTTP error
+    that says why not, or a 503 when this node's disk fails on it (never the batch's)."""
+    try:
+        return await _claim(store, headers, data_type, rel)
+    except web.HTTPException as exc:
+        return exc
+    except OSError as exc:
+        return bad(web.HTTPServiceUnavailable, f"{data_type}/{rel}: {describe(exc)}",
+                   errno=errno.errorcode.get(exc.errno or 0, str(exc.errno)))
 
 
 async def held(request: web.Request) -> web.Response:
@@ -194,6 +208,8 @@ async def _settle(store: Storage, claims: list[_Claim]) -> list[Arrival | web.HT
     """Each claimed file read back, hashed and fsynced (``diskio.settle``) in up to
     ``SETTLE_THREADS`` threads: its Arrival, or the HTTP error that says why not (404
     nothing staged; 503/507 a failing disk, the file discarded)."""
+    if not claims:
+        return []
     step = -(-len(claims) // SETTLE_THREADS)
     shares = [claims[i:i + step] for i in range(0, len(claims), step)]
     done = await asyncio.gather(*(asyncio.to_thread(_settle_share, share) for share in shares))
@@ -229,8 +245,12 @@ def _arrival(store: Storage, claim: _Claim, settled: _Settled) -> Arrival | web.
 
 
 def _release(store: Storage, claims: list[_Claim]) -> None:
+    """The request is over: its staged names are free again, and a transfer it did not get
+    to finish (it was cancelled, or failed on the way) is finished as such."""
     for claim in claims:
         store.uploads.discard(claim.staged)
+        if claim.transfer.finished is None:
+            store.transfers.finish(claim.transfer, error="the request ended before it did")
 
 
 def _result(outcome: Outcome) -> dict[str, Any]:

@@ -4,7 +4,7 @@ plugged in by name through ``engine.transport.registry``."""
 from engine.transport import registry
 from engine.transport.base import PushRequest, PushResult, Transport, TransferError
 from engine.transport.http import HttpTransport
-from engine.transport.batch_rsync import BatchRsync, link_scratch
+from engine.transport.batch_rsync import BatchRsync
 from engine.transport.rsync import RsyncTransport
 
 registry.register("http", lambda ctx: HttpTransport(ctx.session, ctx.node, ctx.bandwidth,
@@ -14,7 +14,7 @@ registry.register("http", lambda ctx: HttpTransport(ctx.session, ctx.node, ctx.b
 def _rsync(ctx: registry.TransportContext) -> RsyncTransport:
     transport = RsyncTransport(ctx.session, ctx.node, ctx.bandwidth, ctx.host_of, ctx.ssh,
                                ctx.meter, pool=ctx.ssh_pool)
-    transport.batch = BatchRsync(transport, link_scratch(ctx.ssh.control_dir))
+    transport.batch = BatchRsync(transport, ctx.ssh.control_dir)
     return transport
 
 

@@ -63,7 +63,8 @@ LINK_SCRATCH = Path("/dev/shm")
 """The tmpfs a batch's symlinks go to when the machine has one (``link_scratch``)."""
 
 SCRATCH_PREFIX = "ringsync-batch-"
-"""A batch directory's name: this prefix, the node's pid, a random part."""
+"""A batch directory's name: this prefix, the pid namespace, the node's pid, a random
+part."""
 
 LIST = ".files"
 """The ``--files-from`` list inside a batch directory."""
@@ -100,13 +101,16 @@ class _Sending:
 class BatchRsync:
     """Pushes batches of files to one host at a time with one rsync run each."""
 
-    def __init__(self, rsync: RsyncTransport, scratch: Path) -> None:
+    def __init__(self, rsync: RsyncTransport, control_dir: Path) -> None:
         self.rsync = rsync
         """The single-file transport whose ssh setup, version check and metered runs a batch
         uses."""
-        self.scratch = scratch
+        self.fallback = control_dir
+        """Where a batch's symlinks go when the tmpfs cannot take them (the node's ssh
+        control dir, under its data root)."""
+        self.scratch = link_scratch(control_dir)
         """Where each batch's directory of symlinks is made (``link_scratch``)."""
-        _remove_stale(scratch)
+        _remove_stale(self.scratch)
         self.totals = {"batches": 0, "files": 0, "failed_files": 0}
         """Batches pushed, their files, and the files that failed."""
         self.last: dict[str, object] | None = None
@@ -267,7 +271,7 @@ class BatchRsync:
                     sending.wake.set()
 
         try:
-            where = await asyncio.to_thread(_links, self.scratch, names,
+            where = await asyncio.to_thread(self._links, names,
                                             [r.source_file.absolute() for r in requests])
             remote = f"{self.rsync.ssh.destination(host)}:{host.data_root}/{STATE_DIR}/incoming/"
             size = sum(r.artifact.size for r in requests)
@@ -283,6 +287,23 @@ class BatchRsync:
         if code != 0 and code not in PARTIAL_EXITS:
             raise TransferError(f"rsync to {host.name} exited {code}: {_last_line(out)}",
                                 retryable=not _host_key_refused(out))
+
+    def _links(self, names: list[str], sources: list[Path]) -> Path:
+        """The batch's directory of symlinks: on the scratch tmpfs, else (full, gone) in the
+        fallback directory; a TransferError when neither can take it."""
+        try:
+            return _links(self.scratch, names, sources)
+        except OSError as exc:
+            if self.scratch == self.fallback:
+                raise TransferError(f"cannot make this batch's links in {self.scratch}:"
+                                    f" {describe(exc)}", target_fault=False) from exc
+            log.warning("cannot make a batch's links in %s (%s): using %s", self.scratch,
+                        describe(exc), self.fallback)
+        try:
+            return _links(self.fallback, names, sources)
+        except OSError as exc:
+            raise TransferError(f"cannot make this batch's links in {self.fallback}:"
+                                f" {describe(exc)}", target_fault=False) from exc
 
     async def _publish_some(self, requests: list[PushRequest]) -> list[dict]:
         """``POST /v1/staged`` for ``requests``: the receiver's answer for each (a request
@@ -351,7 +372,8 @@ def link_scratch(fallback: Path) -> Path:
 def _links(scratch: Path, names: list[str], sources: list[Path]) -> Path:
     """A new private directory (0700) under ``scratch`` of symlinks ``names`` -> ``sources``
     and their ``--files-from`` list (``LIST``, not itself one of the names)."""
-    where = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=scratch))
+    where = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{_pid_namespace()}-{os.getpid()}-",
+                                  dir=scratch))
     try:
         for name, source in zip(names, sources):
             os.symlink(source, where / name)
@@ -363,15 +385,33 @@ def _links(scratch: Path, names: list[str], sources: list[Path]) -> Path:
 
 
 def _remove_stale(scratch: Path) -> None:
-    """Remove the directories a killed node process left under ``scratch`` (its pid is in
-    the name; only this user's, only dead processes')."""
-    for where in scratch.glob(f"{SCRATCH_PREFIX}*"):
+    """Remove the batch directories a killed node process left under ``scratch``: only real
+    directories (never a symlink), this user's, named for this pid namespace and a pid that
+    is not running. Never fails: a name it cannot read is left alone."""
+    mine = f"{SCRATCH_PREFIX}{_pid_namespace()}-"
+    try:
+        entries = list(os.scandir(scratch))
+    except OSError:
+        return
+    for entry in entries:
         try:
-            pid = int(where.name[len(SCRATCH_PREFIX):].split("-")[0])
-            if where.stat().st_uid != os.getuid():
+            if not entry.name.startswith(mine) or not entry.is_dir(follow_symlinks=False) \
+                    or entry.stat(follow_symlinks=False).st_uid != os.getuid():
                 continue
-            os.kill(pid, 0)
+            pid = entry.name[len(mine):].split("-")[0]
+            if not (pid.isascii() and pid.isdigit() and 0 < len(pid) <= 9):
+                continue
+            os.kill(int(pid), 0)
         except ProcessLookupError:
-            shutil.rmtree(where, ignore_errors=True)
-        except (ValueError, OSError):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        except Exception:  # noqa: BLE001 - cleanup is best effort, never a failed start
             continue
+
+
+def _pid_namespace() -> int:
+    """This process's pid namespace (a pid names a process only inside one: containers
+    sharing /dev/shm have their own)."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0

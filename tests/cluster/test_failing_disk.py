@@ -184,6 +184,52 @@ def test_a_batch_file_whose_read_back_fails_fails_alone(make_cluster, tmp_path: 
     assert [f["payload"]["artifact"] for f in failed] == ["npz/k/batch1.npz"]
 
 
+def test_a_batch_with_nothing_to_claim_and_a_failing_unlink_answer_per_file(
+        make_cluster, tmp_path: Path) -> None:
+    """A batch whose files are all held already is answered per file (it was a 500), and a
+    disk error while claiming one file (EIO unlinking a held version's staged copy) is a
+    503 for that file alone: the batch's other file is published, never left claimed."""
+    cluster = make_cluster(gpus=1)
+    incoming_dir = cluster.data_root("coord") / ".ringsync" / "incoming"
+
+    def declared(rel: str, body: bytes) -> dict:
+        return {"data_type": "npz", "path": rel, "headers": {
+            "X-Ringsync-Size": str(len(body)), "X-Ringsync-Sha256": sha(body),
+            "X-Ringsync-Origin": "gpu-1", "X-Ringsync-Source": "gpu-1"}}
+
+    def batch(*files: dict) -> list[dict]:
+        resp = cluster.request("coord", "POST", "/v1/staged",
+                               body=json.dumps({"files": list(files)}).encode(),
+                               headers={"Content-Type": "application/json"})
+        assert resp.status == 200, resp.body
+        return resp.json()["results"]
+
+    held, new = os.urandom(100_000), os.urandom(100_000)
+    assert put(cluster, "coord", "npz", "k/held.npz", held).status == 201
+    assert [r["status"] for r in batch()] == []
+    assert [(r["status"], r["already_present"]) for r in batch(
+        declared("k/held.npz", held))] == [(200, True)]
+    staged_held = incoming_dir / staged_name("npz", "k/held.npz", sha(held), "gpu-1")
+    staged_held.write_bytes(held)  # a second sender's rsync of a version held already
+    (incoming_dir / staged_name("npz", "k/new.npz", sha(new), "gpu-1")).write_bytes(new)
+    out = tmp_path / "strace.out"
+    trace = subprocess.Popen(["strace", "-f", "-qq", "-y", "-p",
+                              str(cluster.nodes["coord"].proc.pid), "-o", str(out),
+                              "-P", str(staged_held), "-e", "trace=unlink,unlinkat",
+                              "-e", "inject=unlink,unlinkat:error=EIO:when=1"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)  # attached
+    try:
+        results = batch(declared("k/new.npz", new), declared("k/held.npz", held))
+    finally:
+        stop_strace(trace)
+    assert injected(out), out.read_text()
+    assert [r["status"] for r in results] == [201, 503], results
+    assert results[1]["errno"] == "EIO"
+    assert cluster.version("coord", "gpu-1", "npz/k/new.npz", sha(new)).read_bytes() == new
+    assert cluster.get_json("coord", "/status")["transfers"]["in_flight"] == []
+
+
 @pytest.fixture
 def idle_cluster(tmp_path: Path) -> Iterator[Cluster]:
     """A coordinator that gives up a silent upload after 1 s, and gpu-1 as an origin."""

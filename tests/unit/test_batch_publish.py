@@ -38,7 +38,7 @@ class _Scripted(BatchRsync):
 
     def __init__(self, steps: list[list[int]], unstaged: set[int] = frozenset(),
                  never: set[int] = frozenset(), fail: bool = False) -> None:
-        super().__init__(rsync=None, scratch=Path("/nonexistent"))  # type: ignore[arg-type]
+        super().__init__(rsync=None, control_dir=Path("/nonexistent"))  # type: ignore[arg-type]
         self.steps, self.unstaged, self.never, self.fail = steps, set(unstaged), never, fail
         self.asked: list[list[int]] = []
         self.running = False
@@ -111,19 +111,32 @@ def test_a_run_that_fails_keeps_what_was_published_and_fails_the_rest() -> None:
     assert all(isinstance(o, TransferError) and "exited 12" in str(o) for o in outcomes[4:])
 
 
-def test_a_batch_directory_is_private_and_a_dead_nodes_is_removed(tmp_path: Path) -> None:
+def test_a_batch_directory_is_private_and_a_dead_nodes_is_removed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(batch_rsync, "LINK_SCRATCH", tmp_path)
     source = tmp_path / "source.npz"
     source.write_bytes(b"x")
     where = batch_rsync._links(tmp_path, ["a.rsync", "b.rsync"], [source, source])
     assert where.parent == tmp_path and where.stat().st_mode & 0o777 == 0o700
     assert (where / "a.rsync").resolve() == source.resolve()
     assert (where / batch_rsync.LIST).read_text() == "a.rsync\nb.rsync\n"
-    dead = tmp_path / f"{batch_rsync.SCRATCH_PREFIX}{2**22 + 12345}-abc"  # above pid_max
+    ns = batch_rsync._pid_namespace()
+    dead = tmp_path / f"{batch_rsync.SCRATCH_PREFIX}{ns}-{2**22 + 12345}-abc"  # > pid_max
     dead.mkdir()
     (dead / "x.rsync").symlink_to(source)
-    BatchRsync(rsync=None, scratch=tmp_path)  # type: ignore[arg-type]
+    other_ns = tmp_path / f"{batch_rsync.SCRATCH_PREFIX}{ns + 1}-{2**22 + 12345}-abc"
+    other_ns.mkdir()  # another pid namespace's (a container sharing /dev/shm): not ours
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    hostile = [tmp_path / f"{batch_rsync.SCRATCH_PREFIX}{ns}-{p}-x"
+               for p in ("99999999999999999999", "1_0", " 12", "\u0661\u0662")]
+    for name in hostile:  # another user's symlinks and odd pids: never followed, never fatal
+        name.symlink_to(kept)
+    batch = BatchRsync(rsync=None, control_dir=tmp_path / "ssh")  # type: ignore[arg-type]
+    assert batch.scratch == tmp_path
     assert not dead.exists(), "a killed node's batch directory is removed at start"
     assert where.exists(), "a live process's batch directory is kept"
+    assert other_ns.exists() and kept.exists() and all(h.is_symlink() for h in hostile)
 
 
 def test_symlinks_go_to_a_tmpfs_when_there_is_one(tmp_path: Path,
@@ -132,3 +145,25 @@ def test_symlinks_go_to_a_tmpfs_when_there_is_one(tmp_path: Path,
     assert batch_rsync.link_scratch(tmp_path / "ssh") == tmp_path / "ssh"
     (tmp_path / "shm").mkdir()
     assert batch_rsync.link_scratch(tmp_path / "ssh") == tmp_path / "shm"
+
+
+def test_a_full_tmpfs_falls_back_to_the_control_dir(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    shm, control = tmp_path / "shm", tmp_path / "ssh"
+    shm.mkdir()
+    control.mkdir()
+    monkeypatch.setattr(batch_rsync, "LINK_SCRATCH", shm)
+    batch = BatchRsync(rsync=None, control_dir=control)  # type: ignore[arg-type]
+    real = batch_rsync._links
+
+    def full(scratch: Path, names: list[str], sources: list[Path]) -> Path:
+        if scratch == shm:
+            raise OSError(28, "No space left on device")
+        return real(scratch, names, sources)
+
+    monkeypatch.setattr(batch_rsync, "_links", full)
+    assert batch._links(["a.rsync"], [tmp_path]).parent == control
+    batch.fallback = shm  # neither can take it: the batch fails as this node's fault
+    with pytest.raises(TransferError, match="cannot make this batch's links") as failed:
+        batch._links(["a.rsync"], [tmp_path])
+    assert failed.value.target_fault is False
