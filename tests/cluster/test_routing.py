@@ -85,10 +85,12 @@ def test_broadcast_reaches_every_eligible_node_and_a_restarted_one_gets_its_back
     assert coord[-2:] == ["NODE_DOWN", "NODE_RECOVERED"]
     # gpu-1 sent the backlog once it learned of the recovery: woken by NODE_RECOVERED, or by
     # its next cycle when its refreshed view showed cpu-1 up first (both happened in CI)
-    backlog = [e for e in types(cluster, "gpu-1", "DATA_SYNC_COMPLETED")
-               if e["payload"]["target"] == "cpu-1"
-               and "models/hex8_2p/v2.pt" in e["payload"]["artifacts"]]
-    assert backlog and backlog[0]["payload"]["reason"] in ("node_recovered", "interval"), backlog
+    # (the sender reports after the receiver stored it: wait for its event)
+    backlog = wait_for(lambda: [e for e in types(cluster, "gpu-1", "DATA_SYNC_COMPLETED")
+                                if e["payload"]["target"] == "cpu-1"
+                                and "models/hex8_2p/v2.pt" in e["payload"]["artifacts"]],
+                       10, what="gpu-1's DATA_SYNC_COMPLETED of the backlog to cpu-1")
+    assert backlog[0]["payload"]["reason"] in ("node_recovered", "interval"), backlog
     wait_for(lambda: cluster.status("gpu-1")["routing"]["recovered"] >= 1, 10,
              what="gpu-1's router to take NODE_RECOVERED (it wakes a cycle for the backlog)")
 
