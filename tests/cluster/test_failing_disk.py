@@ -37,6 +37,17 @@ def strace_fsync(pid: int, out: Path, error: str) -> subprocess.Popen:
     return proc
 
 
+def strace_path(pid: int, out: Path, path: Path, calls: str) -> subprocess.Popen:
+    """Attach strace to ``pid``: the first of ``calls`` on ``path`` (or a descriptor of it)
+    after attaching fails with EIO."""
+    proc = subprocess.Popen(["strace", "-f", "-qq", "-y", "-p", str(pid), "-o", str(out),
+                             "-P", str(path), "-e", f"trace={calls}",
+                             "-e", f"inject={calls}:error=EIO:when=1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)  # attached
+    return proc
+
+
 def stop_strace(proc: subprocess.Popen) -> None:
     proc.terminate()
     proc.wait(10)
@@ -158,12 +169,7 @@ def test_a_batch_file_whose_read_back_fails_fails_alone(make_cluster, tmp_path: 
     broken = incoming_dir / staged_name("npz", "k/batch1.npz", sha(bodies["k/batch1.npz"]),
                                         "gpu-1")
     out = tmp_path / "strace.out"
-    trace = subprocess.Popen(["strace", "-f", "-qq", "-y", "-p",
-                              str(cluster.nodes["coord"].proc.pid), "-o", str(out),
-                              "-P", str(broken), "-e", "trace=read",
-                              "-e", "inject=read:error=EIO:when=1"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.5)  # attached
+    trace = strace_path(cluster.nodes["coord"].proc.pid, out, broken, "read")
     try:
         resp = cluster.request("coord", "POST", "/v1/staged",
                                body=json.dumps({"files": files}).encode(),
@@ -213,12 +219,7 @@ def test_a_batch_with_nothing_to_claim_and_a_failing_unlink_answer_per_file(
     staged_held.write_bytes(held)  # a second sender's rsync of a version held already
     (incoming_dir / staged_name("npz", "k/new.npz", sha(new), "gpu-1")).write_bytes(new)
     out = tmp_path / "strace.out"
-    trace = subprocess.Popen(["strace", "-f", "-qq", "-y", "-p",
-                              str(cluster.nodes["coord"].proc.pid), "-o", str(out),
-                              "-P", str(staged_held), "-e", "trace=unlink,unlinkat",
-                              "-e", "inject=unlink,unlinkat:error=EIO:when=1"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.5)  # attached
+    trace = strace_path(cluster.nodes["coord"].proc.pid, out, staged_held, "unlink,unlinkat")
     try:
         results = batch(declared("k/new.npz", new), declared("k/held.npz", held))
     finally:
