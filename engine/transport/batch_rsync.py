@@ -291,19 +291,13 @@ class BatchRsync:
     def _links(self, names: list[str], sources: list[Path]) -> Path:
         """The batch's directory of symlinks: on the scratch tmpfs, else (full, gone) in the
         fallback directory; a TransferError when neither can take it."""
-        try:
-            return _links(self.scratch, names, sources)
-        except OSError as exc:
-            if self.scratch == self.fallback:
-                raise TransferError(f"cannot make this batch's links in {self.scratch}:"
-                                    f" {describe(exc)}", target_fault=False) from exc
-            log.warning("cannot make a batch's links in %s (%s): using %s", self.scratch,
-                        describe(exc), self.fallback)
-        try:
-            return _links(self.fallback, names, sources)
-        except OSError as exc:
-            raise TransferError(f"cannot make this batch's links in {self.fallback}:"
-                                f" {describe(exc)}", target_fault=False) from exc
+        for place in dict.fromkeys((self.scratch, self.fallback)):
+            try:
+                return _links(place, names, sources)
+            except OSError as exc:
+                error = f"cannot make this batch's links in {place}: {describe(exc)}"
+                log.warning("%s", error)
+        raise TransferError(error, target_fault=False)
 
     async def _publish_some(self, requests: list[PushRequest]) -> list[dict]:
         """``POST /v1/staged`` for ``requests``: the receiver's answer for each (a request
