@@ -41,6 +41,7 @@ from engine.daemons.cleanup import Cleaner
 from engine.daemons.limiter import PushLimiter
 from engine.daemons.recovery import Recovery
 from engine.daemons.rehome import RemoteRehome
+from engine.recount import Recount
 from engine.daemons.retry import RetryPolicy
 from engine.daemons.snapshots import SnapshotKeeper
 from engine.daemons.write_through import QUEUE_FILE, WriteThrough, WriteThroughQueue
@@ -285,15 +286,17 @@ class Node:
         self.snapshots = SnapshotKeeper(self.name, self.scanner, self.manifest, self.router,
                                         self.inflight, lambda: self.usage.disk()["total_bytes"])
         """The snapshots of own databases: kept until placed, within a budget."""
+        self.recount = Recount(self.vouches, self.view.is_down)
+        """Which versions are short of copies, for the runs that add copies."""
         self.recovery = Recovery(
             self.name, cfg.push.min_copies_before_delete, manifest=self.manifest,
             router=self.router, scanner=self.scanner, vouches=self.vouches, copies=self.copies,
             pushes=self.pushes, pause=self.pause, snapshots=self.snapshots,
-            emit=self.events.emit,
+            recount=self.recount, emit=self.events.emit,
             is_down=self.membership.is_down if self.membership else None,
             remote=RemoteRehome(
                 self.name, cfg.push.min_copies_before_delete, cfg.hosts, manifest=self.manifest,
-                vouches=self.vouches, router=self.router, is_down=self.membership.is_down,
+                recount=self.recount, router=self.router, is_down=self.membership.is_down,
                 peers=self.peers) if self.membership else None)
         """Operator-requested runs and orphan re-homing up to min_copies verified copies."""
         write_through = None
@@ -522,6 +525,7 @@ class Node:
             "routing": self.router.status(),
             "live_snapshots": self.live.status(),
             "scrub": self.scrub.status(),
+            "recount": self.recount.status(),
             "components": self.supervisor.status(),
             "connections": self.connections.status(),
             "bandwidth": {h: {k: v[k] for k in ("limit_mbps", "allocated_mbps",

@@ -95,9 +95,12 @@ class VouchClient:
                                         host.provider, host.ephemeral))
         return {v.node for v in self._counting(art, remembered)}
 
-    async def counted(self, art: Artifact) -> list[Vouch]:
-        """The live vouches for ``art`` that count towards its deletion (see ``counting``)."""
-        holders = sorted({r.node for r in self.manifest.replicas(art)} - {self.name})
+    async def counted(self, art: Artifact,
+                      skip: Callable[[str], bool] | None = None) -> list[Vouch]:
+        """The live vouches for ``art`` that count towards its deletion (see ``counting``);
+        holders ``skip`` names are not asked (a recount skips down nodes)."""
+        holders = sorted(h for h in {r.node for r in self.manifest.replicas(art)} - {self.name}
+                         if skip is None or not skip(h))
         answers = await asyncio.gather(*(self.ask(art, h) for h in holders))
         return self._counting(art, [v for v in answers if v is not None])
 

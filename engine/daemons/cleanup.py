@@ -63,6 +63,8 @@ class CleanupReport:
     deleted: list[tuple[Artifact, list[str]]] = field(default_factory=list)
     freed_bytes: int = 0
     short_of_copies: int = 0
+    short: dict[tuple[str, str, str, str], set[str]] = field(default_factory=dict)
+    """The versions short of copies, each with the holders that vouched live."""
     unfinished: int = 0
     busy: int = 0
 
@@ -117,6 +119,7 @@ class Cleaner:
             vouched = [v.node for v in await self.vouches.counted(art)]
             if len(vouched) < self.required:
                 report.short_of_copies += 1
+                report.short[art.ident] = set(vouched)
                 continue
             done = await asyncio.to_thread(self._delete, art, vouched)
             if done is None:

@@ -117,21 +117,27 @@ class SyncPushDaemon:
         self.totals["cycles"] += 1
         if self.level == "normal" or self.pause.paused:
             return
+        known = None
         if disk["percent"] >= self.thresholds.cleanup_percent:  # not just the level's
             self.last_cleanup = await self.cleaner.run(REASON, disk)  # hysteresis band
+            known = self.last_cleanup.short
         if self._batch is None or self._batch.done():
             await self._refresh_view()  # free space and down nodes, fresh
             urgent = self.level in ("urgent", "cleanup")
-            self._batch = self._tasks.spawn(self._push_batch(urgent),
+            self._batch = self._tasks.spawn(self._push_batch(urgent, known),
                                             name=f"sync-push-batch:{self.node}")
 
-    async def _push_batch(self, urgent: bool) -> None:
+    async def _push_batch(self, urgent: bool,
+                          known: dict[Any, set[str]] | None = None) -> None:
         """Bring the oldest under-replicated own artifacts towards min_copies; wakes the daemon
-        at once when a full batch went out and more is waiting."""
+        at once when a full batch went out and more is waiting. What is short is a recount
+        (``Recovery.shortfalls``): the live answers of this cycle's cleanup run (``known``)
+        as they are, and at most a batch of the versions the manifest calls sufficiently
+        copied asked live."""
         batch = self.thresholds.urgent_batch_files if urgent else self.thresholds.batch_files
         recovery = self.recovery
         try:
-            found = [s for s in recovery.shortfalls() if not s.stored_copy]
+            found = await recovery.shortfalls(budget=batch, known=known)
             arrived = await recovery.replicate(found, REASON, "urgent" if urgent else "normal",
                                                batch)
         except Exception as exc:  # the next cycle starts another batch

@@ -10,6 +10,13 @@ artifact's origin: the number the deletion invariant asks for. A run on a node l
   membership reports ``down`` -> push its stored copy on until enough copies exist
   besides the origin (its own copy counts).
 
+How many copies count depends on who asks. An operator's run (``request``) asks every
+holder live (``live_shortfalls``: the vouch a deletion uses). Pressure pushes
+(``shortfalls``) and the coordinator's re-homing every sync cycle (``rehome``) recount
+(``engine.recount``): holders that are down never count, and a bounded number of the
+versions the manifest calls sufficiently copied are asked live, so that a copy a holder
+lost, let rot or took down with it is replaced without anyone asking.
+
 A run starts now, whatever the backoff (like a priority sync), but not while the node is
 paused: a paused node answers with what it found and starts nothing, and a run that is
 paused midway starts no further push. Pushes go through the node's one push path
@@ -26,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +46,7 @@ from engine.inflight import Claims
 from engine.manifest import Artifact, ClusterManifest
 from engine.pause import PauseGate
 from engine.push_path import PushPath
+from engine.recount import RECOUNT_BUDGET, Recount
 from engine.router import SyncRouter
 from engine.runtime import TaskSet
 from engine.scanner import Scanner, is_database
@@ -49,6 +57,7 @@ log = logging.getLogger(__name__)
 DEFAULT_REASON = "operator_recovery"
 ORPHAN_RECOVERY = "orphan_games_recovery"
 """The seed's reason for a priority sync that is a recovery of orphaned games."""
+Ident = tuple[str, str, str, str]
 
 
 @dataclass(frozen=True)
@@ -62,6 +71,8 @@ class Shortfall:
     """Targets to fill first: the router's, for this node's own artifacts."""
     stored_copy: bool = False
     """True for an orphan: the bytes pushed are this node's stored copy, not a source."""
+    avoid: frozenset[str] = frozenset()
+    """Holders asked live that did not vouch (unreachable, failing reads): not targets."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +89,8 @@ class Recovery:
     def __init__(self, node: str, required: int, *, manifest: ClusterManifest,
                  router: SyncRouter, scanner: Scanner, vouches: VouchClient,
                  copies: StoredCopies, pushes: PushPath, pause: PauseGate,
-                 snapshots: SnapshotKeeper, emit: Callable[[Payload], object],
+                 snapshots: SnapshotKeeper, recount: Recount,
+                 emit: Callable[[Payload], object],
                  is_down: Callable[[str], bool] | None = None,
                  remote: RemoteRehome | None = None) -> None:
         self.node = node
@@ -88,6 +100,8 @@ class Recovery:
         self.router = router
         self.scanner = scanner
         self.vouches = vouches
+        self.recount = recount
+        """What is short for the runs that add copies (pressure pushes, re-homing)."""
         self.copies = copies
         self.pushes = pushes
         self.inflight = pushes.inflight
@@ -99,7 +113,7 @@ class Recovery:
         self.remote = remote
         """Orphans the coordinator does not hold: a holder is asked to send them on."""
         self._tasks = TaskSet(f"recovery on {node}")
-        self._remote_task: asyncio.Task[Any] | None = None
+        self._rehome_task: asyncio.Task[Any] | None = None
 
     @property
     def running(self) -> bool:
@@ -109,34 +123,37 @@ class Recovery:
         await self._tasks.close()
 
     # -- what is missing --------------------------------------------------------------------
-    def shortfalls(self) -> list[Shortfall]:
-        """Own artifacts (and, on the coordinator, orphans) below the required copies, oldest
-        first. An own artifact whose source this node deleted has no bytes here to push."""
+    def _mine(self) -> list[tuple[Artifact, set[str]]]:
+        """Own versions whose bytes are here (a deleted source only when it is back), oldest
+        first, each with the other holders the manifest remembers verified."""
         manifest, me = self.manifest, self.node
-        found: list[Shortfall] = []
         holders = manifest.verified_holders_by_artifact(me)
         gone = manifest.deleted_sources(me)
-        for art in manifest.artifacts(origin=me):
-            held = holders.get(art.ident, set()) - {me}
-            if len(held) >= self.required:  # only then can the counting rules matter
-                held = self.vouches.remembered(art, held)
-            if len(held) < self.required and (art.ident not in gone
-                                               or self.scanner.source_back(art)):
-                first = self.router.get_sync_targets(art.data_type, art.config_key, art.path)
-                found.append(Shortfall(art, frozenset(held), tuple(first)))
-        return found + self.orphans()
+        return [(art, holders.get(art.ident, set()) - {me})
+                for art in manifest.artifacts(origin=me)
+                if art.ident not in gone or self.scanner.source_back(art)]
+
+    async def shortfalls(self, budget: int = 0,
+                         known: Mapping[Ident, set[str]] | None = None) -> list[Shortfall]:
+        """Own versions below the required copies, oldest first, as a recount finds them
+        (``engine.recount``): short by what the manifest remembers of up holders, or short
+        when their holders are asked live (at most ``budget`` asked; ``known``: live answers
+        just taken). The pressure pushes' list."""
+        counts = await self.recount.short(self._mine(), self.required, budget=budget,
+                                          known=known)
+        return [Shortfall(c.artifact, c.holders, tuple(self.router.get_sync_targets(
+                    c.artifact.data_type, c.artifact.config_key, c.artifact.path)),
+                    avoid=c.silent) for c in counts]
 
     async def live_shortfalls(self) -> list[Shortfall]:
         """``shortfalls``, counted by asking the holders now (``VouchClient``): every own
         version and every orphan this node holds, each with the holders that vouched. The
         manifest only says whom to ask."""
-        manifest, me = self.manifest, self.node
-        gone = manifest.deleted_sources(me)
-        mine = [a for a in manifest.artifacts(origin=me)
-                if a.ident not in gone or self.scanner.source_back(a)]
-        orphans = self.orphans(everything=True)
+        me = self.node
+        mine = [art for art, _ in self._mine()]
+        orphans = [art for art, _ in self._orphans()]
         counted = await asyncio.gather(*(self.vouches.counted(a) for a in mine),
-                                       *(self.vouches.counted(o.artifact) for o in orphans))
+                                       *(self.vouches.counted(o) for o in orphans))
         found: list[Shortfall] = []
         for art, vouched in zip(mine, counted):
             held = {v.node for v in vouched} - {me}
@@ -144,11 +161,11 @@ class Recovery:
                 first = self.router.get_sync_targets(art.data_type, art.config_key, art.path)
                 found.append(Shortfall(art, frozenset(held), tuple(first)))
         for orphan, vouched in zip(orphans, counted[len(mine):]):
-            if not await self._own_copy_sound(orphan.artifact):
+            if not await self._own_copy_sound(orphan):
                 continue  # quarantined: this node has nothing to push on
             held = {v.node for v in vouched} | {me}
-            if len(held - {orphan.artifact.origin}) < self.required:
-                found.append(Shortfall(orphan.artifact, frozenset(held), stored_copy=True))
+            if len(held - {orphan.origin}) < self.required:
+                found.append(Shortfall(orphan, frozenset(held), stored_copy=True))
         return found
 
     async def _own_copy_sound(self, art: Artifact) -> bool:
@@ -166,31 +183,33 @@ class Recovery:
             return False
         return True
 
-    def orphans(self, everything: bool = False) -> list[Shortfall]:
+    def _orphans(self) -> list[tuple[Artifact, set[str]]]:
         """On the coordinator: versions it holds verified whose origin cannot push them any
         more (membership reports it down, it deleted that source, or the source changed
-        since: a superseded version) and that have fewer than the required copies besides
-        the origin (``everything``: whatever the manifest says of their copies)."""
+        since: a superseded version), each with the other holders the manifest remembers
+        (never the origin, never this node)."""
         manifest, me, is_down = self.manifest, self.node, self._is_down
         if is_down is None:
             return []
-        found: list[Shortfall] = []
+        found: list[tuple[Artifact, set[str]]] = []
         held_here = {art.ident: art for art, rep in manifest.held_by(me)
                      if rep.verified_at is not None and art.origin != me}
-        origins = sorted({ident[0] for ident in held_here})
-        for origin in origins:
+        for origin in sorted({ident[0] for ident in held_here}):
             down = is_down(origin)
             gone = manifest.deleted_sources(origin)
             holders = manifest.verified_holders_by_artifact(origin, versions=True)
             for ident, art in held_here.items():
-                if ident[0] != origin or not (down or ident in gone or art.superseded):
-                    continue
-                held = holders.get(ident, set()) - {origin}
-                if len(held) >= self.required:  # the counting rules (roots, ephemeral hosts)
-                    held = self.vouches.remembered(art, held - {me}) | {me}
-                if everything or len(held) < self.required:
-                    found.append(Shortfall(art, frozenset(held | {me}), stored_copy=True))
+                if ident[0] == origin and (down or ident in gone or art.superseded):
+                    found.append((art, holders.get(ident, set()) - {origin, me}))
         return found
+
+    async def orphans(self, budget: int = 0) -> list[Shortfall]:
+        """The orphans (``_orphans``) below the required copies besides their origin, this
+        node's own copy counted, as a recount finds them (at most ``budget`` asked live)."""
+        counts = await self.recount.short(self._orphans(), self.required - 1, budget=budget,
+                                          rotate=True)
+        return [Shortfall(c.artifact, c.holders | {self.node}, stored_copy=True, avoid=c.silent)
+                for c in counts]
 
     def plan(self, shortfall: Shortfall, busy: set[str]) -> list[str]:
         """Targets for the copies ``shortfall`` lacks; ``busy`` are targets a push of it is
@@ -200,7 +219,7 @@ class Recovery:
         need = self.required - len(shortfall.holders) - len(coming)
         if need <= 0:
             return []
-        taken = set(shortfall.holders) | busy
+        taken = set(shortfall.holders) | busy | shortfall.avoid
         first = [t for t in shortfall.first if t not in taken][:need]
         more = self.router.replica_targets(art.data_type, art.path, need - len(first),
                                                 exclude=taken | set(first), origin=art.origin)
@@ -221,21 +240,27 @@ class Recovery:
         return {"node": self.node, "under_replicated": len(found), "scheduled": scheduled,
                 "paused": self.pause.paused, "reason": reason}
 
-    def rehome(self) -> int:
+    def rehome(self) -> bool:
         """On the coordinator, every sync cycle: push orphans (versions whose origin can no
         longer push them) that are below the required copies on from this node's stored
-        copy, in the background; returns the pushes started. Without it a copy lost on a
-        holder (a rolled-back disk, a quarantine) would stay lost until an operator asked."""
+        copy, in the background (a recount, at most ``RECOUNT_BUDGET`` asked live); True when
+        a round started (one at a time). Without it a copy lost on a holder (a rolled-back
+        disk, a quarantine, a holder gone for good) would stay lost until an operator asked."""
         if self._is_down is None or self.pause.paused:
-            return 0
-        run = self._schedule(self.orphans())
-        if run.jobs:
-            self._tasks.spawn(self._run(run, ORPHAN_RECOVERY), name=f"rehome:{self.node}")
-        if self.remote is not None and (self._remote_task is None
-                                        or self._remote_task.done()):  # orphans held elsewhere
-            self._remote_task = self._tasks.spawn(self.remote.run(),
-                                                  name=f"rehome-remote:{self.node}")
-        return sum(len(targets) for _, targets in run.jobs)
+            return False
+        if self._rehome_task is not None and not self._rehome_task.done():
+            return False
+        self._rehome_task = self._tasks.spawn(self._rehome_round(), name=f"rehome:{self.node}")
+        return True
+
+    async def _rehome_round(self) -> None:
+        """One round: the orphans held here, and (``remote``) those only others hold."""
+        async def held_here() -> None:
+            run = self._schedule(await self.orphans(budget=RECOUNT_BUDGET))
+            if run.jobs:
+                await self._run(run, ORPHAN_RECOVERY)
+
+        await asyncio.gather(held_here(), *([self.remote.run()] if self.remote else []))
 
     async def replicate(self, found: list[Shortfall], reason: str, urgency: str = "normal",
                         limit: int | None = None) -> dict[str, list[Artifact]]:
@@ -310,7 +335,8 @@ class Recovery:
                     return
                 busy = {t for key, t in inflight if key == art.ident}
                 more = self.router.replica_targets(
-                    art.data_type, art.path, failed, exclude=tried | busy | shortfall.holders,
+                    art.data_type, art.path, failed,
+                    exclude=tried | busy | shortfall.holders | shortfall.avoid,
                     origin=art.origin)
                 tried.update(more)
                 claimed = claims.claim((art.ident, t) for t in more)

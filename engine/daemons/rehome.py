@@ -3,10 +3,12 @@
 An orphan is a version whose origin can no longer push it (down, deleted that source, or
 superseded it). ``Recovery.rehome`` pushes the ones the coordinator holds from its own copy.
 The others -- placed on CPU or GPU nodes while the coordinator was down, say -- would stay
-short of copies for good once a holder loses one (a rolled-back disk, a quarantine). So
-every sync cycle the coordinator, which learns every holder's rows by deltas, asks a holder
-it believes verified (``POST /v1/gossip/send``) to push its copy to the replica targets the
-version lacks; the holder sends only a copy it can stand behind and the receiver verifies.
+short of copies for good once a holder loses one (a rolled-back disk, a quarantine, a
+holder gone for good). So every sync cycle the coordinator, which learns every holder's
+rows by deltas, recounts them (``engine.recount``: down holders never count, and a budget of
+those the rows call sufficient is asked live) and asks a holder that counts
+(``POST /v1/gossip/send``) to push its copy to the replica targets the version lacks; the
+holder sends only a copy it can stand behind and the receiver verifies.
 Each (version, target) is asked at most once per ``REASK_SECONDS``.
 """
 
@@ -18,8 +20,8 @@ from collections.abc import Callable, Iterable
 
 from engine.manifest import Artifact, ClusterManifest
 from engine.peer_client import PeerClient, PeerError
+from engine.recount import RECOUNT_BUDGET, Count, Recount
 from engine.router import SyncRouter
-from engine.vouches import VouchClient
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +32,7 @@ class RemoteRehome:
     """Asks holders to send orphans on; owned by the coordinator's Recovery."""
 
     def __init__(self, name: str, required: int, nodes: Iterable[str], *,
-                 manifest: ClusterManifest, vouches: VouchClient, router: SyncRouter,
+                 manifest: ClusterManifest, recount: Recount, router: SyncRouter,
                  is_down: Callable[[str], bool], peers: PeerClient) -> None:
         self.name = name
         """The coordinator's node name."""
@@ -39,7 +41,8 @@ class RemoteRehome:
         self.origins = sorted(n for n in nodes if n != name)
         """The nodes whose orphans are looked after (every other node)."""
         self.manifest = manifest
-        self.vouches = vouches
+        self.recount = recount
+        """Counts an orphan's copies: remembered up holders, and live when they seem enough."""
         self.router = router
         self._is_down = is_down
         """Membership's verdict: a down origin's versions are orphans; a down holder is not
@@ -49,9 +52,9 @@ class RemoteRehome:
         self.asked_total = 0
         """Send requests a holder accepted."""
 
-    def short(self) -> list[tuple[Artifact, set[str]]]:
-        """Orphans this node holds no copy of, with the holders that count (from memory:
-        the same counting rules as deletion), at least one and fewer than required."""
+    def _candidates(self) -> list[tuple[Artifact, set[str]]]:
+        """Orphans this node holds no copy of, each with the holders the manifest remembers
+        verified (never the origin), at least one."""
         manifest, me = self.manifest, self.name
         found = []
         for origin in self.origins:
@@ -60,21 +63,28 @@ class RemoteRehome:
             holders = manifest.verified_holders_by_artifact(origin, versions=True)
             for art in manifest.artifacts(origin=origin, versions=True):
                 held = holders.get(art.ident, set()) - {origin}
-                if me in held or not held or not (down or art.ident in gone or art.superseded):
-                    continue
-                counted = self.vouches.remembered(art, held)
-                if counted and len(counted) < self.required:
-                    found.append((art, counted))
+                if me not in held and held and (down or art.ident in gone or art.superseded):
+                    found.append((art, held))
         return found
+
+    async def short(self, budget: int = 0) -> list[Count]:
+        """Those orphans with fewer than the required copies that count, as a recount finds
+        them (``engine.recount``: at most ``budget`` asked live); one with no holder left
+        that counts has nothing to send it from."""
+        counts = await self.recount.short(self._candidates(), self.required, budget=budget,
+                                          rotate=True)
+        return [c for c in counts if c.holders]
 
     async def run(self) -> int:
         """One round; returns the send requests accepted."""
         accepted = 0
         now = time.monotonic()
-        for art, held in self.short():
+        for count in await self.short(RECOUNT_BUDGET):
+            art, held = count.artifact, set(count.holders)
             need = self.required - len(held)
             targets = self.router.replica_targets(
-                art.data_type, art.path, need, exclude=held | {art.origin}, origin=art.origin)
+                art.data_type, art.path, need, exclude=held | count.silent | {art.origin},
+                origin=art.origin)
             sources = [h for h in sorted(held) if not self._is_down(h)]
             for target in targets:
                 key = (art.ident, target)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,37 +23,9 @@ from engine.paths import staged_name
 from tests.support.cluster import TOKEN, Cluster, wait_for
 from tests.support.files import write
 from tests.support.objects import put, sha
+from tests.support.strace import injected, stop_strace, strace_fsync, strace_path
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
-
-
-def strace_fsync(pid: int, out: Path, error: str) -> subprocess.Popen:
-    """Attach strace to ``pid``: the first fsync after attaching fails with ``error``."""
-    proc = subprocess.Popen(["strace", "-f", "-qq", "-y", "-p", str(pid), "-o", str(out),
-                             "-e", "trace=fsync", "-e", f"inject=fsync:error={error}:when=1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.5)  # attached
-    return proc
-
-
-def strace_path(pid: int, out: Path, path: Path, calls: str) -> subprocess.Popen:
-    """Attach strace to ``pid``: the first of ``calls`` on ``path`` (or a descriptor of it)
-    after attaching fails with EIO."""
-    proc = subprocess.Popen(["strace", "-f", "-qq", "-y", "-p", str(pid), "-o", str(out),
-                             "-P", str(path), "-e", f"trace={calls}",
-                             "-e", f"inject={calls}:error=EIO:when=1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.5)  # attached
-    return proc
-
-
-def stop_strace(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    proc.wait(10)
-
-
-def injected(out: Path) -> list[str]:
-    return [line for line in out.read_text().splitlines() if "INJECTED" in line]
 
 
 def incoming(cluster: Cluster, node: str) -> list[Path]:

@@ -20,6 +20,7 @@ from tests.safety.conftest import (FAKETIME_LIB, KIB, deleted, fill, holders, in
                                    pressure_config, replace_keeping_size_and_mtime, rot, sha,
                                    write)
 from tests.support.cluster import wait_for
+from tests.support.strace import injected, stop_strace, strace_path
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 
@@ -179,3 +180,31 @@ def test_a_source_rewritten_in_place_while_it_is_deleted_is_not_lost(safety_clus
     assert source.exists() and source.read_bytes() == new, \
         "the rewritten bytes were unlinked and exist nowhere"
     assert "changed while it was being deleted: put back" in cluster.log("gpu-1")
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+def test_a_holder_that_cannot_vouch_is_replaced_and_then_the_source_goes(safety_cluster,
+                                                                       tmp_path):
+    """cpu-1 stays up and healthy, but every read of its copy fails (a dying disk): it can
+    never vouch, and its replica row stays (it never said it has no copy). Counting rows,
+    pressure pushes saw two copies and sent no third, cleanup saw one live vouch and
+    deleted nothing: the disk filled for good. Counted live, a third copy goes to cpu-2,
+    never back to cpu-1, and the source is deleted behind coord and cpu-2 (issue 11,
+    item 7)."""
+    cluster = safety_cluster(gpus=1, cpus=2, quota="64MiB", config=pressure_config())
+    cluster.stop_node("cpu-2")  # so a's second copy goes to cpu-1
+    body = os.urandom(200 * KIB)
+    source = _on_two_holders(cluster, body)
+    cluster.start_node("cpu-2")
+    stored = cluster.stored("cpu-1", "gpu-1", REL)
+    out = tmp_path / "strace.out"
+    trace = strace_path(cluster.nodes["cpu-1"].proc.pid, out, stored, "read,pread64", "1+")
+    try:
+        fill(cluster, "gpu-1", "b", 350 * KIB)  # ~88 %: cleanup
+        record = wait_for(lambda: deleted(cluster, "gpu-1").get(REL), 60,
+                          what="a deleted behind two copies that vouch")
+    finally:
+        stop_strace(trace)
+    assert injected(out), "cpu-1's reads of its copy never failed: the test proved nothing"
+    assert sorted(record["vouched_by"]) == ["coord", "cpu-2"]
+    assert {"coord", "cpu-2"} <= set(intact_copies(cluster, "gpu-1", REL, sha(body)))

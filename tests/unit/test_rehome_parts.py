@@ -19,6 +19,7 @@ from engine.events import EventBus
 from engine.manifest import Artifact, ClusterManifest, Replica
 from engine.peer_client import PeerClient
 from engine.router import SyncRouter
+from engine.recount import Recount
 from engine.vouches import VouchClient
 from tests.support.peer_server import peers
 
@@ -51,7 +52,8 @@ def rehome(tmp_path: Path, manifest: ClusterManifest, client: PeerClient,
     router = SyncRouter(cfg, "coord", manifest, view, Breakers("coord", EventBus("coord"), 2, 60))
     vouches = VouchClient("coord", "root-coord", manifest=manifest, hosts=cfg.hosts,
                           policy=cfg.sync_routing.policy, peers=client)
-    return RemoteRehome("coord", 2, cfg.hosts, manifest=manifest, vouches=vouches,
+    return RemoteRehome("coord", 2, cfg.hosts, manifest=manifest,
+                        recount=Recount(vouches, view.is_down),
                         router=router, is_down=lambda n: n in down, peers=client)
 
 
@@ -82,7 +84,7 @@ async def test_a_holder_is_asked_to_send_each_orphan_the_coordinator_lacks(
     async with peers({"gpu-1": sender("gpu-1", asked), "cpu-2": sender("cpu-2", asked)},
                      down=["gpu-0"]) as client:
         remote = rehome(tmp_path, manifest, client, down={"gpu-0"})
-        assert sorted(a.path for a, _h in remote.short()) == ["old.db", "orphan.db"]
+        assert sorted(c.artifact.path for c in await remote.short()) == ["old.db", "orphan.db"]
         assert await remote.run() == 2
         assert await remote.run() == 0  # asked once per REASK_SECONDS
     assert remote.asked_total == 2
@@ -124,6 +126,6 @@ async def test_a_holder_membership_reports_down_is_not_asked(
     asked: list[dict[str, Any]] = []
     async with peers({"gpu-1": sender("gpu-1", asked)}) as client:
         remote = rehome(tmp_path, manifest, client, down={"gpu-0", "gpu-1"})
-        assert [a.path for a, _h in remote.short()] == ["orphan.db"]
+        assert await remote.short() == [], "a down holder counts as no copy to send from"
         assert await remote.run() == 0
     assert asked == [] and client.counts["calls"] == 0

@@ -41,10 +41,12 @@ def art(n: int) -> Artifact:
 class FakeRecovery:
     def __init__(self, found: int = 0) -> None:
         self.found = [Shortfall(art(n), frozenset()) for n in range(1, found + 1)]
-        self.found.append(Shortfall(art(99), frozenset(), stored_copy=True))  # an orphan
         self.calls: list[tuple[list[str], str, str, int | None]] = []
+        self.counted: list[tuple[int, Any]] = []
+        """Each ``shortfalls`` call: its budget and the live answers it was given."""
 
-    def shortfalls(self) -> list[Shortfall]:
+    async def shortfalls(self, budget: int = 0, known: Any = None) -> list[Shortfall]:
+        self.counted.append((budget, known))
         return list(self.found)
 
     async def replicate(self, found: list[Shortfall], reason: str, urgency: str = "normal",
@@ -62,7 +64,7 @@ class FakeCleaner:
     async def run(self, reason: str, disk: dict[str, Any]) -> CleanupReport:
         self.runs.append((reason, disk["percent"]))
         return CleanupReport(percent_before=disk["percent"], percent_after=disk["percent"],
-                             short_of_copies=2)
+                             short_of_copies=2, short={art(7).ident: {"coord"}, art(8).ident: set()})
 
 
 def make(recovery: FakeRecovery | None = None, **thresholds: Any):
@@ -119,8 +121,9 @@ async def test_pressure_pushes_own_shortfalls_in_batches_urgent_first() -> None:
     disk.percent = 55
     await daemon.run_cycle()
     await settle(daemon)
-    own = [f"npz/k/{n}.npz" for n in range(1, 6)]  # never the orphan (a stored copy)
+    own = [f"npz/k/{n}.npz" for n in range(1, 6)]
     assert recovery.calls == [(own, REASON, "normal", 2)]
+    assert recovery.counted == [(2, None)], "a batch's worth asked live, no cleanup answers"
     assert refreshed == [1]
     assert daemon.totals["pushed_files"] == 2 and daemon.totals["pushed_bytes"] == 30
     assert daemon.wakeup.is_set(), "a full batch went out and more waits: go again now"
@@ -128,6 +131,11 @@ async def test_pressure_pushes_own_shortfalls_in_batches_urgent_first() -> None:
     await daemon.run_cycle()
     await settle(daemon)
     assert recovery.calls[-1] == (own, REASON, "urgent", 3)
+    disk.percent = 80
+    await daemon.run_cycle()
+    await settle(daemon)
+    assert recovery.counted[-1] == (3, {art(7).ident: {"coord"}, art(8).ident: set()}), \
+        "the cleanup run's live answers are what the batch counts"
     await daemon.stop()
 
 
