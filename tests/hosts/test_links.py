@@ -67,3 +67,24 @@ def test_a_node_behind_2_percent_loss_delivers_verified_copies(make_hosts) -> No
         copy = wait_for(lambda: cluster.stored("coord", "gpu-1", rel), 60, what=rel)
         assert copy.read_bytes() == body
     assert not cluster.events("coord", "REPLICA_QUARANTINED")
+    packets = cluster.net.counters("gpu-1")  # the loss really was there, at the rate asked
+    assert packets["seen"] > 2000, packets
+    assert 0.01 <= packets["lost"] / packets["seen"] <= 0.03, packets
+
+
+def test_a_link_rate_changed_at_runtime_holds(make_hosts) -> None:
+    """``shape`` on a running cluster: a transfer after the change runs at the new rate."""
+    cluster: HostsCluster = make_hosts(gpus=1, links={"coord": 12.0, "gpu-1": 100.0})
+    size = 24 * MB
+    rates = []
+    for n, mbps in enumerate((12.0, 4.0)):
+        cluster.net.shape("coord", mbps)
+        body = os.urandom(size)
+        rel = f"npz/k/shaped_{n}.npz"
+        write(cluster, "gpu-1", rel, body)
+        rates.append(_steady_rate(cluster.data_root("coord"), size))
+        copy = wait_for(lambda: cluster.stored("coord", "gpu-1", rel), 30, what=rel)
+        assert sha_of(copy) == sha_of(cluster.data_root("gpu-1") / rel)
+    fast, slow = rates
+    assert 0.85 * 12 <= fast <= 1.05 * 12, f"{fast:.2f} MB/s on a 12 MB/s link"
+    assert 0.85 * 4 <= slow <= 1.05 * 4, f"{slow:.2f} MB/s after the link went to 4 MB/s"

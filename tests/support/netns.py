@@ -84,7 +84,10 @@ class Faults:
     """Its TCP ports that nothing can reach (e.g. HTTP blocked, SSH open)."""
 
     def ruleset(self) -> str:
-        inbound, outbound = ["iif lo accept"], ["oif lo accept"]
+        """The table: every packet but loopback is counted (``seen``) before any fault, and
+        the random drops of ``loss_percent`` are counted too (``lost``)."""
+        inbound = ["iif lo accept", 'counter comment "seen"']
+        outbound = ["oif lo accept", 'counter comment "seen"']
         if self.isolated:
             inbound.append("drop")
             outbound.append("drop")
@@ -98,8 +101,8 @@ class Faults:
             outbound.append(f"tcp sport {{ {ports} }} drop")
         if self.loss_percent > 0:
             per_10k = round(self.loss_percent * 100)
-            inbound.append(f"numgen random mod 10000 < {per_10k} drop")
-            outbound.append(f"numgen random mod 10000 < {per_10k} drop")
+            inbound.append(f'numgen random mod 10000 < {per_10k} counter drop comment "lost"')
+            outbound.append(f'numgen random mod 10000 < {per_10k} counter drop comment "lost"')
         body = "\n".join(
             [f"table inet {TABLE}", f"delete table inet {TABLE}", f"table inet {TABLE} {{",
              "  chain input { type filter hook input priority 0; policy accept;",
@@ -239,15 +242,35 @@ class Network:
         self._apply_faults(self.hosts[name])
 
     def loss(self, name: str, percent: float) -> None:
-        """Drop ``percent`` % of ``name``'s packets at random, each direction (0: none)."""
-        self.hosts[name].faults.loss_percent = percent
-        self._apply_faults(self.hosts[name])
+        """Drop ``percent`` % of ``name``'s packets at random, each direction (0: none).
+
+        While loss is on, the link sends no GSO super-packets (one segment per skb), so what
+        is dropped is a wire-sized packet as on a real lossy link, not 64 KB at once."""
+        host = self.hosts[name]
+        host.faults.loss_percent = percent
+        segs = "1" if percent > 0 else "65535"
+        _run(["ip", "-n", host.netns, "link", "set", "eth0", "gso_max_segs", segs])
+        self._apply_faults(host)
 
     def block_port(self, name: str, port: int, blocked: bool = True) -> None:
         """Make TCP ``port`` on ``name`` unreachable (or reachable again)."""
         ports = self.hosts[name].faults.blocked_ports
         ports.add(port) if blocked else ports.discard(port)
         self._apply_faults(self.hosts[name])
+
+    def counters(self, name: str) -> dict[str, int]:
+        """Packets on ``name``'s link since its faults last changed, both directions:
+        ``seen`` (all but loopback) and ``lost`` (dropped by ``loss``), read from nftables."""
+        listing = json.loads(_run(["ip", "netns", "exec", self.hosts[name].netns, "nft", "-j",
+                                   "list", "table", "inet", TABLE]))
+        totals = {"seen": 0, "lost": 0}
+        for item in listing.get("nftables", []):
+            rule = item.get("rule")
+            if rule and rule.get("comment") in totals:
+                for expr in rule.get("expr", []):
+                    if "counter" in expr:
+                        totals[rule["comment"]] += expr["counter"]["packets"]
+        return totals
 
     def clear(self, name: str) -> None:
         """No faults on ``name`` at all, and its link up."""
