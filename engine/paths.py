@@ -185,7 +185,8 @@ class DataRoot:
         """Delete partial uploads and staged files nobody has touched for ``max_age`` seconds
         (abandoned by their sender), except those in ``keep``; returns what was removed."""
         removed = []
-        staged = [*self.incoming.glob("*.rsync"), *self.incoming.glob(".rsync-partial/*")]
+        staged = [*self.incoming.glob("*.rsync"), *self.incoming.glob("*.rsync.claimed"),
+                  *self.incoming.glob(".rsync-partial/*")]
         for part in [*self.incoming.glob("*.part"), *staged]:
             try:
                 if part not in keep and now - part.stat().st_mtime > max_age:

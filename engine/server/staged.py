@@ -7,7 +7,11 @@ declaring it with the same headers as a ``PUT /v1/objects`` (size, SHA-256, orig
 mtime, config key). Nothing the sender or rsync says is trusted: this node reads the staged
 file back, hashes and fsyncs it (``diskio.settle``), and it goes through the one acceptance
 path of every upload (``accept.accept``: size and SHA-256, SQLite's check for databases,
-atomic publish, registration).
+atomic publish, registration). The staged file is first renamed to a name only this request
+knows (``<staged>.claimed``), so what is hashed is what is published: a second sender's
+rsync of the same name afterwards makes a new file under the staged name and never changes
+the claimed one (hashing by the staged name and then linking by it published whatever was
+renamed over it in between).
 
 - ``POST /v1/staged/{data_type}/{path}``, one file declared in the request's headers: the
   same answer as a PUT's (201 with this node's own hash, 200 ``already_present`` when it
@@ -29,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +54,9 @@ T = TypeVar("T")
 
 MAX_BATCH_FILES = 2000
 """Files one ``POST /v1/staged`` (or ``/v1/held``) may declare."""
+
+CLAIMED_SUFFIX = ".claimed"
+"""A staged file renamed for the request publishing it (``_Claim.claimed``)."""
 
 SETTLE_THREADS = 4
 """Threads that read back, hash and fsync one batch's staged files (their reads and fsyncs
@@ -176,6 +184,11 @@ class _Claim:
     staged: Path
     transfer: Transfer
 
+    @property
+    def claimed(self) -> Path:
+        """Where the staged file is moved before it is read back: nobody else writes here."""
+        return self.staged.with_name(self.staged.name + CLAIMED_SUFFIX)
+
 
 async def _claim(store: Storage, headers: Mapping[str, str], data_type: str,
                  rel: str) -> _Claim | web.Response:
@@ -198,6 +211,7 @@ async def _claim(store: Storage, headers: Mapping[str, str], data_type: str,
     if staged in store.uploads:
         raise bad(web.HTTPConflict, f"{data_type}/{rel} is being published already")
     store.uploads.add(staged)
+    store.uploads.add(staged.with_name(staged.name + CLAIMED_SUFFIX))
     transfer = store.transfers.start(direction="in", source=headers.get(H_SOURCE, "unknown"),
                                      target=store.name, artifact=f"{data_type}/{rel}",
                                      size=size, transport="rsync")
@@ -218,10 +232,13 @@ async def _settle(store: Storage, claims: list[_Claim]) -> list[Arrival | web.HT
 
 
 def _settle_share(claims: list[_Claim]) -> list[_Settled]:
+    """Each staged file moved to its claimed name, then its size and its hash read back
+    (and fsynced) from there."""
     results: list[_Settled] = []
     for claim in claims:
         try:
-            results.append((claim.staged.stat().st_size, diskio.settle(claim.staged)))
+            os.rename(claim.staged, claim.claimed)
+            results.append((claim.claimed.stat().st_size, diskio.settle(claim.claimed)))
         except (OSError, diskio.DiskError) as exc:
             results.append(exc)
     return results
@@ -229,17 +246,17 @@ def _settle_share(claims: list[_Claim]) -> list[_Settled]:
 
 def _arrival(store: Storage, claim: _Claim, settled: _Settled) -> Arrival | web.HTTPException:
     if not isinstance(settled, tuple):
-        store.uploads.discard(claim.staged)
         name, source = f"{claim.data_type}/{claim.rel}", claim.headers.get(H_SOURCE, "unknown")
-        if isinstance(settled, FileNotFoundError):
+        if isinstance(settled, FileNotFoundError) and not claim.claimed.exists():
             store.transfers.finish(claim.transfer, error="nothing staged")
             return bad(web.HTTPNotFound, f"nothing staged for {name}")
         error = settled if isinstance(settled, diskio.DiskError) else \
             diskio.DiskError("read", settled)  # reading it back failed (EIO)
-        return disk_failed(store, source, name, claim.staged, error, claim.transfer)
+        bytes_at = claim.claimed if claim.claimed.exists() else claim.staged
+        return disk_failed(store, source, name, bytes_at, error, claim.transfer)
     received, digest = settled
     claim.transfer.done = received
-    return Arrival(claim.headers, claim.staged, digest, received, claim.size, claim.sha,
+    return Arrival(claim.headers, claim.claimed, digest, received, claim.size, claim.sha,
                    claim.origin, claim.data_type, claim.rel, claim.final, claim.transfer,
                    None, "rsync")
 
@@ -249,8 +266,22 @@ def _release(store: Storage, claims: list[_Claim]) -> None:
     to finish (it was cancelled, or failed on the way) is finished as such."""
     for claim in claims:
         store.uploads.discard(claim.staged)
+        store.uploads.discard(claim.claimed)
         if claim.transfer.finished is None:
             store.transfers.finish(claim.transfer, error="the request ended before it did")
+            _unclaim(claim)
+
+
+def _unclaim(claim: _Claim) -> None:
+    """A claimed file the request did not get to publish goes back under its staged name
+    (a retried POST publishes it without another rsync), unless a newer one is there."""
+    try:
+        os.link(claim.claimed, claim.staged)
+    except FileExistsError:
+        pass
+    except OSError:
+        return  # nothing claimed (never renamed), or the disk fails: prune_partials' job
+    claim.claimed.unlink(missing_ok=True)
 
 
 def _result(outcome: Outcome) -> dict[str, Any]:

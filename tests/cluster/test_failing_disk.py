@@ -15,6 +15,7 @@ import os
 import socket
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ from engine.paths import staged_name
 from tests.support.cluster import TOKEN, Cluster, wait_for
 from tests.support.files import write
 from tests.support.objects import put, sha
-from tests.support.strace import injected, stop_strace, strace_fsync, strace_path
+from tests.support.strace import attach, injected, stop_strace, strace_fsync, strace_path
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
 
@@ -111,7 +112,7 @@ def test_a_staged_file_whose_fsync_fails_is_discarded_and_never_published(
     finally:
         stop_strace(trace)
     hits = injected(tmp_path / "strace.out")
-    assert any(".rsync>" in hit for hit in hits), hits  # the staged file's own fsync
+    assert any(".rsync.claimed>" in hit for hit in hits), hits  # the staged file's own fsync
     assert resp.status == 503, resp.body
     assert resp.json()["errno"] == "EIO"
     assert not staged.exists()  # discarded: those bytes cannot be trusted
@@ -139,8 +140,9 @@ def test_a_batch_file_whose_read_back_fails_fails_alone(make_cluster, tmp_path: 
             "X-Ringsync-Origin": "gpu-1", "X-Ringsync-Source": "gpu-1"}})
     broken = incoming_dir / staged_name("npz", "k/batch1.npz", sha(bodies["k/batch1.npz"]),
                                         "gpu-1")
-    out = tmp_path / "strace.out"
-    trace = strace_path(cluster.nodes["coord"].proc.pid, out, broken, "read")
+    out = tmp_path / "strace.out"  # it is read back under the name its claim moved it to
+    trace = strace_path(cluster.nodes["coord"].proc.pid, out,
+                        broken.with_name(broken.name + ".claimed"), "read")
     try:
         resp = cluster.request("coord", "POST", "/v1/staged",
                                body=json.dumps({"files": files}).encode(),
@@ -152,7 +154,7 @@ def test_a_batch_file_whose_read_back_fails_fails_alone(make_cluster, tmp_path: 
     results = resp.json()["results"]
     assert [r["status"] for r in results] == [201, 503, 201], results
     assert results[1]["errno"] == "EIO" and results[1]["op"] == "read"
-    assert not broken.exists()  # discarded
+    assert not broken.exists() and not broken.with_name(broken.name + ".claimed").exists()
     for rel in ("k/batch0.npz", "k/batch2.npz"):
         assert cluster.version("coord", "gpu-1", f"npz/{rel}",
                                sha(bodies[rel])).read_bytes() == bodies[rel]
@@ -247,3 +249,35 @@ def test_a_stalled_upload_frees_its_slot_and_the_next_sender_resumes(
     assert cluster.version("coord", "gpu-1", "npz/k/stall.npz", sha(whole)).read_bytes() == whole
     failed = cluster.events("coord", "DATA_SYNC_FAILED")
     assert any("stalled" in e["payload"]["error"] for e in failed)
+
+
+def test_a_staged_file_replaced_while_it_is_read_back_publishes_what_was_hashed(
+        make_cluster, tmp_path: Path) -> None:
+    """Another sender's rsync renames other bytes over the staged name while this node reads
+    the first file back (strace holds that fsync for 1.5 s). What is published must be the
+    bytes that were hashed: it used to be linked by the staged name, i.e. the newcomer's
+    bytes under the first version's name (a torn copy)."""
+    cluster = make_cluster(gpus=1)
+    body, other = os.urandom(300_000), os.urandom(300_000)
+    rel = "k/raced.npz"
+    staged = (cluster.data_root("coord") / ".ringsync" / "incoming"
+              / staged_name("npz", rel, sha(body), "gpu-1"))
+    headers = {"X-Ringsync-Size": str(len(body)), "X-Ringsync-Sha256": sha(body),
+               "X-Ringsync-Origin": "gpu-1", "X-Ringsync-Source": "gpu-1"}
+    staged.write_bytes(body)
+    trace = attach(cluster.nodes["coord"].proc.pid, tmp_path / "strace.out", "fsync",
+                   "delay_enter=1500000:when=1")
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(cluster.request, "coord", "POST", f"/v1/staged/npz/{rel}",
+                                 headers=headers)
+            time.sleep(0.8)  # the first file is hashed; its fsync is held
+            newcomer = staged.with_name(".newcomer")
+            newcomer.write_bytes(other)
+            os.replace(newcomer, staged)  # as rsync leaves a file: renamed into place
+            resp = answer.result(30)
+    finally:
+        stop_strace(trace)
+    assert resp.status == 201, resp.body
+    copy = cluster.version("coord", "gpu-1", f"npz/{rel}", sha(body))
+    assert copy is not None and copy.read_bytes() == body, "published bytes nobody hashed"

@@ -18,7 +18,8 @@ def test_no_faults_accepts_everything_and_replaces_the_table_whole() -> None:
 def test_each_fault_drops_in_both_directions() -> None:
     rules = Faults(cut_from={"10.200.1.12"}, loss_percent=2.5, blocked_ports={8770}).ruleset()
     assert "ip saddr { 10.200.1.12 } drop" in rules and "ip daddr { 10.200.1.12 } drop" in rules
-    assert rules.count("numgen random mod 10000 < 250 drop") == 2
+    assert rules.count("numgen random mod 10000 < 250 counter drop comment \"lost\"") == 2
+    assert rules.count("counter comment \"seen\"") == 2, "every packet counted before a fault"
     assert "tcp dport { 8770 } drop" in rules and "tcp sport { 8770 } drop" in rules
 
 
