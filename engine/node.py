@@ -525,7 +525,7 @@ class Node:
             "routing": self.router.status(),
             "live_snapshots": self.live.status(),
             "scrub": self.scrub.status(),
-            "recount": self.recount.status(),
+            "recovery": self.recovery.status(),
             "components": self.supervisor.status(),
             "connections": self.connections.status(),
             "bandwidth": {h: {k: v[k] for k in ("limit_mbps", "allocated_mbps",
@@ -551,6 +551,7 @@ class Node:
                  "live_snapshots": self.live.health_check(),
                  "verification": self.verifier.health_check(),
                  "scrub": self.scrub.health_check(),
+                 "recovery": self.recovery.health_check(),
                  **{f"transport:{t.name}": t.health_check() for t in self.transports}}
         if self.membership:
             parts["membership"] = self.membership.health_check()

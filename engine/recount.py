@@ -1,11 +1,11 @@
 """Recount: which versions are short of copies now, for the runs that add copies.
 
 A deletion asks every holder, every time (``VouchClient.counted``). The runs that *add*
-copies -- pressure pushes (``Recovery.pressure_shortfalls``) and the coordinator's
-re-homing of orphans (``Recovery.rehome``, ``RemoteRehome``) -- decide what is short. The
-manifest says whom to ask. Counting its rows alone would keep a copy counted after its
-holder went down, lost it or let it rot before a scrub found it, and the version would
-stay short for good. So a recount:
+copies -- pressure pushes (``Recovery.shortfalls``) and the coordinator's re-homing of
+orphans (``Recovery.rehome``, ``RemoteRehome``) -- decide what is short. The manifest says
+whom to ask. Counting its rows alone would keep a copy counted after its holder went down,
+lost it or let it rot before a scrub found it, and the version would stay short for good.
+So a recount:
 
 * never counts a holder this node's view calls down (``ClusterView.is_down``) or one no
   longer in the config, and applies deletion's counting rules (distinct roots, ephemeral
@@ -15,17 +15,26 @@ stay short for good. So a recount:
   vouch a deletion uses (each holder re-reads and hashes its copy). Only the holders that
   vouch count, and a holder that answers it has no such copy loses its replica row.
 
-Asking costs a read of every holder's copy, so it is bounded: one recount asks about at
-most ``budget`` versions and ``RECOUNT_BYTES`` of them, and a version found sufficiently
-copied is asked about again only after ``RECOUNT_SECONDS``. Pressure pushes look at the
-oldest ``budget`` (the next a cleanup would delete: they must really have their copies);
-re-homing rotates through every orphan, a budget per sync cycle. A stale "sufficient"
-only delays adding a copy; nothing is ever deleted on it.
+Asking costs a read of every holder's copy, so it is bounded three ways:
+
+* a version found sufficiently copied is asked about again only after ``RECOUNT_SECONDS``,
+  one found short after ``SHORT_RECOUNT_SECONDS`` (meanwhile that live answer stands: a
+  push that could not be placed is tried again without re-reading anything);
+* one call asks about at most ``budget`` versions;
+* all calls of a node together ask about at most ``RECOUNT_BYTES_PER_SECOND`` of the
+  versions' sizes on average (a bucket of ``RECOUNT_BYTES``; a version bigger than the
+  bucket is asked when the bucket is full, and the debt is paid off before the next).
+
+Pressure pushes look at the oldest ``budget`` versions the rows call sufficient (the next
+a cleanup deletes: they must really have their copies). Re-homing (``rotate``) asks the due
+orphans that were asked longest ago first, never-asked ones first, so successive rounds go
+round all of them. A stale answer only delays adding a copy; nothing is ever deleted on it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -33,13 +42,20 @@ from dataclasses import dataclass
 from engine.manifest import Artifact
 from engine.vouches import VouchClient
 
+Ident = tuple[str, str, str, str]
+
 RECOUNT_BUDGET = 16
-"""Versions the manifest calls sufficiently copied that one re-homing round asks about."""
+"""Versions one recount call asks about at most."""
 RECOUNT_BYTES = 256 * 2**20
-"""At most this much (the versions' sizes) is asked about in one recount (one version
-always, however big)."""
+"""The byte bucket's size: what a node may ask about at once."""
+RECOUNT_BYTES_PER_SECOND = 4 * 2**20
+"""What a node asks about on average, at most (each byte is read on every holder)."""
 RECOUNT_SECONDS = 300.0
 """A version found sufficiently copied live is asked about again only after this long."""
+SHORT_RECOUNT_SECONDS = 60.0
+"""A version found short live is asked about again only after this long."""
+MAX_REMEMBERED = 200_000
+"""Versions whose last answer is remembered (the oldest half is forgotten beyond it)."""
 
 
 @dataclass(frozen=True)
@@ -50,10 +66,10 @@ class Count:
     holders: frozenset[str]
     """The holders that count: live vouchers when asked, else the remembered, up ones."""
     live: bool
-    """True when the holders were asked now."""
+    """True when the holders were asked (now, or within ``SHORT_RECOUNT_SECONDS``)."""
     silent: frozenset[str] = frozenset()
-    """Holders the manifest remembers that were asked and did not vouch: no target for
-    another copy (their row stays while they cannot say; a push there proves nothing)."""
+    """Holders the manifest remembers whose answer did not count (no answer, a failing
+    read, or one the counting rules leave out): no target for another copy."""
 
 
 class Recount:
@@ -61,13 +77,22 @@ class Recount:
 
     def __init__(self, vouches: VouchClient, is_down: Callable[[str], bool], *,
                  recount_seconds: float = RECOUNT_SECONDS,
+                 short_seconds: float = SHORT_RECOUNT_SECONDS,
+                 bytes_per_second: float = RECOUNT_BYTES_PER_SECOND,
+                 bucket_bytes: int = RECOUNT_BYTES,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.vouches = vouches
         self.is_down = is_down
         """This node's view of which nodes are down (``ClusterView.is_down``)."""
         self.recount_seconds = recount_seconds
+        self.short_seconds = short_seconds
+        self.bytes_per_second = bytes_per_second
+        self.bucket_bytes = bucket_bytes
         self._clock = clock
-        self._enough_at: dict[tuple[str, str, str, str], float] = {}
+        self._tokens = float(bucket_bytes)
+        self._filled_at = clock()
+        self._asked: dict[Ident, tuple[float, Count | None]] = {}
+        """Version -> when it was last asked and what was found: its Count when short."""
         self.asked_total = 0
         """Versions asked about live since start."""
         self.found_short_total = 0
@@ -78,24 +103,34 @@ class Recount:
         deletion's counting rules."""
         return self.vouches.remembered(art, {h for h in holders if not self.is_down(h)})
 
+    def _due(self, ident: Ident, now: float) -> bool:
+        last = self._asked.get(ident)
+        if last is None:
+            return True
+        wait = self.short_seconds if last[1] is not None else self.recount_seconds
+        return now - last[0] >= wait
+
+    def _refill(self, now: float) -> None:
+        self._tokens = min(float(self.bucket_bytes),
+                           self._tokens + (now - self._filled_at) * self.bytes_per_second)
+        self._filled_at = now
+
     async def short(self, candidates: Iterable[tuple[Artifact, set[str]]], need: int, *,
-                    budget: int, rotate: bool = False, max_bytes: int = RECOUNT_BYTES,
-                    known: Mapping[tuple[str, str, str, str], set[str]] | None = None,
-                    ) -> list[Count]:
+                    budget: int, rotate: bool = False,
+                    known: Mapping[Ident, set[str]] | None = None) -> list[Count]:
         """Of ``candidates`` (a version and the holders the manifest remembers, in the order
         wanted), those with fewer than ``need`` holders that count, in that order.
 
         ``known`` are live answers just taken for this node (a cleanup run's), used as they
-        are. Of the others the manifest calls sufficient, the first ``budget`` are looked at
-        (``rotate``: the first ``budget`` due ones, so that successive calls go round them
-        all) and those due are asked, up to ``max_bytes`` of their sizes."""
+        are. Of the others the manifest calls sufficient, those due are asked (at most
+        ``budget``, within the byte bucket): the first ``budget`` of them in order, or with
+        ``rotate`` the due ones asked longest ago first. One not due that was found short
+        stays short with its last live answer."""
         known = known or {}
         now = self._clock()
-        self._enough_at = {k: t for k, t in self._enough_at.items()
-                           if now - t < self.recount_seconds}
+        self._refill(now)
         found: list[Count | None] = []
-        asks: list[tuple[int, Artifact]] = []
-        looked = asked_bytes = 0
+        sufficient: list[tuple[int, Artifact]] = []
         for art, held in candidates:
             if art.ident in known:
                 live = known[art.ident]
@@ -106,29 +141,47 @@ class Recount:
             if len(counted) < need:
                 found.append(Count(art, frozenset(counted), False))
                 continue
-            due = art.ident not in self._enough_at
-            if looked >= budget or (rotate and not due):
+            last = self._asked.get(art.ident)
+            if last is not None and last[1] is not None and not self._due(art.ident, now):
+                found.append(last[1])  # found short a moment ago: still short
                 continue
-            looked += 1
-            if due and (not asks or asked_bytes + art.size <= max_bytes):
-                asks.append((len(found), art))
-                asked_bytes += art.size
-                found.append(None)
+            sufficient.append((len(found), art))
+            found.append(None)
+        if rotate:
+            looked = [(at, a) for at, a in sufficient if self._due(a.ident, now)]
+            looked.sort(key=lambda item: self._asked.get(item[1].ident, (-math.inf,))[0])
+        else:
+            looked = [(at, a) for at, a in sufficient[:budget] if self._due(a.ident, now)]
+        asks: list[tuple[int, Artifact]] = []
+        for at, art in looked[:budget]:
+            if self._tokens <= 0:
+                break
+            self._tokens -= art.size
+            asks.append((at, art))
         answers = await asyncio.gather(*(self.vouches.counted(a, skip=self.is_down)
-                                       for _, a in asks))
+                                         for _, a in asks))
         self.asked_total += len(asks)
         for (at, art), vouched in zip(asks, answers):
             live = {v.node for v in vouched}
+            count = None
             if len(live) < need:
-                asked = {r.node for r in self.vouches.manifest.replicas(art)}
-                silent = {h for h in asked - live - {self.vouches.name}
-                          if not self.is_down(h)}
-                found[at] = Count(art, frozenset(live), True, frozenset(silent))
+                rows = {r.node for r in self.vouches.manifest.replicas(art)}
+                silent = {h for h in rows - live - {self.vouches.name} if not self.is_down(h)}
+                count = found[at] = Count(art, frozenset(live), True, frozenset(silent))
                 self.found_short_total += 1
-            else:
-                self._enough_at[art.ident] = now
+            self._remember(art.ident, now, count)
         return [c for c in found if c is not None]
 
-    def status(self) -> dict[str, int]:
+    def _remember(self, ident: Ident, now: float, count: Count | None) -> None:
+        self._asked[ident] = (now, count)
+        if len(self._asked) > MAX_REMEMBERED:
+            oldest = sorted(self._asked.items(), key=lambda item: item[1][0])
+            for key, _ in oldest[:len(oldest) // 2]:
+                del self._asked[key]
+
+    def status(self) -> dict[str, float | int]:
+        now = self._clock()
         return {"asked": self.asked_total, "found_short": self.found_short_total,
-                "known_sufficient": len(self._enough_at)}
+                "known_sufficient": sum(1 for t, c in self._asked.values()
+                                        if c is None and now - t < self.recount_seconds),
+                "bytes_per_second": self.bytes_per_second}

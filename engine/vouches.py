@@ -3,8 +3,9 @@
 ``VouchClient.counted(art)`` asks every node the manifest says holds the version
 (``GET /v1/vouch/...``, ``engine.server.vouch``: each re-reads and hashes its stored copy)
 and returns the answers that count as distinct copies (``counting``). Deletion (the
-Cleaner) and every under-replicated count (Recovery) use it, so neither ever counts a copy
-from the manifest's memory. A holder that answers it has no copy, or one with other bytes,
+Cleaner) and an operator's recovery run use it for every version, so neither ever counts a
+copy from the manifest's memory; the runs that add copies use it through a bounded recount
+(``engine.recount``). A holder that answers it has no copy, or one with other bytes,
 loses its replica row; one that is not in the config any more (decommissioned) or does not
 answer simply does not vouch (logged at most once a minute per holder).
 """

@@ -41,7 +41,9 @@ from typing import Any
 from engine.copies import StoredCopies
 from engine.daemons.rehome import RemoteRehome
 from engine.daemons.snapshots import SnapshotKeeper
+from engine.errors import describe
 from engine.events import DataSyncCompleted, DataSyncStarted, Payload, PrioritySyncRequested
+from engine.health import HealthCheckResult
 from engine.inflight import Claims
 from engine.manifest import Artifact, ClusterManifest
 from engine.pause import PauseGate
@@ -58,6 +60,8 @@ DEFAULT_REASON = "operator_recovery"
 ORPHAN_RECOVERY = "orphan_games_recovery"
 """The seed's reason for a priority sync that is a recovery of orphaned games."""
 Ident = tuple[str, str, str, str]
+ERROR_HEALTH_SECONDS = 600.0
+"""How long a background failure makes recovery unhealthy."""
 
 
 @dataclass(frozen=True)
@@ -112,7 +116,11 @@ class Recovery:
         """The coordinator's membership (None elsewhere: no orphans to look after)."""
         self.remote = remote
         """Orphans the coordinator does not hold: a holder is asked to send them on."""
-        self._tasks = TaskSet(f"recovery on {node}")
+        self._tasks = TaskSet(f"recovery on {node}", self._failed)
+        self.last_error: str | None = None
+        """The last background failure (a re-homing round or a run), until a round ends
+        well."""
+        self.last_error_at: float | None = None
         self._rehome_task: asyncio.Task[Any] | None = None
 
     @property
@@ -243,9 +251,12 @@ class Recovery:
     def rehome(self) -> bool:
         """On the coordinator, every sync cycle: push orphans (versions whose origin can no
         longer push them) that are below the required copies on from this node's stored
-        copy, in the background (a recount, at most ``RECOUNT_BUDGET`` asked live); True when
-        a round started (one at a time). Without it a copy lost on a holder (a rolled-back
-        disk, a quarantine, a holder gone for good) would stay lost until an operator asked."""
+        copy, in the background; True when a round started. A round recounts
+        (``engine.recount``, at most ``RECOUNT_BUDGET`` asked live) and asks holders to send
+        the orphans it does not hold (``RemoteRehome``); one round at a time, while the
+        pushes it starts run on beside later rounds. Without it a copy lost on a holder (a
+        rolled-back disk, a quarantine, a holder gone for good) would stay lost until an
+        operator asked."""
         if self._is_down is None or self.pause.paused:
             return False
         if self._rehome_task is not None and not self._rehome_task.done():
@@ -254,13 +265,40 @@ class Recovery:
         return True
 
     async def _rehome_round(self) -> None:
-        """One round: the orphans held here, and (``remote``) those only others hold."""
+        """One round: the orphans held here (their pushes spawned, not awaited) and, through
+        ``remote``, those only others hold. A half that fails cancels the other and the
+        round's failure is logged and kept (``last_error``)."""
         async def held_here() -> None:
             run = self._schedule(await self.orphans(budget=RECOUNT_BUDGET))
             if run.jobs:
-                await self._run(run, ORPHAN_RECOVERY)
+                self._tasks.spawn(self._run(run, ORPHAN_RECOVERY), name=f"rehome:{self.node}")
 
-        await asyncio.gather(held_here(), *([self.remote.run()] if self.remote else []))
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(held_here())
+                if self.remote is not None:
+                    group.create_task(self.remote.run())
+        except ExceptionGroup as failed:
+            raise failed.exceptions[0] from None  # the first failure, logged and kept
+        self.last_error = None
+
+    def _failed(self, task: str, exc: Exception) -> None:
+        self.last_error = f"{task}: {describe(exc)}"
+        self.last_error_at = time.time()
+
+    def status(self) -> dict[str, Any]:
+        return {"running": len(self._tasks), "last_error": self.last_error,
+                "last_error_at": self.last_error_at, "recount": self.recount.status()}
+
+    def health_check(self) -> HealthCheckResult:
+        """Unhealthy for ``ERROR_HEALTH_SECONDS`` after a background run or round failed
+        (the failure stays in the details until a round ends well)."""
+        at = self.last_error_at
+        if self.last_error is not None and at is not None and \
+                time.time() - at < ERROR_HEALTH_SECONDS:
+            return HealthCheckResult(False, f"recovery failed: {self.last_error}",
+                                     self.status())
+        return HealthCheckResult(True, "recovery ok", self.status())
 
     async def replicate(self, found: list[Shortfall], reason: str, urgency: str = "normal",
                         limit: int | None = None) -> dict[str, list[Artifact]]:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 
 from engine.manifest import Artifact, ClusterManifest
 from engine.peer_client import PeerClient, PeerError
+from engine.ratelog import RateLimitedLog
 from engine.recount import RECOUNT_BUDGET, Count, Recount
 from engine.router import SyncRouter
 
@@ -48,6 +49,7 @@ class RemoteRehome:
         """Membership's verdict: a down origin's versions are orphans; a down holder is not
         asked to send."""
         self._peers = peers
+        self._rated = RateLimitedLog(log)
         self._asked: dict[tuple[tuple[str, str, str, str], str], float] = {}
         self.asked_total = 0
         """Send requests a holder accepted."""
@@ -73,6 +75,11 @@ class RemoteRehome:
         that counts has nothing to send it from."""
         counts = await self.recount.short(self._candidates(), self.required, budget=budget,
                                           rotate=True)
+        for c in counts:
+            if not c.holders:
+                self._rated.warning(f"none:{c.artifact.key}", "re-homing %s: no holder can"
+                                    " vouch for it now (%s did not): nothing to send it from",
+                                    c.artifact.label, ", ".join(sorted(c.silent)) or "none")
         return [c for c in counts if c.holders]
 
     async def run(self) -> int:
@@ -91,8 +98,10 @@ class RemoteRehome:
                 if not sources or now - self._asked.get(key, -REASK_SECONDS) < REASK_SECONDS:
                     continue
                 self._asked[key] = now
-                if await self._ask(sources[0], art, target):
-                    accepted += 1
+                for source in sources:  # one that refuses or is unreachable: the next
+                    if await self._ask(source, art, target):
+                        accepted += 1
+                        break
         self.asked_total += accepted
         return accepted
 

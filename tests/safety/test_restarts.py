@@ -136,7 +136,7 @@ def test_the_scrub_finds_rot_nobody_asked_about_and_repairs_it(safety_cluster):
              30, what="a on two holders")
     # pressure pushes recount live what the rows call copied (a first: the oldest is pushed
     # first), then not for RECOUNT_SECONDS: from here only the scrub can find the rot
-    wait_for(lambda: cluster.status("gpu-1")["recount"]["known_sufficient"] >= 1, 20,
+    wait_for(lambda: cluster.status("gpu-1")["recovery"]["recount"]["known_sufficient"] >= 1, 20,
              what="gpu-1's recount of a")
     rot(cluster.stored("coord", "gpu-1", "npz/k/a.npz"))  # repaired from the source
     wait_for(lambda: cluster.status("coord")["scrub"]["findings"]["mismatched"] >= 1, 20,
@@ -146,7 +146,7 @@ def test_the_scrub_finds_rot_nobody_asked_about_and_repairs_it(safety_cluster):
     fill(cluster, "gpu-1", "cleanup", 350 * KIB)  # the source goes
     wait_for(lambda: not source.exists(), 30, what="a deleted")
     # the coordinator's re-homing recounts each orphan live once, then not for a while
-    wait_for(lambda: cluster.status("coord")["recount"]["known_sufficient"]
+    wait_for(lambda: cluster.status("coord")["recovery"]["recount"]["known_sufficient"]
              >= len(deleted(cluster, "gpu-1")) >= 1, 20, what="coord's recount of the orphans")
     rot(cluster.stored("cpu-1", "gpu-1", "npz/k/a.npz"))  # repaired from the other holder
     wait_for(lambda: cluster.status("cpu-1")["scrub"]["findings"]["mismatched"] >= 1, 20,

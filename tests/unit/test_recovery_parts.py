@@ -261,3 +261,77 @@ async def test_a_run_never_releases_a_pair_another_component_claimed_after_it(
     await run
     assert (art.ident, "coord") in inflight, "the run dropped someone else's claim"
     assert (art.ident, "cpu-1") not in inflight
+
+
+def _bare_coordinator(remote_run, orphans) -> Recovery:
+    """A coordinator's Recovery with its round's two halves scripted (pure logic)."""
+    recovery = Recovery("coord", 2, manifest=None, router=None,  # type: ignore[arg-type]
+                        scanner=None, vouches=None, copies=None,  # type: ignore[arg-type]
+                        pushes=SimpleNamespace(inflight=set()),  # type: ignore[arg-type]
+                        pause=SimpleNamespace(paused=False),  # type: ignore[arg-type]
+                        snapshots=None,  # type: ignore[arg-type]
+                        recount=SimpleNamespace(status=dict),  # type: ignore[arg-type]
+                        emit=lambda p: None, is_down=lambda n: False,
+                        remote=SimpleNamespace(run=remote_run))  # type: ignore[arg-type]
+    recovery.orphans = orphans  # type: ignore[method-assign]
+    return recovery
+
+
+async def test_a_failing_half_of_a_rehoming_round_cancels_the_other_and_is_reported() -> None:
+    state = {"cancelled": False}
+
+    async def remote_run() -> int:
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            state["cancelled"] = True
+            raise
+        return 0
+
+    async def orphans(budget: int = 0) -> list:
+        await asyncio.sleep(0.05)
+        raise RuntimeError("database or disk is full")
+
+    recovery = _bare_coordinator(remote_run, orphans)
+    assert recovery.rehome()
+    for _ in range(100):
+        if recovery.last_error:
+            break
+        await asyncio.sleep(0.01)
+    assert state["cancelled"], "the remote half ran on, outside the round and its stop"
+    assert "database or disk is full" in recovery.last_error
+    assert not recovery.health_check().is_healthy
+    await recovery.stop()
+
+
+async def test_a_slow_orphan_push_does_not_hold_up_later_rehoming_rounds() -> None:
+    from engine.daemons.recovery import Jobs
+    from engine.inflight import Claims
+    calls = {"remote": 0}
+
+    async def remote_run() -> int:
+        calls["remote"] += 1
+        return 0
+
+    orphan = Artifact("npz", "k/a.npz", "k", 10, "a" * 64, 1.0, "gpu-1")
+
+    async def orphans(budget: int = 0) -> list[Shortfall]:
+        return [Shortfall(orphan, frozenset({"coord"}), stored_copy=True)]
+
+    recovery = _bare_coordinator(remote_run, orphans)
+    recovery._schedule = lambda found: Jobs([(found[0], ["cpu-1"])],  # type: ignore[method-assign]
+                                            Claims(set()))  # type: ignore[arg-type]
+    gate = asyncio.Event()
+
+    async def slow_run(run, reason, urgency="normal"):  # noqa: ANN001 (a 50 GiB push)
+        await gate.wait()
+        return {}
+
+    recovery._run = slow_run  # type: ignore[method-assign]
+    started = 0
+    for _ in range(30):  # sync cycles while the push runs
+        started += recovery.rehome()
+        await asyncio.sleep(0.01)
+    gate.set()
+    await recovery.stop()
+    assert started > 1 and calls["remote"] > 1, "every later round waited for one push"

@@ -129,3 +129,20 @@ async def test_a_holder_membership_reports_down_is_not_asked(
         assert await remote.short() == [], "a down holder counts as no copy to send from"
         assert await remote.run() == 0
     assert asked == [] and client.counts["calls"] == 0
+
+
+async def test_a_holder_that_refuses_to_send_is_followed_by_the_next(
+        tmp_path: Path, open_manifest: Callable[[str], ClusterManifest]) -> None:
+    """Three copies wanted; cpu-2 cannot read its copy and refuses, gpu-1 can send: it is
+    asked next (only the first holder was ever asked, every REASK_SECONDS, for good)."""
+    manifest = open_manifest("coord")
+    orphan = art("gpu-0", "orphan.db")
+    manifest.upsert_artifact(orphan)
+    held(manifest, orphan, "cpu-2", "gpu-1")
+    asked: list[dict[str, Any]] = []
+    async with peers({"cpu-2": sender("cpu-2", asked, status=409),
+                      "gpu-1": sender("gpu-1", asked)}, down=["gpu-0"]) as client:
+        remote = rehome(tmp_path, manifest, client, down={"gpu-0"})
+        remote.required = 3
+        assert await remote.run() == 1
+    assert [q["by"] for q in asked] == ["cpu-2", "gpu-1"]
