@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -32,6 +33,9 @@ def main() -> int:
                     default=float(os.environ.get("CHAOS_HEAL_SECONDS", "60")))
     ap.add_argument("--workdir", default=os.environ.get("CHAOS_WORKDIR"))
     args = ap.parse_args()
+    # SIGTERM (make interrupted, a CI timeout) unwinds like Ctrl-C: every cluster, network
+    # namespace and mount the seed made is torn down by its own finally blocks
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="ringsync-chaos-"))
     print(f"chaos: details per seed in {workdir}/seed-S/chaos-seed-S.log", flush=True)
     failed = False
