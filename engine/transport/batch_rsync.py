@@ -271,8 +271,7 @@ class BatchRsync:
                     sending.wake.set()
 
         try:
-            where = await asyncio.to_thread(self._links, names,
-                                            [r.source_file.absolute() for r in requests])
+            where = await self._make_links(names, [r.source_file.absolute() for r in requests])
             remote = f"{self.rsync.ssh.destination(host)}:{host.data_root}/{STATE_DIR}/incoming/"
             size = sum(r.artifact.size for r in requests)
             async with self.rsync.bandwidth.allocate(
@@ -287,6 +286,16 @@ class BatchRsync:
         if code != 0 and code not in PARTIAL_EXITS:
             raise TransferError(f"rsync to {host.name} exited {code}: {_last_line(out)}",
                                 retryable=not _host_key_refused(out))
+
+    async def _make_links(self, names: list[str], sources: list[Path]) -> Path:
+        """``_links`` in a thread. Cancelled meanwhile, the caller never learns the directory
+        the thread goes on to make: it is removed as soon as the thread is done."""
+        making = asyncio.ensure_future(asyncio.to_thread(self._links, names, sources))
+        try:
+            return await asyncio.shield(making)
+        except asyncio.CancelledError:
+            making.add_done_callback(_discard_links)
+            raise
 
     def _links(self, names: list[str], sources: list[Path]) -> Path:
         """The batch's directory of symlinks: on the scratch tmpfs, else (full, gone) in the
@@ -376,6 +385,12 @@ def _links(scratch: Path, names: list[str], sources: list[Path]) -> Path:
         shutil.rmtree(where, ignore_errors=True)
         raise
     return where
+
+
+def _discard_links(made: asyncio.Future[Path]) -> None:
+    """A batch directory made for a batch that was cancelled meanwhile: removed."""
+    if not made.cancelled() and made.exception() is None:
+        shutil.rmtree(made.result(), ignore_errors=True)
 
 
 def _remove_stale(scratch: Path) -> None:

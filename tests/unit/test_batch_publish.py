@@ -7,6 +7,8 @@ listed, and a run that fails as a whole after some files were published."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -167,3 +169,33 @@ def test_a_full_tmpfs_falls_back_to_the_control_dir(tmp_path: Path,
     with pytest.raises(TransferError, match="cannot make this batch's links") as failed:
         batch._links(["a.rsync"], [tmp_path])
     assert failed.value.target_fault is False
+
+
+def test_a_batch_cancelled_while_its_links_are_made_leaves_no_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The thread making the links goes on after its caller is cancelled (a stop, a push
+    timeout); the directory it then makes must not stay behind."""
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    monkeypatch.setattr(batch_rsync, "LINK_SCRATCH", shm)
+    batch = BatchRsync(rsync=None, control_dir=tmp_path)  # type: ignore[arg-type]
+    real = batch_rsync._links
+    started = threading.Event()
+
+    def slow(scratch: Path, names: list[str], sources: list[Path]) -> Path:
+        started.set()
+        time.sleep(0.3)  # a slow filesystem: the caller is cancelled meanwhile
+        return real(scratch, names, sources)
+
+    monkeypatch.setattr(batch_rsync, "_links", slow)
+
+    async def main() -> None:
+        making = asyncio.create_task(batch._make_links(["a.rsync"], [tmp_path]))
+        await asyncio.to_thread(started.wait, 5)
+        making.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await making
+        await asyncio.sleep(0.6)  # the thread is done by now
+
+    asyncio.run(main())
+    assert list(shm.iterdir()) == [], "the cancelled batch's directory stayed"
