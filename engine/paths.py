@@ -183,13 +183,19 @@ class DataRoot:
 
     def prune_partials(self, max_age: float, keep: set[Path], now: float) -> list[Path]:
         """Delete partial uploads and staged files nobody has touched for ``max_age`` seconds
-        (abandoned by their sender), except those in ``keep``; returns what was removed."""
+        (abandoned by their sender), except those in ``keep`` (and the claimed files of the
+        staged names in it); returns what was removed. Touched is the later of mtime and
+        ctime: rsync gives a staged file its source's mtime, often days old, while renaming
+        it into place sets its ctime."""
         removed = []
-        staged = [*self.incoming.glob("*.rsync"), *self.incoming.glob("*.rsync.claimed"),
+        staged = [*self.incoming.glob("*.rsync"), *self.incoming.glob("*.rsync.*.claimed"),
                   *self.incoming.glob(".rsync-partial/*")]
         for part in [*self.incoming.glob("*.part"), *staged]:
             try:
-                if part not in keep and now - part.stat().st_mtime > max_age:
+                if part in keep or claimed_base(part) in keep:
+                    continue
+                st = part.stat()
+                if now - max(st.st_mtime, st.st_ctime) > max_age:
                     part.unlink()
                     removed.append(part)
             except FileNotFoundError:
@@ -233,6 +239,19 @@ def staged_name(data_type: str, rel: str, sha256: str, origin: str) -> str:
     which a sender computes for a receiver's data root it only knows from the config."""
     name = hashlib.sha256(f"{origin}:{data_type}/{rel}".encode()).hexdigest()[:32]
     return f"{name}.{sha256[:16]}.rsync"
+
+
+def claimed_path(staged: Path, token: str) -> Path:
+    """Where one request's claim moves a staged file before reading it back."""
+    return staged.with_name(f"{staged.name}.{token}.claimed")
+
+
+def claimed_base(path: Path) -> Path | None:
+    """The staged file a claimed file was (``claimed_path``'s inverse), else None."""
+    name = path.name
+    if not name.endswith(".claimed"):
+        return None
+    return path.with_name(name[:-len(".claimed")].rpartition(".")[0])
 
 
 def check_node_name(name: str) -> None:

@@ -7,11 +7,15 @@ declaring it with the same headers as a ``PUT /v1/objects`` (size, SHA-256, orig
 mtime, config key). Nothing the sender or rsync says is trusted: this node reads the staged
 file back, hashes and fsyncs it (``diskio.settle``), and it goes through the one acceptance
 path of every upload (``accept.accept``: size and SHA-256, SQLite's check for databases,
-atomic publish, registration). The staged file is first renamed to a name only this request
-knows (``<staged>.claimed``), so what is hashed is what is published: a second sender's
-rsync of the same name afterwards makes a new file under the staged name and never changes
-the claimed one (hashing by the staged name and then linking by it published whatever was
-renamed over it in between).
+atomic publish, registration). The staged file is first renamed to a name of this claim's
+own (``<staged>.<token>.claimed``), so what is hashed is what is published: a second
+sender's rsync of the same name afterwards makes a new file under the staged name and never
+changes the claimed one (hashing by the staged name and then linking by it published
+whatever was renamed over it in between). A claimed file nobody publishes goes back under
+its staged name when its request ends, and one a crash left is taken by the next request
+for that name (its bytes are hashed like any other). A request ends only once the threads
+reading its files are done, also when it is cancelled (a node stopping): nothing renames a
+file after its claim was let go.
 
 - ``POST /v1/staged/{data_type}/{path}``, one file declared in the request's headers: the
   same answer as a PUT's (201 with this node's own hash, 200 ``already_present`` when it
@@ -34,8 +38,9 @@ import asyncio
 import errno
 import json
 import os
+import secrets
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -45,6 +50,7 @@ from multidict import CIMultiDict
 from engine import diskio
 from engine.errors import describe
 from engine.headers import H_ORIGIN, H_SHA, H_SIZE, H_SOURCE
+from engine.paths import claimed_path
 from engine.server.accept import Arrival, Outcome, accept, bad, disk_failed, drop_live
 from engine.server.context import Storage, storage_of
 from engine.server.objects import _held, _int_header, _named, _origin, _resolve, _sha_header
@@ -55,8 +61,6 @@ T = TypeVar("T")
 MAX_BATCH_FILES = 2000
 """Files one ``POST /v1/staged`` (or ``/v1/held``) may declare."""
 
-CLAIMED_SUFFIX = ".claimed"
-"""A staged file renamed for the request publishing it (``_Claim.claimed``)."""
 
 SETTLE_THREADS = 4
 """Threads that read back, hash and fsync one batch's staged files (their reads and fsyncs
@@ -165,14 +169,27 @@ async def _files(request: web.Request, fields: str, item: Callable[[Any], T]) ->
     return items
 
 
-_Settled = tuple[int, str] | OSError | diskio.DiskError
-"""A staged file read back: (size, SHA-256), or why it could not be."""
+@dataclass(frozen=True)
+class _Missing:
+    """Nothing is staged under the name (and no claimed file was left there)."""
 
 
 @dataclass(frozen=True)
+class _Failed:
+    """This node's disk failed on the file: ``error``; the bytes to discard are at ``at``."""
+
+    error: diskio.DiskError
+    at: Path | None
+
+
+_Settled = tuple[int, str] | _Missing | _Failed
+"""A staged file read back: (size, SHA-256), or why it could not be."""
+
+
+@dataclass
 class _Claim:
-    """A staged file this request publishes (held in ``store.uploads`` until ``_release``),
-    before it is read back."""
+    """A staged file this request publishes (its staged name held in ``store.uploads``
+    until ``_release``), before it is read back."""
 
     headers: Mapping[str, str]
     size: int
@@ -183,11 +200,13 @@ class _Claim:
     final: Path
     staged: Path
     transfer: Transfer
+    claimed: Path = field(init=False)
+    """Where the staged file is moved before it is read back: this claim's own name."""
+    reading: asyncio.Future[Any] | None = None
+    """The thread reading it back, while it may still touch it."""
 
-    @property
-    def claimed(self) -> Path:
-        """Where the staged file is moved before it is read back: nobody else writes here."""
-        return self.staged.with_name(self.staged.name + CLAIMED_SUFFIX)
+    def __post_init__(self) -> None:
+        self.claimed = claimed_path(self.staged, secrets.token_hex(6))
 
 
 async def _claim(store: Storage, headers: Mapping[str, str], data_type: str,
@@ -211,7 +230,6 @@ async def _claim(store: Storage, headers: Mapping[str, str], data_type: str,
     if staged in store.uploads:
         raise bad(web.HTTPConflict, f"{data_type}/{rel} is being published already")
     store.uploads.add(staged)
-    store.uploads.add(staged.with_name(staged.name + CLAIMED_SUFFIX))
     transfer = store.transfers.start(direction="in", source=headers.get(H_SOURCE, "unknown"),
                                      target=store.name, artifact=f"{data_type}/{rel}",
                                      size=size, transport="rsync")
@@ -221,39 +239,60 @@ async def _claim(store: Storage, headers: Mapping[str, str], data_type: str,
 async def _settle(store: Storage, claims: list[_Claim]) -> list[Arrival | web.HTTPException]:
     """Each claimed file read back, hashed and fsynced (``diskio.settle``) in up to
     ``SETTLE_THREADS`` threads: its Arrival, or the HTTP error that says why not (404
-    nothing staged; 503/507 a failing disk, the file discarded)."""
+    nothing staged; 503/507 a failing disk, the file discarded). Cancelled, the threads go
+    on and each claim is let go only once its thread is done (``_release``)."""
     if not claims:
         return []
     step = -(-len(claims) // SETTLE_THREADS)
     shares = [claims[i:i + step] for i in range(0, len(claims), step)]
-    done = await asyncio.gather(*(asyncio.to_thread(_settle_share, share) for share in shares))
+    work = []
+    for share in shares:
+        reading = asyncio.ensure_future(asyncio.to_thread(_settle_share, share))
+        for claim in share:
+            claim.reading = reading
+        work.append(reading)
+    done = await asyncio.shield(asyncio.gather(*work))
     settled = [result for results in done for result in results]
     return [_arrival(store, claim, result) for claim, result in zip(claims, settled)]
 
 
 def _settle_share(claims: list[_Claim]) -> list[_Settled]:
-    """Each staged file moved to its claimed name, then its size and its hash read back
-    (and fsynced) from there."""
-    results: list[_Settled] = []
-    for claim in claims:
-        try:
-            os.rename(claim.staged, claim.claimed)
-            results.append((claim.claimed.stat().st_size, diskio.settle(claim.claimed)))
-        except (OSError, diskio.DiskError) as exc:
-            results.append(exc)
-    return results
+    return [_take(claim) for claim in claims]
+
+
+def _take(claim: _Claim) -> _Settled:
+    """Move the staged file (or one a crash left claimed) to this claim's name, then read
+    its size and its hash back (and fsync it) from there (blocking)."""
+    try:
+        os.rename(claim.staged, claim.claimed)
+    except FileNotFoundError:
+        left = sorted(claim.staged.parent.glob(claim.staged.name + ".*.claimed"))
+        if not left:
+            return _Missing()
+        try:  # nobody holds it: this request has the staged name's claim
+            os.rename(left[0], claim.claimed)
+        except FileNotFoundError:
+            return _Missing()
+        except OSError as exc:
+            return _Failed(diskio.DiskError("rename", exc), left[0])
+    except OSError as exc:
+        return _Failed(diskio.DiskError("rename", exc), claim.staged)
+    try:
+        return os.stat(claim.claimed).st_size, diskio.settle(claim.claimed)
+    except diskio.DiskError as exc:
+        return _Failed(exc, claim.claimed)
+    except OSError as exc:  # reading it back failed (EIO)
+        return _Failed(diskio.DiskError("read", exc), claim.claimed)
 
 
 def _arrival(store: Storage, claim: _Claim, settled: _Settled) -> Arrival | web.HTTPException:
-    if not isinstance(settled, tuple):
-        name, source = f"{claim.data_type}/{claim.rel}", claim.headers.get(H_SOURCE, "unknown")
-        if isinstance(settled, FileNotFoundError) and not claim.claimed.exists():
-            store.transfers.finish(claim.transfer, error="nothing staged")
-            return bad(web.HTTPNotFound, f"nothing staged for {name}")
-        error = settled if isinstance(settled, diskio.DiskError) else \
-            diskio.DiskError("read", settled)  # reading it back failed (EIO)
-        bytes_at = claim.claimed if claim.claimed.exists() else claim.staged
-        return disk_failed(store, source, name, bytes_at, error, claim.transfer)
+    name, source = f"{claim.data_type}/{claim.rel}", claim.headers.get(H_SOURCE, "unknown")
+    if isinstance(settled, _Missing):
+        store.transfers.finish(claim.transfer, error="nothing staged")
+        return bad(web.HTTPNotFound, f"nothing staged for {name}")
+    if isinstance(settled, _Failed):
+        return disk_failed(store, source, name, settled.at or claim.claimed, settled.error,
+                           claim.transfer)
     received, digest = settled
     claim.transfer.done = received
     return Arrival(claim.headers, claim.claimed, digest, received, claim.size, claim.sha,
@@ -262,25 +301,39 @@ def _arrival(store: Storage, claim: _Claim, settled: _Settled) -> Arrival | web.
 
 
 def _release(store: Storage, claims: list[_Claim]) -> None:
-    """The request is over: its staged names are free again, and a transfer it did not get
-    to finish (it was cancelled, or failed on the way) is finished as such."""
+    """The request is over: each staged name is free again once no thread reads its file
+    any more (now, or when that thread is done); a transfer the request did not get to
+    finish (it was cancelled, or failed on the way) is finished as such and its claimed
+    file put back (``_unclaim``)."""
     for claim in claims:
-        store.uploads.discard(claim.staged)
-        store.uploads.discard(claim.claimed)
-        if claim.transfer.finished is None:
-            store.transfers.finish(claim.transfer, error="the request ended before it did")
-            _unclaim(claim)
+        reading = claim.reading
+        if reading is not None and not reading.done():
+            reading.add_done_callback(lambda _done, c=claim: _let_go(store, c))
+        else:
+            _let_go(store, claim)
+
+
+def _let_go(store: Storage, claim: _Claim) -> None:
+    store.uploads.discard(claim.staged)
+    if claim.transfer.finished is None:
+        store.transfers.finish(claim.transfer, error="the request ended before it did")
+        _unclaim(claim)
 
 
 def _unclaim(claim: _Claim) -> None:
     """A claimed file the request did not get to publish goes back under its staged name
-    (a retried POST publishes it without another rsync), unless a newer one is there."""
+    (a retried POST publishes it without another rsync), unless a newer one is there; one
+    that was published after all (the request ended inside the publish) is only a second
+    name of the copy, and goes."""
     try:
+        if claim.final.exists() and os.path.samefile(claim.claimed, claim.final):
+            claim.claimed.unlink()
+            return
         os.link(claim.claimed, claim.staged)
     except FileExistsError:
         pass
     except OSError:
-        return  # nothing claimed (never renamed), or the disk fails: prune_partials' job
+        return  # never claimed, or the disk fails: the next claim or prune_partials takes it
     claim.claimed.unlink(missing_ok=True)
 
 

@@ -388,9 +388,10 @@ def _links(scratch: Path, names: list[str], sources: list[Path]) -> Path:
 
 
 def _discard_links(made: asyncio.Future[Path]) -> None:
-    """A batch directory made for a batch that was cancelled meanwhile: removed."""
+    """A batch directory made for a batch that was cancelled meanwhile: removed (in a
+    thread: a thousand links on the data disk take a while)."""
     if not made.cancelled() and made.exception() is None:
-        shutil.rmtree(made.result(), ignore_errors=True)
+        asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, made.result(), True)
 
 
 def _remove_stale(scratch: Path) -> None:

@@ -112,7 +112,7 @@ def test_a_staged_file_whose_fsync_fails_is_discarded_and_never_published(
     finally:
         stop_strace(trace)
     hits = injected(tmp_path / "strace.out")
-    assert any(".rsync.claimed>" in hit for hit in hits), hits  # the staged file's own fsync
+    assert any(".claimed>" in hit for hit in hits), hits  # the claimed staged file's fsync
     assert resp.status == 503, resp.body
     assert resp.json()["errno"] == "EIO"
     assert not staged.exists()  # discarded: those bytes cannot be trusted
@@ -125,9 +125,9 @@ def test_a_staged_file_whose_fsync_fails_is_discarded_and_never_published(
     assert cluster.version("coord", "gpu-1", f"npz/{rel}", sha(body)).read_bytes() == body
 
 
-def test_a_batch_file_whose_read_back_fails_fails_alone(make_cluster, tmp_path: Path) -> None:
-    """A staged file of a batch this node cannot read back (EIO on its read) is a 503 for
-    that file alone, discarded; the batch's other files are published."""
+def test_a_batch_file_the_disk_fails_on_fails_alone(make_cluster, tmp_path: Path) -> None:
+    """A staged file of a batch this node's disk fails on (EIO as its claim renames it) is a
+    503 for that file alone, discarded; the batch's other files are published."""
     cluster = make_cluster(gpus=1)
     incoming_dir = cluster.data_root("coord") / ".ringsync" / "incoming"
     files, bodies = [], {}
@@ -140,9 +140,9 @@ def test_a_batch_file_whose_read_back_fails_fails_alone(make_cluster, tmp_path: 
             "X-Ringsync-Origin": "gpu-1", "X-Ringsync-Source": "gpu-1"}})
     broken = incoming_dir / staged_name("npz", "k/batch1.npz", sha(bodies["k/batch1.npz"]),
                                         "gpu-1")
-    out = tmp_path / "strace.out"  # it is read back under the name its claim moved it to
-    trace = strace_path(cluster.nodes["coord"].proc.pid, out,
-                        broken.with_name(broken.name + ".claimed"), "read")
+    out = tmp_path / "strace.out"  # the disk fails as the claim moves it
+    trace = strace_path(cluster.nodes["coord"].proc.pid, out, broken,
+                        "rename,renameat,renameat2")
     try:
         resp = cluster.request("coord", "POST", "/v1/staged",
                                body=json.dumps({"files": files}).encode(),
@@ -153,8 +153,8 @@ def test_a_batch_file_whose_read_back_fails_fails_alone(make_cluster, tmp_path: 
     assert resp.status == 200, resp.body
     results = resp.json()["results"]
     assert [r["status"] for r in results] == [201, 503, 201], results
-    assert results[1]["errno"] == "EIO" and results[1]["op"] == "read"
-    assert not broken.exists() and not broken.with_name(broken.name + ".claimed").exists()
+    assert results[1]["errno"] == "EIO" and results[1]["op"] == "rename"
+    assert not broken.exists() and not list(incoming_dir.glob("*.claimed"))
     for rel in ("k/batch0.npz", "k/batch2.npz"):
         assert cluster.version("coord", "gpu-1", f"npz/{rel}",
                                sha(bodies[rel])).read_bytes() == bodies[rel]

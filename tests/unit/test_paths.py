@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path, PurePosixPath
 
 import pytest
 
-from engine.paths import DATA_TYPES, DataRoot, UnsafePath, check_relative
+from engine.paths import (DATA_TYPES, DataRoot, UnsafePath, check_relative, claimed_base,
+                          claimed_path, staged_name)
 
 pytestmark = pytest.mark.unit
 
@@ -225,13 +227,32 @@ def test_prune_partials_removes_only_old_idle_parts(tmp_path: Path) -> None:
     data = DataRoot(tmp_path / "root")
     data.create()
     old, fresh, busy = (data.incoming / f"{n}.part" for n in ("old", "fresh", "busy"))
-    for part in (old, fresh, busy):
-        part.write_bytes(b"x")
     for part in (old, busy):
-        os.utime(part, (1000.0, 1000.0))
-    removed = data.prune_partials(max_age=3600, keep={busy}, now=1000.0 + 7200)
+        part.write_bytes(b"x")
+    time.sleep(0.6)
+    fresh.write_bytes(b"x")
+    removed = data.prune_partials(max_age=0.5, keep={busy}, now=time.time())
     assert removed == [old]
     assert not old.exists() and fresh.exists() and busy.exists()
+
+
+def test_a_staged_file_with_its_sources_old_mtime_is_not_abandoned(tmp_path: Path) -> None:
+    """rsync --times gives a staged file its source's mtime (days old, for a re-homed
+    orphan); it was just put there (its ctime): not abandoned. A claimed file of a staged
+    name someone holds is kept like that name."""
+    data = DataRoot(tmp_path / "root")
+    data.create()
+    staged = data.incoming / staged_name("npz", "k/a.npz", "ab" * 32, "gpu-1")
+    staged.write_bytes(b"x")
+    os.utime(staged, (1000.0, 1000.0))
+    held = data.incoming / staged_name("npz", "k/b.npz", "cd" * 32, "gpu-1")
+    claimed = claimed_path(held, "0123abcd")
+    claimed.write_bytes(b"y")
+    assert claimed_base(claimed) == held and claimed_base(staged) is None
+    assert data.prune_partials(max_age=3600, keep=set(), now=time.time()) == []
+    time.sleep(0.6)
+    assert data.prune_partials(max_age=0.5, keep={held}, now=time.time()) == [staged]
+    assert claimed.exists()
 
 
 def test_quarantine_path_keeps_the_relative_path_and_never_reuses_a_name(data: DataRoot) -> None:
