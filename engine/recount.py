@@ -98,10 +98,12 @@ class Recount:
         self.found_short_total = 0
         """Versions the manifest called sufficient that were short when asked."""
 
-    def remembered(self, art: Artifact, holders: Iterable[str]) -> set[str]:
+    def remembered(self, art: Artifact, holders: Iterable[str],
+                   alongside: bool = False) -> set[str]:
         """Of ``holders`` (the manifest's), those that would count: up, configured, and by
-        deletion's counting rules."""
-        return self.vouches.remembered(art, {h for h in holders if not self.is_down(h)})
+        deletion's counting rules (``alongside``: next to this node's own copy)."""
+        return self.vouches.remembered(art, {h for h in holders if not self.is_down(h)},
+                                       alongside)
 
     def _due(self, ident: Ident, now: float) -> bool:
         last = self._asked.get(ident)
@@ -116,7 +118,7 @@ class Recount:
         self._filled_at = now
 
     async def short(self, candidates: Iterable[tuple[Artifact, set[str]]], need: int, *,
-                    budget: int, rotate: bool = False,
+                    budget: int, rotate: bool = False, alongside: bool = False,
                     known: Mapping[Ident, set[str]] | None = None) -> list[Count]:
         """Of ``candidates`` (a version and the holders the manifest remembers, in the order
         wanted), those with fewer than ``need`` holders that count, in that order.
@@ -125,7 +127,9 @@ class Recount:
         are. Of the others the manifest calls sufficient, those due are asked (at most
         ``budget``, within the byte bucket): the first ``budget`` of them in order, or with
         ``rotate`` the due ones asked longest ago first. One not due that was found short
-        stays short with its last live answer."""
+        stays short with its last live answer. ``alongside``: this node's own copy counts
+        with the others, by the same rules (``VouchClient._counting``), and ``need``
+        includes it."""
         known = known or {}
         now = self._clock()
         self._refill(now)
@@ -135,10 +139,10 @@ class Recount:
             if art.ident in known:
                 live = known[art.ident]
                 found.append(Count(art, frozenset(live), True, frozenset(held - live))
-                             if len(live) < need else None)
+                             if len(live) + alongside < need else None)
                 continue
-            counted = self.remembered(art, held)
-            if len(counted) < need:
+            counted = self.remembered(art, held, alongside)
+            if len(counted) + alongside < need:
                 found.append(Count(art, frozenset(counted), False))
                 continue
             last = self._asked.get(art.ident)
@@ -158,13 +162,14 @@ class Recount:
                 break
             self._tokens -= art.size
             asks.append((at, art))
-        answers = await asyncio.gather(*(self.vouches.counted(a, skip=self.is_down)
+        answers = await asyncio.gather(*(self.vouches.counted(a, skip=self.is_down,
+                                                              alongside=alongside)
                                          for _, a in asks))
         self.asked_total += len(asks)
         for (at, art), vouched in zip(asks, answers):
             live = {v.node for v in vouched}
             count = None
-            if len(live) < need:
+            if len(live) + alongside < need:
                 rows = {r.node for r in self.vouches.manifest.replicas(art)}
                 silent = {h for h in rows - live - {self.vouches.name} if not self.is_down(h)}
                 count = found[at] = Count(art, frozenset(live), True, frozenset(silent))

@@ -78,15 +78,25 @@ class VouchClient:
         self._peers = peers
         self._noted: dict[str, float] = {}
 
-    def _counting(self, art: Artifact, vouches: list[Vouch]) -> list[Vouch]:
+    def _counting(self, art: Artifact, vouches: list[Vouch],
+                  alongside: bool = False) -> list[Vouch]:
+        """``counting`` under ``art``'s policy. ``alongside``: this node's own copy counts
+        with the others (an orphan's copies besides its origin, on the coordinator), so
+        that a holder on its root or, with ``distinct_providers``, its provider adds none."""
         policy = self._policy(art.data_type)
-        return counting(vouches, self.root_id, ephemeral_count=policy.ephemeral_copies_count,
-                        distinct_providers=policy.distinct_providers)
+        rules = {"ephemeral_count": policy.ephemeral_copies_count,
+                 "distinct_providers": policy.distinct_providers}
+        if not alongside:
+            return counting(vouches, self.root_id, **rules)
+        host = self.hosts.get(self.name)
+        own = Vouch(self.name, self.root_id, host.provider if host else "", False)
+        return [v for v in counting([own, *vouches], "", **rules) if v.node != self.name]
 
-    def remembered(self, art: Artifact, holders: set[str]) -> set[str]:
+    def remembered(self, art: Artifact, holders: set[str], alongside: bool = False) -> set[str]:
         """Of the nodes the manifest remembers holding ``art`` verified, those that would
         count if they vouched (the same rules as ``counting``, over their remembered root
-        ids): what push and recovery aim at, never what a deletion trusts."""
+        ids; ``alongside`` as in ``_counting``): what push and recovery aim at, never what
+        a deletion trusts."""
         roots = {r.node: r.root_id for r in self.manifest.replicas(art)}
         remembered = []
         for name in holders:
@@ -94,16 +104,17 @@ class VouchClient:
             if host is not None and name != self.name:
                 remembered.append(Vouch(name, roots.get(name) or f"node:{name}",
                                         host.provider, host.ephemeral))
-        return {v.node for v in self._counting(art, remembered)}
+        return {v.node for v in self._counting(art, remembered, alongside)}
 
-    async def counted(self, art: Artifact,
-                      skip: Callable[[str], bool] | None = None) -> list[Vouch]:
+    async def counted(self, art: Artifact, skip: Callable[[str], bool] | None = None,
+                      alongside: bool = False) -> list[Vouch]:
         """The live vouches for ``art`` that count towards its deletion (see ``counting``);
-        holders ``skip`` names are not asked (a recount skips down nodes)."""
+        holders ``skip`` names are not asked (a recount skips down nodes); ``alongside`` as
+        in ``_counting``."""
         holders = sorted(h for h in {r.node for r in self.manifest.replicas(art)} - {self.name}
                          if skip is None or not skip(h))
         answers = await asyncio.gather(*(self.ask(art, h) for h in holders))
-        return self._counting(art, [v for v in answers if v is not None])
+        return self._counting(art, [v for v in answers if v is not None], alongside)
 
     async def ask(self, art: Artifact, holder: str) -> Vouch | None:
         """``holder``'s vouch, when it answers in its own name that the bytes it stores for

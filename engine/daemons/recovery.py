@@ -161,7 +161,8 @@ class Recovery:
         mine = [art for art, _ in self._mine()]
         orphans = [art for art, _ in self._orphans()]
         counted = await asyncio.gather(*(self.vouches.counted(a) for a in mine),
-                                       *(self.vouches.counted(o) for o in orphans))
+                                       *(self.vouches.counted(o, alongside=True)
+                                         for o in orphans))
         found: list[Shortfall] = []
         for art, vouched in zip(mine, counted):
             held = {v.node for v in vouched} - {me}
@@ -171,7 +172,7 @@ class Recovery:
         for orphan, vouched in zip(orphans, counted[len(mine):]):
             if not await self._own_copy_sound(orphan):
                 continue  # quarantined: this node has nothing to push on
-            held = {v.node for v in vouched} | {me}
+            held = {v.node for v in vouched} | {me}  # its own copy counted with them
             if len(held - {orphan.origin}) < self.required:
                 found.append(Shortfall(orphan, frozenset(held), stored_copy=True))
         return found
@@ -213,9 +214,11 @@ class Recovery:
 
     async def orphans(self, budget: int = 0) -> list[Shortfall]:
         """The orphans (``_orphans``) below the required copies besides their origin, this
-        node's own copy counted, as a recount finds them (at most ``budget`` asked live)."""
-        counts = await self.recount.short(self._orphans(), self.required - 1, budget=budget,
-                                          rotate=True)
+        node's own copy counted with the others by the same rules (a holder on its root or,
+        with ``distinct_providers``, its provider adds none), as a recount finds them (at
+        most ``budget`` asked live)."""
+        counts = await self.recount.short(self._orphans(), self.required, budget=budget,
+                                          rotate=True, alongside=True)
         return [Shortfall(c.artifact, c.holders | {self.node}, stored_copy=True, avoid=c.silent)
                 for c in counts]
 

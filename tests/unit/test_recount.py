@@ -30,10 +30,10 @@ class Vouches:
             Replica(a.data_type, a.path, n, a.sha256, 1.0, origin=a.origin)
             for n in self.rows.get(a.ident, ())])
 
-    def remembered(self, a: Artifact, holders: set[str]) -> set[str]:
+    def remembered(self, a: Artifact, holders: set[str], alongside: bool = False) -> set[str]:
         return set(holders)
 
-    async def counted(self, a: Artifact, skip=None) -> list[Vouch]:
+    async def counted(self, a: Artifact, skip=None, alongside: bool = False) -> list[Vouch]:
         self.asked.append(a.path)
         return [Vouch(h, f"root-{h}", h, False) for h in sorted(self.rows.get(a.ident, ()))
                 if h not in self.silent and not (skip and skip(h))]

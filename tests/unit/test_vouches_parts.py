@@ -149,3 +149,21 @@ def test_remembered_applies_the_same_rules_to_the_remembered_roots(
     vouches = client_of(config(tmp_path), manifest, client)
     assert vouches.remembered(ART, {"gpu-0", "gpu-1", "gpu-2", "gpu-3", "spot-1", "old-1"}) \
         == {"gpu-1", "gpu-2"}
+
+
+async def test_an_orphans_copies_count_alongside_the_coordinators_own(
+        tmp_path: Path, open_manifest: Callable[[str], ClusterManifest]) -> None:
+    """On the coordinator (aws) an orphan of gpu-0 held by itself and gpu-1 (aws): with
+    ``distinct_providers`` gpu-1 adds no copy beside the coordinator's own; cpu-1 does."""
+    cfg = config(tmp_path, {"sync_routing": {"policies": {"npz": {"distinct_providers": True}}}})
+    manifest = open_manifest("coord")
+    manifest.upsert_artifact(ART)
+    hold(manifest, "coord", "gpu-1", "cpu-1")
+    asked: list[dict[str, str]] = []
+    stores = {n: holder(n, f"root-{n}", copy(tmp_path, n), asked) for n in ("gpu-1", "cpu-1")}
+    async with peers(stores, caller="coord") as client:
+        vouches = client_of(cfg, manifest, client, "coord", "root-coord")
+        assert vouches.remembered(ART, {"gpu-1", "cpu-1"}) == {"gpu-1", "cpu-1"}
+        assert vouches.remembered(ART, {"gpu-1", "cpu-1"}, alongside=True) == {"cpu-1"}
+        assert [v.node for v in await vouches.counted(ART, alongside=True)] == ["cpu-1"]
+        assert vouches.remembered(ART, {"gpu-1"}, alongside=True) == set()
