@@ -147,8 +147,10 @@ class Recount:
                 continue
             last = self._asked.get(art.ident)
             if last is not None and last[1] is not None and not self._due(art.ident, now):
-                found.append(last[1])  # found short a moment ago: still short
-                continue
+                if counted <= last[1].holders | last[1].silent:
+                    found.append(last[1])  # found short a moment ago: still short
+                    continue
+                self._asked.pop(art.ident)  # a holder came since: ask again
             sufficient.append((len(found), art))
             found.append(None)
         if rotate:

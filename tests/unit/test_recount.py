@@ -78,14 +78,21 @@ async def test_a_version_memory_calls_sufficient_is_asked_and_counts_only_its_vo
     vouches.silent.clear()
     assert await recount.short(candidates(vouches, a), 2, budget=5) == []
     assert vouches.asked == [a.path] * 2, "asked again after SHORT_RECOUNT_SECONDS"
+    vouches.silent.add("cpu-1")
+    clock.now += 301
+    await recount.short(candidates(vouches, a), 2, budget=5)  # short again
+    assert await recount.short(candidates(vouches, a, holders=("coord", "cpu-1", "gpu-2")),
+                               2, budget=5) == [], "a holder came since: asked again at once"
+    assert vouches.asked == [a.path] * 4
+    vouches.silent.clear()
     clock.now += 299
     vouches.silent.add("cpu-1")
     assert await recount.short(candidates(vouches, a), 2, budget=5) == [], \
         "found sufficient: not asked again within RECOUNT_SECONDS"
     clock.now += 2
     [count] = await recount.short(candidates(vouches, a), 2, budget=5)
-    assert count.holders == {"coord"} and vouches.asked == [a.path] * 3
-    assert recount.status()["found_short"] == 2
+    assert count.holders == {"coord"} and vouches.asked == [a.path] * 5
+    assert recount.status()["found_short"] == 3
 
 
 async def test_pressure_looks_at_the_oldest_budget_and_a_rotation_goes_round_them_all() -> None:
