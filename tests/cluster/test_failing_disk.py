@@ -265,7 +265,8 @@ def test_a_staged_file_replaced_while_it_is_read_back_publishes_what_was_hashed(
     headers = {"X-Ringsync-Size": str(len(body)), "X-Ringsync-Sha256": sha(body),
                "X-Ringsync-Origin": "gpu-1", "X-Ringsync-Source": "gpu-1"}
     staged.write_bytes(body)
-    trace = attach(cluster.nodes["coord"].proc.pid, tmp_path / "strace.out", "fsync",
+    out = tmp_path / "strace.out"
+    trace = attach(cluster.nodes["coord"].proc.pid, out, "fsync",
                    "delay_enter=1500000:when=1")
     try:
         with ThreadPoolExecutor(1) as pool:
@@ -279,5 +280,7 @@ def test_a_staged_file_replaced_while_it_is_read_back_publishes_what_was_hashed(
     finally:
         stop_strace(trace)
     assert resp.status == 201, resp.body
+    held = [line for line in out.read_text().splitlines() if "DELAYED" in line]
+    assert held and ".claimed>" in held[0], held  # the read-back's fsync was the one held
     copy = cluster.version("coord", "gpu-1", f"npz/{rel}", sha(body))
     assert copy is not None and copy.read_bytes() == body, "published bytes nobody hashed"
