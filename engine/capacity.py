@@ -2,7 +2,10 @@
 
 With a ``disk_quota`` the node's usage is what its data root allocates (``DataRoot.used_bytes``:
 blocks, not sizes, so a reserved partial upload counts); without one it is the disk's own
-usage. The figure is measured in a worker thread by the ``capacity`` service (every 2 s),
+usage. The capacity is the quota, but never more than the disk can still take (used plus
+the disk's free space): a quota larger than its disk (a small volume, a disk other data
+fills) must not promise room that a write would then refuse with ENOSPC, so such a node
+shows full, announces backpressure and goes to cleanup like any full node. The figure is measured in a worker thread by the ``capacity`` service (every 2 s),
 on demand (``refresh``), and raised at once by ``note_stored`` for an object that just
 arrived, so admission between two measurements does not overcommit.
 """
@@ -38,9 +41,11 @@ class DiskUsage:
         return self.disk()
 
     def disk(self) -> dict[str, Any]:
-        """Usage against the capacity: the quota when set, else the disk."""
-        total = self.quota or shutil.disk_usage(self.data.root).total
+        """Usage against the capacity: the quota when set (at most what the disk can still
+        take), else the disk."""
+        disk = shutil.disk_usage(self.data.root)
         used = self.used_bytes
+        total = min(self.quota, used + disk.free) if self.quota else disk.total
         return {"used_bytes": used, "total_bytes": total, "free_bytes": max(0, total - used),
                 "percent": round(100.0 * used / total, 2) if total else 0.0,
                 "quota_bytes": self.quota}

@@ -256,17 +256,19 @@ class SyncRouter:
         return self.route(data_type, config_key, path, urgent=urgent, origin=origin).targets
 
     def replica_targets(self, data_type: str, path: str, need: int,
-                        exclude: Iterable[str] = (), origin: str | None = None) -> list[str]:
+                        exclude: Iterable[str] = (), origin: str | None = None,
+                        include_self: bool = False) -> list[str]:
         """Up to ``need`` nodes that should receive a further copy of ``data_type/path``
         (recovery, disk pressure): eligible durable nodes, coordinator included, never the
-        origin, this node or ``exclude`` (current holders), nor a node known to have no room;
-        the coordinator, then CPU nodes, then GPU nodes (spot hosts filling their own disks
-        with self-play), most free space first within each."""
+        origin, this node (unless ``include_self``: the coordinator re-homing an orphan it
+        holds no copy of, through a holder) or ``exclude`` (current holders), nor a node
+        known to have no room; the coordinator, then CPU nodes, then GPU nodes (spot hosts
+        filling their own disks with self-play), most free space first within each."""
         if need <= 0:
             return []
         self._refresh()
         art = self.manifest.get_artifact(data_type, path, origin or self.node)
-        skip = {self.node, *exclude, origin or self.node}
+        skip = {*exclude, origin or self.node} | (set() if include_self else {self.node})
         order = {name: i for i, name in enumerate(self.config.hosts)}
         scored: list[tuple[tuple[float, ...], str]] = []
         for name, host in self.config.hosts.items():

@@ -89,9 +89,9 @@ class RemoteRehome:
         for count in await self.short(RECOUNT_BUDGET):
             art, held = count.artifact, set(count.holders)
             need = self.required - len(held)
-            targets = self.router.replica_targets(
+            targets = self.router.replica_targets(  # this node too: it lacks a copy
                 art.data_type, art.path, need, exclude=held | count.silent | {art.origin},
-                origin=art.origin)
+                origin=art.origin, include_self=True)
             sources = [h for h in sorted(held) if not self._is_down(h)]
             for target in targets:
                 key = (art.ident, target)

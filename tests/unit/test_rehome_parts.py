@@ -92,9 +92,9 @@ async def test_a_holder_is_asked_to_send_each_orphan_the_coordinator_lacks(
     assert len(asked) == 2
     assert by_path["orphan.db"] == {"by": "gpu-1", "origin": "gpu-0", "data_type": "games",
                                     "path": "orphan.db", "sha256": orphan.sha256,
-                                    "to": "cpu-1"}  # CPU nodes first, never the origin
+                                    "to": "coord"}  # itself first (it lacks a copy)
     assert by_path["old.db"]["by"] == "cpu-2" and by_path["old.db"]["sha256"] == old.sha256
-    assert by_path["old.db"]["to"] == "cpu-1"
+    assert by_path["old.db"]["to"] == "coord"
 
 
 async def test_a_refusal_or_an_unreachable_holder_is_not_counted(
@@ -113,7 +113,7 @@ async def test_a_refusal_or_an_unreachable_holder_is_not_counted(
         remote = rehome(tmp_path, manifest, client, down={"gpu-0"})
         assert await remote.run() == 0
     assert remote.asked_total == 0 and len(asked) == 1
-    assert "gpu-1 refused to send it to cpu-1 (HTTP 409)" in caplog.text
+    assert "gpu-1 refused to send it to coord (HTTP 409)" in caplog.text
     assert "cpu-2 unreachable" in caplog.text
 
 
