@@ -271,5 +271,6 @@ def test_an_orphan_the_coordinator_does_not_hold_is_re_homed_through_a_holder(sa
     assert cluster.request("cpu-1", "POST", "/v1/control/verify", body=b"{}").status == 202
     wait_for(lambda: len(intact_copies(cluster, "gpu-1", "npz/k/a.npz", sha(body))) >= 2, 30,
              what="a second copy again, sent by cpu-2")
-    assert "coord" not in intact_copies(cluster, "gpu-1", "npz/k/a.npz", sha(body))
-    assert "asked to send it to" in cluster.log("coord")
+    # the coordinator lacks a copy itself: it is the first target (CPU nodes come next)
+    assert "coord" in intact_copies(cluster, "gpu-1", "npz/k/a.npz", sha(body))
+    assert "cpu-2 asked to send it to coord" in cluster.log("coord")
